@@ -1,0 +1,93 @@
+"""The numpy sampler: the design's sampling contract, token for token.
+
+`dnd_training.sampling` is the torch reference with the same function names; the two
+are meant to be read side by side.
+"""
+from dataclasses import dataclass, replace
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .errors import InvalidInputError
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How tokens are drawn. `head_temperatures` (one per depth) overrides `temperature`."""
+    cfg_scale: float = 1.0
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    head_temperatures: Optional[Sequence[float]] = None
+
+    @property
+    def guided(self) -> bool:
+        return self.cfg_scale != 1.0
+
+    def temperature_of(self, head: int) -> float:
+        return float(self.head_temperatures[head]) if self.head_temperatures else float(self.temperature)
+
+    def validate(self, vocab_size: int, depth: int, has_null_class: bool) -> "SamplingParams":
+        """Raise InvalidInputError for any bad value; return self with normalised types."""
+        temps = list(self.head_temperatures) if self.head_temperatures else [self.temperature]
+        if any(not np.isfinite(t) or t < 0 for t in temps):
+            raise InvalidInputError(f"temperature must be >= 0 (0 = greedy), got {temps}")
+        if self.head_temperatures is not None and len(temps) != depth:
+            raise InvalidInputError(f"head_temperatures needs one value per depth ({depth}), got {len(temps)}")
+        if not 0 <= int(self.top_k) <= vocab_size:
+            raise InvalidInputError(f"top_k must be in [0, {vocab_size}] (0 = off), got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise InvalidInputError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
+        if not np.isfinite(self.cfg_scale) or self.cfg_scale < 0:
+            raise InvalidInputError(f"cfg_scale must be >= 0 (1 = no guidance), got {self.cfg_scale}")
+        if self.guided and not has_null_class:
+            raise InvalidInputError(
+                f"cfg_scale={self.cfg_scale} needs guidance, but this model was trained without a null class "
+                "(class_dropout_prob = 0); use cfg_scale=1")
+        return replace(self, top_k=int(self.top_k), top_p=float(self.top_p), cfg_scale=float(self.cfg_scale),
+                       head_temperatures=tuple(temps) if self.head_temperatures is not None else None)
+
+
+def image_uniforms(seed: int, index: int, count: int) -> np.ndarray:
+    """All u values of image `index` of a request with `seed`, in (position, depth) order."""
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, index]))).random(count)
+
+
+def guide(logits: np.ndarray, cfg_scale: float) -> np.ndarray:
+    """[2B, V] logits laid out [cond; uncond] -> [B, V] guided logits, in float32."""
+    cond, uncond = np.split(logits.astype(np.float32, copy=False), 2)
+    return uncond + np.float32(cfg_scale) * (cond - uncond)
+
+
+def logits_to_probs(logits: np.ndarray, temperature: float, top_k: int, top_p: float) -> np.ndarray:
+    """[B, V] float32 logits -> [B, V] float64 probabilities with filtered entries at 0."""
+    x = logits.astype(np.float64) / temperature
+    order = np.argsort(-x, axis=-1, kind="stable")  # descending, lower index first on ties
+    keep = np.ones(x.shape, dtype=bool)
+    if 0 < top_k < x.shape[-1]:
+        ranks = np.empty_like(order)
+        np.put_along_axis(ranks, order, np.arange(x.shape[-1])[None, :].repeat(x.shape[0], 0), axis=-1)
+        keep = ranks < top_k
+    if top_p < 1.0:
+        probs_sorted = np.take_along_axis(_softmax(x, keep), order, axis=-1)
+        n_keep = np.minimum((np.cumsum(probs_sorted, axis=-1) < top_p).sum(-1) + 1, keep.sum(-1))
+        in_prefix = np.arange(x.shape[-1])[None, :] < n_keep[:, None]
+        np.put_along_axis(keep, order, np.take_along_axis(keep, order, -1) & in_prefix, axis=-1)
+    return _softmax(x, keep)
+
+
+def _softmax(x: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    z = np.where(keep, x, -np.inf)
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def sample(logits: np.ndarray, u: np.ndarray, temperature: float, top_k: int = 0, top_p: float = 1.0) -> np.ndarray:
+    """One token per row of [B, V] float32 logits, using the row's uniform u [B]."""
+    if temperature == 0:
+        return logits.argmax(axis=-1)
+    probs = logits_to_probs(logits, temperature, top_k, top_p)
+    cdf = np.cumsum(probs, axis=-1)
+    token = (cdf <= u[:, None]).sum(axis=-1)  # first index whose cdf exceeds u
+    last_kept = probs.shape[-1] - 1 - np.argmax(probs[:, ::-1] > 0, axis=-1)
+    return np.minimum(token, last_kept)

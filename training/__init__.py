@@ -1,0 +1,1 @@
+"""dnd_training: DnD transformer, RQ tokenizer, data, training loops, reference sampler (torch)."""

@@ -1,0 +1,138 @@
+"""checkpoint.pt: one torch.save dict that `torch.load(weights_only=True)` can read.
+
+    save_checkpoint("checkpoint.pt", model, tokenizer, labels, meta={...})
+    ckpt = load_checkpoint("checkpoint.pt")     # validated, raises CheckpointError
+    model, tokenizer = ckpt.build_model(), ckpt.build_tokenizer()
+"""
+import dataclasses
+import os
+import pickle
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dnd_sdk.errors import CheckpointError
+from .model import ModelArgs, Transformer
+from .tokenizer import RQTokenizer, TokenizerConfig
+
+FORMAT, VERSION = "dnd-checkpoint", 1
+REQUIRED_KEYS = ("format", "version", "model_config", "tokenizer_config", "model", "tokenizer", "labels", "meta")
+
+
+@dataclass
+class Checkpoint:
+    model_config: dict
+    tokenizer_config: dict
+    model: dict
+    tokenizer: dict
+    labels: list
+    meta: dict
+
+    @property
+    def model_args(self) -> ModelArgs:
+        return ModelArgs(**self.model_config)
+
+    @property
+    def tokenizer_args(self) -> TokenizerConfig:
+        return TokenizerConfig(**self.tokenizer_config)
+
+    def build_model(self, dtype=torch.float32) -> Transformer:
+        model = Transformer(self.model_args)
+        model.load_state_dict(self.model)
+        return model.to(dtype).eval()
+
+    def build_tokenizer(self) -> RQTokenizer:
+        tokenizer = RQTokenizer(self.tokenizer_args)
+        tokenizer.load_state_dict(self.tokenizer)
+        return tokenizer.eval()
+
+
+def atomic_torch_save(obj, path) -> None:
+    """Write to a temporary file beside `path`, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_checkpoint(path, model: Transformer, tokenizer: RQTokenizer, labels, meta=None) -> None:
+    labels = [str(x) for x in labels]
+    if len(labels) != model.args.num_classes:
+        raise CheckpointError(f"{len(labels)} labels for a model with num_classes={model.args.num_classes}")
+    atomic_torch_save({
+        "format": FORMAT, "version": VERSION,
+        "model_config": dataclasses.asdict(model.args),
+        "tokenizer_config": dataclasses.asdict(tokenizer.config),
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "tokenizer": {k: v.detach().cpu() for k, v in tokenizer.state_dict().items()},
+        "labels": labels,
+        "meta": dict(meta or {}),
+    }, path)
+
+
+def _read(path: Path) -> dict:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file. Train one with `dnd train` or pass the right path.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # weights_only refuses any global it does not know: a file that would run code lands here
+        raise CheckpointError(
+            f"{path}: refused to load, the file holds Python objects that a checkpoint must not contain "
+            f"(loading it could run code). Re-save it with dnd_training.checkpoint.save_checkpoint. Detail: {str(e).splitlines()[0]}"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint (truncated or corrupt?): {e}") from None
+
+
+def _check_shapes(name: str, module: torch.nn.Module, state: dict) -> None:
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{name} weights do not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    for key, ref in expected.items():
+        if not isinstance(state[key], torch.Tensor) or tuple(state[key].shape) != tuple(ref.shape):
+            got = tuple(state[key].shape) if isinstance(state[key], torch.Tensor) else type(state[key]).__name__
+            raise CheckpointError(f"{name} weight {key!r} has shape {got}, its config implies {tuple(ref.shape)}")
+
+
+def load_checkpoint(path) -> Checkpoint:
+    """Load and validate a checkpoint; every problem raises CheckpointError naming it."""
+    path = Path(path)
+    raw = _read(path)
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        got = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
+        raise CheckpointError(f"{path}: format is {got!r}, expected {FORMAT!r}. Is this a dnd-sdk checkpoint?")
+    if raw.get("version") != VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {raw.get('version')!r} is not supported (this build reads {VERSION})")
+    missing = [k for k in REQUIRED_KEYS if k not in raw]
+    if missing:
+        raise CheckpointError(f"{path}: missing required key(s) {missing}")
+    ckpt = Checkpoint(**{k: raw[k] for k in REQUIRED_KEYS[2:]})
+    try:
+        model_args, tok_args = ckpt.model_args, ckpt.tokenizer_args
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: invalid config: {e}") from None
+    if len(ckpt.labels) != model_args.num_classes:
+        raise CheckpointError(f"{path}: {len(ckpt.labels)} labels but num_classes={model_args.num_classes}")
+    if model_args.vocab_size != tok_args.codebook_size or model_args.num_pred_heads != tok_args.depth:
+        raise CheckpointError(
+            f"{path}: transformer (vocab {model_args.vocab_size}, depth {model_args.num_pred_heads}) does not match "
+            f"tokenizer (codebook {tok_args.codebook_size}, depth {tok_args.depth})")
+    if (model_args.grid_h, model_args.grid_w) != (tok_args.grid_h, tok_args.grid_w):
+        raise CheckpointError(f"{path}: transformer grid {model_args.grid_h}x{model_args.grid_w} "
+                              f"!= tokenizer grid {tok_args.grid_h}x{tok_args.grid_w}")
+    with torch.device("meta"):
+        _check_shapes("model", Transformer(model_args), ckpt.model)
+        _check_shapes("tokenizer", RQTokenizer(tok_args), ckpt.tokenizer)
+    return ckpt
