@@ -34,7 +34,6 @@ setup(
         "console_scripts": [
             "dnd=dnd_sdk.cli.main:main",
             "dnd-export=dnd_export.cli:main",
-            "dnd-build=dnd_engines.cli:main",
         ]
     },
 )

@@ -1,0 +1,37 @@
+# Everything a fresh machine needs comes from here: `make demo` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MODEL ?= models/words
+OUT ?= out
+
+.PHONY: setup system-deps demo test smoke clean
+
+# torch is pinned: this version installs a CPU build; an unpinned torch pulls a multi-GB CUDA build.
+$(VENV)/.installed: setup.py
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[train,eval,dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+# tesseract (OCR evaluation) and the DejaVu fonts (word rendering) are system packages.
+system-deps:
+	@if ! command -v tesseract >/dev/null || [ ! -d /usr/share/fonts/truetype/dejavu ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tesseract-ocr tesseract-ocr-eng fonts-dejavu-core >/dev/null; \
+	  else echo "install tesseract-ocr and fonts-dejavu-core with your package manager"; fi; \
+	fi
+
+demo: setup
+	rm -rf $(OUT)/model
+	$(VENV)/bin/dnd-export $(MODEL)/checkpoint.pt -o $(OUT)/model
+	$(VENV)/bin/dnd generate $(OUT)/model --per-class 2 --out $(OUT)/samples --grid
+	@echo "Wrote $(OUT)/samples/grid.png"
+
+test: setup system-deps
+	$(PY) -m pytest tests -q
+
+clean:
+	rm -rf $(OUT) .pytest_cache

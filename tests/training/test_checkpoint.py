@@ -1,0 +1,94 @@
+"""checkpoint.pt round trip and every way a checkpoint can be wrong."""
+import os
+import pickle
+import zipfile
+
+import pytest
+import torch
+
+from dnd_sdk.errors import CheckpointError
+from dnd_training.checkpoint import load_checkpoint, save_checkpoint
+from dnd_training.model import MODEL_CONFIGS, ModelArgs, Transformer
+from dnd_training.tokenizer import RQTokenizer, TokenizerConfig
+
+
+def tiny_pair():
+    torch.manual_seed(0)
+    args = ModelArgs(**MODEL_CONFIGS["tiny"])
+    tok = RQTokenizer(TokenizerConfig(image_height=16, image_width=32, ch=16, ch_mult=[1, 2, 2, 2],
+                                      embed_dim=8, codebook_size=args.vocab_size, depth=args.num_pred_heads))
+    return Transformer(args), tok
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model, tok = tiny_pair()
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, model, tok, ["a", "b", "c", "d"], meta={"steps": 3})
+    return path, model, tok
+
+
+def test_round_trip_restores_every_tensor(saved):
+    path, model, tok = saved
+    ckpt = load_checkpoint(path)
+    assert ckpt.labels == ["a", "b", "c", "d"] and ckpt.meta == {"steps": 3}
+    for name, value in ckpt.build_model().state_dict().items():
+        assert torch.equal(value, model.state_dict()[name]), name
+    for name, value in ckpt.build_tokenizer().state_dict().items():
+        assert torch.equal(value, tok.state_dict()[name]), name
+    assert not any(p.name.startswith(".") for p in path.parent.iterdir())  # no temp file left
+
+
+def test_missing_and_truncated_files(saved, tmp_path):
+    path = saved[0]
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "nope.pt")
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(cut)
+
+
+def resave(path, edit):
+    raw = torch.load(path, weights_only=True)
+    edit(raw)
+    torch.save(raw, path)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r.update(format="something-else"), "format is 'something-else'"),
+    (lambda r: r.update(version=99), "version 99"),
+    (lambda r: r.pop("labels"), r"missing required key\(s\) \['labels'\]"),
+    (lambda r: r["model"].pop("tok_embeddings.weight"), "missing \\['tok_embeddings.weight'\\]"),
+    (lambda r: r["model"].update({"norm.0.weight": torch.ones(7)}), "'norm.0.weight' has shape \\(7,\\)"),
+    (lambda r: r["model_config"].update(dim=48), "its config implies \\(5, 48\\)"),
+    (lambda r: r["model_config"].update(n_head=5), "invalid config"),
+    (lambda r: r.update(labels=["a"]), "1 labels but num_classes=4"),
+])
+def test_invalid_contents_name_the_problem(saved, edit, message):
+    path = saved[0]
+    resave(path, edit)
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(path)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pickle_that_would_run_code_is_refused_and_does_not_run(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = _RunsCode()
+    evil.marker = marker
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "dnd-checkpoint", "payload": evil}, path)
+    assert zipfile.is_zipfile(path)
+    with pytest.raises(CheckpointError, match="could run code"):
+        load_checkpoint(path)
+    assert not marker.exists()
+    # the same payload really does run code when unpickled without the guard
+    with zipfile.ZipFile(path) as z:
+        data = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+    pickle.loads(data)
+    assert marker.exists()
