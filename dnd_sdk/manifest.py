@@ -1,0 +1,236 @@
+"""manifest.json of an exported model folder: schema, writing and validation (numpy/json only).
+
+Public API:
+    FORMAT, VERSION                 "dnd-model", 1
+    DIM_NAMES                       the symbolic dims a shape may use
+    TensorSpec(name, dtype, shape)  dtype a numpy-style name ("float32", "float16", "bfloat16",
+                                    "int64", "uint8"); shape entries are ints or DIM_NAMES
+    FileEntry(file, sha256, bytes, inputs, outputs, external_data)
+    Stage(graph, layers, head)
+    Manifest                        the whole file; helpers: depth, stage_names, graph_path(name),
+                                    file_path(name), inputs(name), outputs(name), past_names(layer),
+                                    present_names(layer), to_dict(), from_dict(d)
+    write_manifest(model_dir, manifest) -> Manifest   fills sha256/bytes of every file, writes json
+    load_manifest(model_dir, verify=True) -> Manifest validates fields and every file's sha256
+"""
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+from .errors import ManifestError
+
+FORMAT, VERSION = "dnd-model", 1
+MANIFEST_NAME = "manifest.json"
+DTYPES = ("fp32", "fp16", "bf16")
+TENSOR_DTYPES = ("float32", "float16", "bfloat16", "int64", "uint8", "uint16")
+DIM_NAMES = ("batch_size", "sequence_length", "past_sequence_length", "total_sequence_length")
+SAMPLER_KEYS = ("cfg_scale", "temperature", "top_k", "top_p")
+KV_TEMPLATES = {"past_key": "past_key_values.%d.key", "past_value": "past_key_values.%d.value",
+                "present_key": "present.%d.key", "present_value": "present.%d.value"}
+_RERUN = "Re-export the model with `dnd-export CHECKPOINT -o DIR --force`."
+
+
+@dataclass
+class TensorSpec:
+    name: str
+    dtype: str
+    shape: list  # ints or names from DIM_NAMES
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TensorSpec":
+        spec = cls(str(d["name"]), str(d["dtype"]), list(d["shape"]))
+        if spec.dtype not in TENSOR_DTYPES:
+            raise ManifestError(f"tensor {spec.name!r} has dtype {spec.dtype!r}, expected one of {TENSOR_DTYPES}. {_RERUN}")
+        bad = [s for s in spec.shape if not (isinstance(s, int) or s in DIM_NAMES)]
+        if bad:
+            raise ManifestError(f"tensor {spec.name!r} has unknown dims {bad}; dims are ints or {DIM_NAMES}. {_RERUN}")
+        return spec
+
+
+@dataclass
+class FileRef:
+    file: str
+    sha256: str = ""
+    bytes: int = 0
+
+
+@dataclass
+class FileEntry:
+    file: str
+    sha256: str = ""
+    bytes: int = 0
+    inputs: Optional[list] = None   # list[TensorSpec] for graphs
+    outputs: Optional[list] = None
+    external_data: list = field(default_factory=list)  # list[FileRef] for graphs over 2 GB
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FileEntry":
+        inputs, outputs = ([TensorSpec.from_dict(s) for s in d[key]] if d.get(key) is not None else None
+                           for key in ("inputs", "outputs"))
+        return cls(str(d["file"]), str(d.get("sha256", "")), int(d.get("bytes", 0)), inputs, outputs,
+                   [FileRef(**r) for r in d.get("external_data", [])])
+
+
+@dataclass
+class Stage:
+    graph: str   # key into Manifest.files
+    layers: list  # global layer indices whose KV cache this graph takes
+    head: int
+
+
+@dataclass
+class Manifest:
+    dtype: str
+    opset: int
+    model_config: dict
+    tokenizer_config: dict
+    labels: list
+    latent: dict   # {h, w, depth}
+    image: dict    # {height, width}
+    null_class: Optional[int]
+    sampler_defaults: dict
+    stages: list   # list[Stage]
+    files: dict    # name -> FileEntry; names stage0..stage{D-1}, decoder, embeddings
+    producer: dict = field(default_factory=dict)
+    kv: dict = field(default_factory=lambda: dict(KV_TEMPLATES))
+    format: str = FORMAT
+    version: int = VERSION
+    model_dir: Optional[Path] = field(default=None, compare=False)  # set by load/write, not stored
+
+    @property
+    def depth(self) -> int:
+        return int(self.latent["depth"])
+
+    @property
+    def stage_names(self) -> list:
+        return [s.graph for s in self.stages]
+
+    def file_path(self, name: str) -> Path:
+        if name not in self.files:
+            raise ManifestError(f"manifest.json has no file entry {name!r} (has {sorted(self.files)}). {_RERUN}")
+        return Path(self.model_dir or ".") / self.files[name].file
+
+    graph_path = file_path
+
+    def inputs(self, name: str) -> list:
+        return list(self.files[name].inputs or [])
+
+    def outputs(self, name: str) -> list:
+        return list(self.files[name].outputs or [])
+
+    def past_names(self, layer: int) -> tuple:
+        return self.kv["past_key"] % layer, self.kv["past_value"] % layer
+
+    def present_names(self, layer: int) -> tuple:
+        return self.kv["present_key"] % layer, self.kv["present_value"] % layer
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.pop("model_dir")
+        for entry in d["files"].values():  # drop empty optional fields so the json reads cleanly
+            for key in ("inputs", "outputs", "external_data"):
+                if not entry[key]:
+                    entry.pop(key)
+        return {"format": d.pop("format"), "version": d.pop("version"), **d}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Manifest":
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            got = d.get("format") if isinstance(d, dict) else type(d).__name__
+            raise ManifestError(f"manifest format is {got!r}, expected {FORMAT!r}: not an exported dnd model folder")
+        if d.get("version") != VERSION:
+            raise ManifestError(f"manifest version {d.get('version')!r} is not supported (this build reads {VERSION}). {_RERUN}")
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "model_dir"]
+        required = [n for n in names if n not in ("producer", "kv")]
+        missing = [n for n in required if n not in d]
+        if missing:
+            raise ManifestError(f"manifest.json is missing required field(s) {missing}. {_RERUN}")
+        try:
+            m = cls(**{n: d[n] for n in names if n in d})
+            m.stages = [Stage(str(s["graph"]), [int(i) for i in s["layers"]], int(s["head"])) for s in d["stages"]]
+            m.files = {str(k): FileEntry.from_dict(v) for k, v in d["files"].items()}
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ManifestError(f"manifest.json is malformed ({type(e).__name__}: {e}). {_RERUN}") from None
+        m._validate()
+        return m
+
+    def _validate(self) -> None:
+        problems = []
+        if self.dtype not in DTYPES:
+            problems.append(f"dtype {self.dtype!r} is not one of {DTYPES}")
+        if not {"h", "w", "depth"} <= set(self.latent) or not {"height", "width"} <= set(self.image):
+            problems.append("latent needs {h, w, depth} and image needs {height, width}")
+        elif len(self.stages) != self.depth or [s.head for s in self.stages] != list(range(self.depth)):
+            problems.append(f"{len(self.stages)} stages for depth {self.depth}, heads must be 0..{self.depth - 1}")
+        if [k for k in SAMPLER_KEYS if k not in self.sampler_defaults]:
+            problems.append(f"sampler_defaults needs {SAMPLER_KEYS}, has {sorted(self.sampler_defaults)}")
+        if set(self.kv) != set(KV_TEMPLATES):
+            problems.append(f"kv needs the keys {sorted(KV_TEMPLATES)}")
+        needed = self.stage_names + ["decoder", "embeddings"]
+        absent = [n for n in needed if n not in self.files]
+        if absent:
+            problems.append(f"files lacks entries {absent}")
+        if problems:
+            raise ManifestError("manifest.json is invalid: " + "; ".join(problems) + f". {_RERUN}")
+
+
+def sha256_file(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _refs(entry: FileEntry) -> list:
+    return [entry, *entry.external_data]
+
+
+def write_manifest(model_dir, manifest: Manifest) -> Manifest:
+    """Fill sha256 and bytes of every listed file from disk, then write model_dir/manifest.json."""
+    model_dir = Path(model_dir)
+    manifest = dataclasses.replace(manifest, model_dir=model_dir)
+    manifest._validate()
+    for entry in manifest.files.values():
+        for ref in _refs(entry):
+            path = model_dir / ref.file
+            if not path.is_file():
+                raise ManifestError(f"{path}: listed in the manifest but not written")
+            ref.sha256, ref.bytes = sha256_file(path), path.stat().st_size
+    tmp = model_dir / f".{MANIFEST_NAME}.tmp"
+    tmp.write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+    os.replace(tmp, model_dir / MANIFEST_NAME)
+    return manifest
+
+
+def load_manifest(model_dir: Union[str, Path], verify: bool = True) -> Manifest:
+    """Read and validate model_dir/manifest.json; with verify, check size and sha256 of every file."""
+    model_dir = Path(model_dir)
+    path = model_dir / MANIFEST_NAME
+    if not path.is_file():
+        raise ManifestError(f"{model_dir}: no {MANIFEST_NAME} here. Point at a folder written by "
+                            "`dnd-export CHECKPOINT -o DIR`.")
+    try:
+        raw = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ManifestError(f"{path}: not valid JSON ({e}). {_RERUN}") from None
+    manifest = Manifest.from_dict(raw)
+    manifest.model_dir = model_dir
+    if verify:
+        for entry in manifest.files.values():
+            for ref in _refs(entry):
+                _verify_file(model_dir / ref.file, ref)
+    return manifest
+
+
+def _verify_file(path: Path, ref) -> None:
+    if not path.is_file():
+        raise ManifestError(f"{path.name}: listed in {MANIFEST_NAME} but missing from {path.parent}. {_RERUN}")
+    size = path.stat().st_size
+    if size != ref.bytes or sha256_file(path) != ref.sha256:
+        raise ManifestError(f"{path.name}: contents do not match {MANIFEST_NAME} (sha256/size differ, "
+                            f"{size} bytes vs {ref.bytes} expected); the file was modified or truncated. {_RERUN}")

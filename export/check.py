@@ -1,0 +1,120 @@
+"""`dnd-export --check`: compare the exported graphs with the PyTorch model using Polygraphy.
+
+Each stage graph is fed exactly what the runtime would feed it: a prefill step (condition
+token, empty cache) and `decode_steps` one-position steps whose caches are the PyTorch
+model's own presents. ONNX Runtime (CPU) and the PyTorch wrapper see identical feeds, so
+the error measured is the export's alone, not an accumulation over steps.
+"""
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+from polygraphy.comparator import Comparator, IterationResult, SimpleCompareFunc
+from polygraphy.logger import G_LOGGER
+
+from dnd_sdk.manifest import load_manifest
+from .errors import ExportCheckError
+from .stages import DecoderWrapper, StageWrapper
+
+log = logging.getLogger(__name__)
+
+# (atol, rtol) per export dtype; an element passes when either holds. Decoder pixels are
+# uint8, where a float error at a floor boundary moves a pixel by one step.
+TOLERANCES = {"fp32": (1e-4, 1e-3), "fp16": (2e-2, 2e-2), "bf16": (1e-1, 5e-2)}
+# ONNX Runtime has no bfloat16 CPU kernels (MatMul, Mul...), so bf16 graphs are checked by TensorRT only
+CHECKABLE = ("fp32", "fp16")
+PIXEL_ATOL = {"fp32": 1, "fp16": 4, "bf16": 8}
+
+
+@dataclass
+class OutputError:
+    graph: str
+    output: str
+    max_abs: float
+    max_rel: float
+    passed: bool
+
+    def __str__(self) -> str:
+        mark = "ok  " if self.passed else "FAIL"
+        rel = f"{self.max_rel:.3g}" if np.isfinite(self.max_rel) else "n/a"  # pixels have no relative error
+        return f"{mark} {self.graph:<8} {self.output:<24} max abs {self.max_abs:.3g}  max rel {rel}"
+
+
+def check_export(model_dir, model, tokenizer, decode_steps: int = 3, batch: int = 2, seed: int = 0) -> list:
+    """Compare every graph with PyTorch; log one row per output, raise ExportCheckError past tolerance."""
+    manifest = load_manifest(model_dir, verify=False)
+    assert manifest.dtype in CHECKABLE, f"{manifest.dtype} graphs cannot run in ONNX Runtime on CPU"
+    atol, rtol = TOLERANCES[manifest.dtype]
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for k, feeds in enumerate(stage_feeds(model, decode_steps, batch, g)):
+        wrapper = StageWrapper(model, k)
+        expected = [_run_torch(wrapper, wrapper.io.outputs, feed) for feed in feeds]
+        rows += _compare(manifest.graph_path(f"stage{k}"), feeds, expected, atol, rtol)
+    a = model.args
+    codes = torch.randint(0, a.vocab_size, (batch, a.grid_h, a.grid_w, a.num_pred_heads), generator=g)
+    feeds = [{"codes": codes.numpy()}]
+    expected = [_run_torch(DecoderWrapper(tokenizer), ["image"], feeds[0])]
+    rows += _compare(manifest.graph_path("decoder"), feeds, expected, PIXEL_ATOL[manifest.dtype], 0.0)
+    for row in rows:
+        log.info("%s", row)
+    failed = [r for r in rows if not r.passed]
+    if failed:
+        raise ExportCheckError(
+            f"{len(failed)} output(s) differ from PyTorch beyond tolerance (atol {atol}, rtol {rtol}; pixels "
+            f"{PIXEL_ATOL[manifest.dtype]}): " + "; ".join(f"{r.graph}/{r.output} abs {r.max_abs:.3g}" for r in failed)
+            + ". Nothing was written; report this with the checkpoint's config, or try --dtype fp32.")
+    return rows
+
+
+@torch.no_grad()
+def stage_feeds(model, decode_steps: int, batch: int, g: torch.Generator) -> list:
+    """Per stage, the list of feed dicts (prefill, then decode steps), built by running PyTorch."""
+    a, dtype = model.args, next(model.parameters()).dtype
+    D = a.num_pred_heads
+    wrappers = [StageWrapper(model, k) for k in range(D)]
+    past = [[torch.zeros(batch, a.n_kv_head, 0, a.head_dim, dtype=dtype)] * (2 * len(w.io.layers)) for w in wrappers]
+    feeds = [[] for _ in range(D)]
+    labels = torch.randint(0, a.num_classes, (batch,), generator=g)
+    for step in range(decode_steps + 1):
+        if step == 0:
+            hidden = model.embed_condition(labels).float()
+        else:
+            hidden = model.embed_codes(torch.randint(0, a.vocab_size, (batch, 1, D), generator=g)).float()
+        for k, w in enumerate(wrappers):
+            feeds[k].append(dict(zip(w.io.inputs, [_np(t) for t in (hidden, *past[k])])))
+            _, hidden, *flat = w(hidden, *past[k])
+            past[k] = flat
+            token = torch.randint(0, a.vocab_size, (batch, 1), generator=g)
+            hidden = hidden + model.tok_embeddings(token).float()
+    return feeds
+
+
+@torch.no_grad()
+def _run_torch(wrapper, output_names, feed: dict) -> dict:
+    outs = wrapper(*[torch.from_numpy(v) for v in feed.values()])
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    return {name: _np(t) for name, t in zip(output_names, outs)}
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+def _compare(graph: Path, feeds: list, expected: list, atol: float, rtol: float) -> list:
+    with G_LOGGER.verbosity(G_LOGGER.ERROR), np.errstate(divide="ignore", invalid="ignore"):
+        runner = OnnxrtRunner(SessionFromOnnx(str(graph), providers=["cpu"]))
+        results = Comparator.run([runner], data_loader=feeds)
+        results.append(("pytorch", [IterationResult(out, runner_name="pytorch") for out in expected]))
+        accuracy = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(atol=atol, rtol=rtol))
+    # one compare function, one runner pair (onnxrt, pytorch): a list of {output: result} per iteration
+    per_iteration = next(iter(accuracy[0].values()))
+    rows = []
+    for name in expected[0]:
+        stats = [it[name] for it in per_iteration]
+        rows.append(OutputError(graph.stem, name, max(s.max_absdiff for s in stats),
+                                max(s.max_reldiff for s in stats), all(bool(s) for s in stats)))
+    return rows

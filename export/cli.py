@@ -1,0 +1,41 @@
+"""`dnd-export CHECKPOINT -o DIR [--dtype fp32|fp16|bf16] [--opset N] [--check] [--force]`."""
+import logging
+import sys
+import time
+
+import click
+
+from dnd_sdk.errors import DndError
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder to write.")
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+              help="Weight and KV-cache precision of the graphs (hidden and logits stay float32).")
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (14..20).")
+@click.option("--check", is_flag=True, help="Compare the graphs with PyTorch (Polygraphy) and fail past tolerance.")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists and is not empty.")
+def main(checkpoint, out_dir, dtype, opset, check, force):
+    """Export CHECKPOINT to an ONNX model folder that `dnd generate` and `dnd-build` read."""
+    from .export import export_model  # torch loads here, after --help has been answered
+
+    # the library reports progress and --check errors through logging; show them on stdout
+    log, handler = logging.getLogger("dnd_export"), logging.StreamHandler(sys.stdout)
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    start = time.perf_counter()
+    try:
+        path = export_model(checkpoint, out_dir, dtype=dtype, opset=opset, check=check, force=force)
+    except DndError as e:
+        raise click.ClickException(str(e)) from None
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    size = sum(p.stat().st_size for p in path.iterdir())
+    click.echo(f"Wrote {path} ({dtype}, {size / 1e6:.1f} MB) in {time.perf_counter() - start:.1f}s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""checkpoint.pt -> exported model folder (docs/architecture.md, "Exported model folder").
+
+    from dnd_export import export_model
+    export_model("runs/words/checkpoint.pt", "out/model", dtype="fp16", check=True)
+
+Everything is written into a hidden temporary folder beside the target and renamed into
+place at the end, so a failed, interrupted or disk-full export never leaves a folder that
+looks like a model.
+"""
+import dataclasses
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+import dnd_sdk
+from dnd_sdk.errors import InvalidInputError
+from dnd_sdk.manifest import FileEntry, FileRef, Manifest, Stage, write_manifest
+from dnd_training.checkpoint import load_checkpoint
+from .errors import ExportError
+from .onnx_export import EXTERNAL_DATA_THRESHOLD, export_graph
+from .stages import DecoderWrapper, StageWrapper
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# ONNX Conv takes bfloat16 only from opset 22 (past the TorchScript exporter), so a bf16
+# export keeps the small tokenizer decoder in float32; its I/O is int64 -> uint8 either way
+DECODER_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.float32}
+DEFAULT_OPSET = 17
+# scaled_dot_product_attention exports from opset 14; 20 is the TorchScript exporter's ceiling
+MIN_OPSET, MAX_OPSET = 14, 20
+SAMPLER_DEFAULTS = {"cfg_scale": 1.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+
+
+def export_model(checkpoint_path, out_dir, dtype: str = "fp32", opset: int = DEFAULT_OPSET,
+                 check: bool = False, force: bool = False,
+                 external_threshold: int = EXTERNAL_DATA_THRESHOLD) -> Path:
+    """Export a checkpoint to `out_dir` and return its path. Raises a DndError on bad input."""
+    if dtype not in DTYPES:
+        raise InvalidInputError(f"dtype {dtype!r} is not supported; choose one of {sorted(DTYPES)}")
+    if not MIN_OPSET <= int(opset) <= MAX_OPSET:
+        raise InvalidInputError(f"opset {opset} is not supported; choose {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})")
+    if check and dtype == "bf16":
+        raise InvalidInputError("--check runs the graphs in ONNX Runtime, which has no bfloat16 CPU kernels; "
+                                "check an fp16 or fp32 export, or validate bf16 engines with dnd-build")
+    out_dir = Path(out_dir)
+    _check_target(out_dir, force)
+    ckpt = load_checkpoint(checkpoint_path)  # CheckpointError names what is wrong
+    _check_supported(ckpt.model_args)
+    sampler_defaults = _sampler_defaults(ckpt.meta)
+    model, tokenizer = ckpt.build_model(DTYPES[dtype]), ckpt.build_tokenizer().to(DECODER_DTYPES[dtype])
+
+    created = _missing_ancestor(out_dir.parent)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        files, stages = _write_graphs(tmp, model, tokenizer, int(opset), external_threshold)
+        manifest = Manifest(
+            dtype=dtype, opset=int(opset), model_config=dataclasses.asdict(model.args),
+            tokenizer_config=dataclasses.asdict(tokenizer.config), labels=list(ckpt.labels),
+            latent={"h": model.args.grid_h, "w": model.args.grid_w, "depth": model.args.num_pred_heads},
+            image={"height": tokenizer.config.image_height, "width": tokenizer.config.image_width},
+            null_class=model.args.num_classes if model.args.has_null_class else None,
+            sampler_defaults=sampler_defaults, stages=stages, files=files,
+            producer={"dnd_sdk": dnd_sdk.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
+                      "exporter": "torch.onnx TorchScript"})
+        write_manifest(tmp, manifest)
+        if check:
+            from .check import check_export  # polygraphy is only needed for --check
+            check_export(tmp, model, tokenizer)
+        _move_into_place(tmp, out_dir)
+    except BaseException as e:  # interrupts too: never leave the partial folder behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise ExportError(f"writing {out_dir} failed ({e.strerror or e}); nothing was left behind. "
+                              "Free disk space or choose another folder with -o.") from e
+        raise
+    log.debug("exported %s (%s) to %s", checkpoint_path, dtype, out_dir)
+    return out_dir
+
+
+def _write_graphs(tmp: Path, model, tokenizer, opset: int, threshold: int) -> tuple:
+    files, stages = {}, []
+    for k in range(model.args.num_pred_heads):
+        wrapper = StageWrapper(model, k)
+        name = f"stage{k}"
+        ins, outs, extra = export_graph(wrapper, wrapper.example_inputs(), tmp / f"{name}.onnx", wrapper.io.inputs,
+                                        wrapper.io.outputs, wrapper.io.dynamic_axes, opset, threshold)
+        files[name] = FileEntry(f"{name}.onnx", inputs=ins, outputs=outs, external_data=[FileRef(f) for f in extra])
+        stages.append(Stage(name, wrapper.io.layers, k))
+    a = model.args
+    codes = torch.randint(0, a.vocab_size, (2, a.grid_h, a.grid_w, a.num_pred_heads), generator=torch.Generator().manual_seed(0))
+    ins, outs, extra = export_graph(DecoderWrapper(tokenizer), (codes,), tmp / "decoder.onnx", ["codes"], ["image"],
+                                    DecoderWrapper.dynamic_axes(), opset, threshold)
+    files["decoder"] = FileEntry("decoder.onnx", inputs=ins, outputs=outs, external_data=[FileRef(f) for f in extra])
+    np.savez(tmp / "embeddings.npz", tok_embeddings=_to_numpy(model.tok_embeddings.weight),
+             cls_embedding=_to_numpy(model.cls_embedding.embedding_table.weight))
+    files["embeddings"] = FileEntry("embeddings.npz")
+    return files, stages
+
+
+def _to_numpy(t: torch.Tensor) -> np.ndarray:
+    t = t.detach().cpu()
+    if t.dtype == torch.bfloat16:  # numpy has no bfloat16: keep the bit patterns
+        return t.view(torch.int16).numpy().view(np.uint16)
+    return t.numpy()
+
+
+def _check_supported(args) -> None:
+    if args.share_prediction_heads and args.num_pred_heads > 1:
+        # each stage graph would embed its own copy of the one shared head: the folder's
+        # no-weight-twice rule (and its size) would break silently
+        raise InvalidInputError(
+            f"share_prediction_heads=True with {args.num_pred_heads} heads is not supported by the export: every "
+            "stage graph would store the shared head again. Export a model trained with separate heads.")
+
+
+def _sampler_defaults(meta: dict) -> dict:
+    given = dict(meta.get("sampler_defaults") or {})
+    unknown = sorted(set(given) - set(SAMPLER_DEFAULTS))
+    if unknown:
+        raise InvalidInputError(f"checkpoint meta['sampler_defaults'] has unknown keys {unknown}; "
+                                f"allowed: {sorted(SAMPLER_DEFAULTS)}. Fix the checkpoint's meta and re-export.")
+    out = {**SAMPLER_DEFAULTS, **given}
+    try:
+        return {k: type(SAMPLER_DEFAULTS[k])(v) for k, v in out.items()}
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"checkpoint meta['sampler_defaults'] must hold numbers, got {given}") from None
+
+
+def _check_target(out_dir: Path, force: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InvalidInputError(f"{out_dir} exists and is not a folder; choose another output folder with -o")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        raise InvalidInputError(f"{out_dir} exists and is not empty; pass --force (force=True) to replace it, "
+                                "or choose another output folder with -o")
+
+
+def _missing_ancestor(folder: Path):
+    """The outermost folder of `folder`'s path that does not exist yet (to remove on failure)."""
+    missing = None
+    for p in [folder, *folder.parents]:
+        if p.exists():
+            break
+        missing = p
+    return missing
+
+
+def _move_into_place(tmp: Path, out_dir: Path) -> None:
+    if not out_dir.exists():
+        os.replace(tmp, out_dir)
+        return
+    # keep the old folder until the new one is in place, then delete it
+    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+    os.replace(out_dir, old / out_dir.name)
+    os.replace(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)

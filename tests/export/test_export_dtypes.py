@@ -1,0 +1,88 @@
+"""Half-precision exports, the size budget, and graphs stored with external data."""
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from dnd_export import export_model
+from dnd_sdk.errors import ManifestError
+from dnd_sdk.manifest import load_manifest
+from dnd_training.checkpoint import load_checkpoint
+from export_helpers import teacher_forced_logits
+
+# fp16 weights and caches, float32 hidden state and logits: measured max abs error on the tiny
+# model's logits (|logits| up to ~10) is about 5e-3
+FP16_LOGITS_ATOL = 3e-2
+
+
+def reference(path, batch=2):
+    model = load_checkpoint(path).build_model()
+    a = model.args
+    codes = torch.randint(0, a.vocab_size, (batch, a.seq_len, a.num_pred_heads), generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(batch) % a.num_classes
+    with torch.no_grad():
+        return codes.numpy(), labels.numpy(), model(codes, labels)[0].numpy()
+
+
+def test_fp16_runs_in_onnxruntime_close_to_fp32(tiny_checkpoint, tmp_path):
+    out = export_model(tiny_checkpoint, tmp_path / "fp16", dtype="fp16")
+    m = load_manifest(out)
+    assert m.dtype == "fp16"
+    specs = {s.name: s.dtype for s in m.inputs("stage0") + m.outputs("stage0")}
+    assert specs["hidden"] == specs["logits"] == specs["hidden_out"] == "float32"
+    assert specs["past_key_values.0.key"] == specs["present.1.value"] == "float16"
+    assert np.load(m.file_path("embeddings"))["tok_embeddings"].dtype == np.float16
+    for name in m.stage_names + ["decoder"]:  # every weight is stored in half precision
+        graph = onnx.load(str(m.graph_path(name))).graph
+        assert {t.data_type for t in graph.initializer if t.dims} == {onnx.TensorProto.FLOAT16}, name
+    codes, labels, expected = reference(tiny_checkpoint)
+    got = teacher_forced_logits(out, codes, labels)
+    err = np.abs(got - expected).max()
+    assert 0 < err <= FP16_LOGITS_ATOL, err
+
+
+def test_bf16_export_passes_the_checker(tiny_checkpoint, tmp_path):
+    out = export_model(tiny_checkpoint, tmp_path / "bf16", dtype="bf16")
+    m = load_manifest(out)
+    for name in m.stage_names + ["decoder"]:
+        onnx.checker.check_model(str(m.graph_path(name)), full_check=True)
+    assert m.inputs("stage0")[1].dtype == "bfloat16" and m.inputs("stage0")[0].dtype == "float32"
+    emb = np.load(m.file_path("embeddings"))["tok_embeddings"]
+    assert emb.dtype == np.uint16  # bfloat16 bit patterns
+    bits = torch.from_numpy(emb.view(np.int16)).view(torch.bfloat16)
+    weight = load_checkpoint(tiny_checkpoint).build_model().tok_embeddings.weight.detach()
+    assert torch.equal(bits, weight.to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("dtype, bytes_per_param", [("fp32", 4), ("fp16", 2)])
+def test_no_weight_stored_twice(make_checkpoint, tmp_path, dtype, bytes_per_param):
+    # wide enough that weights dominate the graphs' fixed structure, as in any real model
+    path = make_checkpoint(tmp_path / "c.pt", dim=256, n_layer=2, n_head=4, n_kv_head=2, vocab_size=512,
+                           pred_head_positions=[0, 1])
+    ckpt = load_checkpoint(path)
+    tok = ckpt.build_tokenizer()
+    shipped = [*ckpt.build_model().parameters(), *tok.decoder.parameters(), *tok.post_quant_conv.parameters(),
+               tok.quantizer.codebook]
+    param_bytes = bytes_per_param * sum(p.numel() for p in shipped)
+    out = export_model(path, tmp_path / dtype, dtype=dtype)
+    total = sum(f.stat().st_size for f in out.iterdir())
+    assert param_bytes < total <= 1.05 * param_bytes, (total, param_bytes)
+
+
+def test_external_data_beside_the_graph(tiny_checkpoint, tmp_path):
+    # the same path a > 2 GB graph takes, forced with a zero threshold
+    out = export_model(tiny_checkpoint, tmp_path / "ext", external_threshold=0)
+    m = load_manifest(out)
+    for name in m.stage_names + ["decoder"]:
+        entry = m.files[name]
+        assert [r.file for r in entry.external_data] == [f"{name}.onnx.data"]
+        assert (out / f"{name}.onnx.data").stat().st_size == entry.external_data[0].bytes > 0
+        ort.InferenceSession(str(m.graph_path(name)), providers=["CPUExecutionProvider"])
+    codes, labels, expected = reference(tiny_checkpoint)
+    assert np.abs(teacher_forced_logits(out, codes, labels) - expected).max() <= 1e-4
+    data = bytearray((out / "stage1.onnx.data").read_bytes())
+    data[-1] ^= 0x01
+    (out / "stage1.onnx.data").write_bytes(bytes(data))
+    with pytest.raises(ManifestError, match="stage1.onnx.data: contents do not match"):
+        load_manifest(out)

@@ -1,0 +1,90 @@
+"""Bad input gives a typed error with a useful message, and never leaves a folder behind."""
+import resource
+import signal
+
+import pytest
+from click.testing import CliRunner
+
+from dnd_export import ExportError, export_model
+from dnd_export.cli import main
+from dnd_sdk.errors import CheckpointError, InvalidInputError
+from dnd_sdk.manifest import load_manifest
+
+
+def leftovers(folder):
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def test_missing_and_corrupt_checkpoints(tiny_checkpoint, tmp_path):
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        export_model(tmp_path / "nope.pt", tmp_path / "out")
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(tiny_checkpoint.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        export_model(cut, tmp_path / "out")
+    assert leftovers(tmp_path) == ["cut.pt"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(dtype="int8"), "dtype 'int8' is not supported"),
+    (dict(opset=11), "opset 11 is not supported"),
+    (dict(dtype="bf16", check=True), "no bfloat16 CPU kernels"),
+])
+def test_unsupported_settings(tiny_checkpoint, tmp_path, kwargs, message):
+    with pytest.raises(InvalidInputError, match=message):
+        export_model(tiny_checkpoint, tmp_path / "out", **kwargs)
+    assert leftovers(tmp_path) == []
+
+
+def test_shared_prediction_heads_are_refused(make_checkpoint, tmp_path):
+    path = make_checkpoint(tmp_path / "c.pt", share_prediction_heads=True)
+    with pytest.raises(InvalidInputError, match="share_prediction_heads=True with 2 heads is not supported"):
+        export_model(path, tmp_path / "out")
+    assert leftovers(tmp_path) == ["c.pt"]
+
+
+def test_unknown_sampler_defaults_in_meta(make_checkpoint, tmp_path):
+    path = make_checkpoint(tmp_path / "c.pt", meta={"sampler_defaults": {"cfg": 3.0}})
+    with pytest.raises(InvalidInputError, match=r"unknown keys \['cfg'\]"):
+        export_model(path, tmp_path / "out")
+    assert leftovers(tmp_path) == ["c.pt"]
+
+
+def test_existing_folder_needs_force(tiny_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(InvalidInputError, match="exists and is not empty; pass --force"):
+        export_model(tiny_checkpoint, out)
+    assert leftovers(out) == ["keep.txt"]
+    export_model(tiny_checkpoint, out, force=True)
+    assert "keep.txt" not in leftovers(out) and load_manifest(out).dtype == "fp32"
+    assert leftovers(tmp_path) == ["out"]  # no temporary or old folders beside it
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert load_manifest(export_model(tiny_checkpoint, empty)).depth == 2  # an empty folder is fine
+
+
+def test_disk_full_leaves_nothing_behind(tiny_checkpoint, tmp_path):
+    # a real write failure: the file-size limit makes the kernel refuse writes past 100 kB (EFBIG)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, hard))
+    try:
+        with pytest.raises(ExportError, match="failed .*nothing was left behind"):
+            export_model(tiny_checkpoint, tmp_path / "new" / "deeper" / "model")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)
+    assert leftovers(tmp_path) == []  # not even the parent folders it created
+
+
+def test_cli_exit_codes_and_messages(tiny_checkpoint, tmp_path):
+    runner = CliRunner()
+    bad = runner.invoke(main, [str(tmp_path / "nope.pt"), "-o", str(tmp_path / "out")])
+    assert bad.exit_code == 1 and "no such checkpoint" in bad.output and "Traceback" not in bad.output
+    ok = runner.invoke(main, [str(tiny_checkpoint), "-o", str(tmp_path / "out"), "--dtype", "fp16"])
+    assert ok.exit_code == 0, ok.output
+    assert "Wrote" in ok.output and load_manifest(tmp_path / "out").dtype == "fp16"
+    again = runner.invoke(main, [str(tiny_checkpoint), "-o", str(tmp_path / "out")])
+    assert again.exit_code == 1 and "--force" in again.output

@@ -1,0 +1,104 @@
+"""manifest.json: what the export writes, round trip, and every way a folder can be damaged."""
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+
+from dnd_sdk.errors import ManifestError
+from dnd_sdk.manifest import DIM_NAMES, Manifest, load_manifest, sha256_file, write_manifest
+from dnd_training.checkpoint import load_checkpoint
+
+
+@pytest.fixture
+def model_copy(tiny_model_dir, tmp_path):
+    return shutil.copytree(tiny_model_dir, tmp_path / "model")
+
+
+def test_manifest_describes_the_folder(tiny_checkpoint, tiny_model_dir):
+    m = load_manifest(tiny_model_dir)
+    args = load_checkpoint(tiny_checkpoint).model_args
+    assert (m.format, m.version, m.dtype, m.opset) == ("dnd-model", 1, "fp32", 17)
+    assert m.labels == ["cat", "dog", "bird", "fish"] and m.null_class == 4
+    assert m.latent == {"h": 2, "w": 4, "depth": 2} and m.image == {"height": 16, "width": 32}
+    assert m.sampler_defaults == {"cfg_scale": 2.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+    assert [(s.graph, s.layers, s.head) for s in m.stages] == [("stage0", [0, 1], 0), ("stage1", [2], 1)]
+    assert sorted(p.name for p in tiny_model_dir.iterdir()) == [
+        "decoder.onnx", "embeddings.npz", "manifest.json", "stage0.onnx", "stage1.onnx"]
+    for name, entry in m.files.items():
+        assert entry.sha256 == sha256_file(tiny_model_dir / entry.file), name
+
+    kv = args.n_kv_head
+    ins = {s.name: (s.dtype, s.shape) for s in m.inputs("stage1")}
+    outs = {s.name: (s.dtype, s.shape) for s in m.outputs("stage1")}
+    assert ins == {"hidden": ("float32", ["batch_size", "sequence_length", 32]),
+                   "past_key_values.2.key": ("float32", ["batch_size", kv, "past_sequence_length", 8]),
+                   "past_key_values.2.value": ("float32", ["batch_size", kv, "past_sequence_length", 8])}
+    assert outs == {"logits": ("float32", ["batch_size", 64]),
+                    "hidden_out": ("float32", ["batch_size", "sequence_length", 32]),
+                    "present.2.key": ("float32", ["batch_size", kv, "total_sequence_length", 8]),
+                    "present.2.value": ("float32", ["batch_size", kv, "total_sequence_length", 8])}
+    assert m.past_names(2) == ("past_key_values.2.key", "past_key_values.2.value")
+    assert m.present_names(2) == ("present.2.key", "present.2.value")
+    assert [(s.name, s.dtype, s.shape) for s in m.inputs("decoder")] == [("codes", "int64", ["batch_size", 2, 4, 2])]
+    assert [(s.name, s.dtype, s.shape) for s in m.outputs("decoder")] == [("image", "uint8", ["batch_size", 16, 32, 3])]
+
+    # the manifest's I/O lists are the graphs' own
+    for name in m.stage_names + ["decoder"]:
+        graph = onnx.load(str(m.graph_path(name)), load_external_data=False).graph
+        assert [i.name for i in graph.input] == [s.name for s in m.inputs(name)]
+        assert [o.name for o in graph.output] == [s.name for s in m.outputs(name)]
+        assert all(isinstance(d, int) or d in DIM_NAMES for s in m.inputs(name) + m.outputs(name) for d in s.shape)
+    emb = np.load(m.file_path("embeddings"))
+    assert emb["tok_embeddings"].shape == (64, 32) and emb["cls_embedding"].shape == (5, 32)
+
+
+def test_round_trip_through_dict_and_file(model_copy):
+    m = load_manifest(model_copy)
+    assert Manifest.from_dict(json.loads(json.dumps(m.to_dict()))) == m
+    again = write_manifest(model_copy, m)
+    assert again == m and load_manifest(model_copy) == m
+
+
+@pytest.mark.parametrize("victim", ["stage1.onnx", "decoder.onnx", "embeddings.npz"])
+def test_tampered_file_is_named(model_copy, victim):
+    data = bytearray((model_copy / victim).read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, one byte changed: only the sha256 can tell
+    (model_copy / victim).write_bytes(bytes(data))
+    with pytest.raises(ManifestError, match=rf"{victim}: contents do not match manifest.json.*Re-export"):
+        load_manifest(model_copy)
+    assert load_manifest(model_copy, verify=False).dtype == "fp32"  # verify=False skips the hashes
+
+
+def test_missing_file_and_missing_manifest(model_copy, tmp_path):
+    (model_copy / "stage0.onnx").unlink()
+    with pytest.raises(ManifestError, match="stage0.onnx: listed in manifest.json but missing"):
+        load_manifest(model_copy)
+    with pytest.raises(ManifestError, match="no manifest.json here"):
+        load_manifest(tmp_path)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.update(format="other"), "format is 'other'"),
+    (lambda d: d.update(version=2), "version 2 is not supported"),
+    (lambda d: d.pop("stages"), r"missing required field\(s\) \['stages'\]"),
+    (lambda d: d.update(dtype="int4"), "dtype 'int4' is not one of"),
+    (lambda d: d["stages"].pop(), "1 stages for depth 2"),
+    (lambda d: d["files"].pop("decoder"), r"files lacks entries \['decoder'\]"),
+    (lambda d: d["files"]["stage0"]["inputs"][0].update(shape=["batch", 1, 32]), "unknown dims"),
+    (lambda d: d["sampler_defaults"].pop("top_p"), "sampler_defaults needs"),
+    (lambda d: d["stages"][0].pop("head"), "malformed"),
+])
+def test_invalid_manifest_fields(model_copy, edit, message):
+    raw = json.loads((model_copy / "manifest.json").read_text())
+    edit(raw)
+    (model_copy / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(ManifestError, match=message):
+        load_manifest(model_copy, verify=False)
+
+
+def test_not_json(model_copy):
+    (model_copy / "manifest.json").write_text("{not json")
+    with pytest.raises(ManifestError, match="not valid JSON"):
+        load_manifest(model_copy)
