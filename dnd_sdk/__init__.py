@@ -4,7 +4,8 @@
     images = Generator("model_dir").sample(labels=["ocean", 3], seed=0)
 """
 from .errors import DndError
+from .generator import Generator
 from .sampler import SamplingParams
 
 __version__ = "0.1.0"
-__all__ = ["DndError", "SamplingParams", "__version__"]
+__all__ = ["Generator", "DndError", "SamplingParams", "__version__"]

@@ -91,3 +91,49 @@ def sample(logits: np.ndarray, u: np.ndarray, temperature: float, top_k: int = 0
     token = (cdf <= u[:, None]).sum(axis=-1)  # first index whose cdf exceeds u
     last_kept = probs.shape[-1] - 1 - np.argmax(probs[:, ::-1] > 0, axis=-1)
     return np.minimum(token, last_kept)
+
+
+def embed_codes(tok_embeddings: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """codes [B, S, D] -> [B, S, d] float32, depth embeddings added one at a time in depth order.
+
+    The model adds them in the same order, so the float32 sums are bit-identical.
+    """
+    h = tok_embeddings[codes[..., 0]]
+    for k in range(1, codes.shape[-1]):
+        h = h + tok_embeddings[codes[..., k]]
+    return h
+
+
+def decode_one_token(stage_step, tok_embeddings: np.ndarray, hidden: np.ndarray, u: np.ndarray,
+                     params: SamplingParams) -> np.ndarray:
+    """One latent position: run the D stages, sampling each head. Returns tokens [B, D].
+
+    `stage_step(k, hidden [R, S, d]) -> (logits [R, V], hidden_out [R, S, d])` runs stage k with its
+    KV cache (R = 2B rows [cond; uncond] under guidance); u [B, D] holds this position's uniforms.
+    """
+    depth = u.shape[-1]
+    tokens = []
+    for k in range(depth):
+        logits, hidden = stage_step(k, hidden)
+        if params.guided:
+            logits = guide(logits, params.cfg_scale)
+        tok = sample(logits, u[:, k], params.temperature_of(k), params.top_k, params.top_p)
+        tokens.append(tok)
+        if k < depth - 1:
+            both = np.concatenate([tok, tok]) if params.guided else tok  # both halves get the same token
+            hidden = hidden + tok_embeddings[both][:, None, :]
+    return np.stack(tokens, axis=-1)
+
+
+def decode_n_tokens(stage_step, tok_embeddings: np.ndarray, hidden: np.ndarray, u: np.ndarray,
+                    params: SamplingParams, callback=None) -> np.ndarray:
+    """All latent positions from the condition embedding hidden [R, C, d]; u [B, L, D] -> codes [B, L, D]."""
+    codes = []
+    for p in range(u.shape[1]):
+        tokens = decode_one_token(stage_step, tok_embeddings, hidden, u[:, p], params)
+        codes.append(tokens)
+        both = np.concatenate([tokens, tokens]) if params.guided else tokens
+        hidden = embed_codes(tok_embeddings, both[:, None, :])
+        if callback is not None:
+            callback(p)
+    return np.stack(codes, axis=1)

@@ -1,0 +1,1 @@
+"""The `dnd` command line: a registry of thin commands (main.py), one module per command."""

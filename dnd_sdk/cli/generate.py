@@ -1,0 +1,48 @@
+"""`dnd generate MODEL --num N --out DIR`: a thin wrapper over `dnd_sdk.batch.run_batch`."""
+from pathlib import Path
+
+import click
+
+from ..batch import BatchJob, run_batch
+from ..generator import Generator
+from .options import backend_options, sampling_options
+
+
+def _shard(ctx, param, value):
+    try:
+        i, n = (int(x) for x in value.split("/"))
+    except ValueError:
+        raise click.BadParameter(f"expected I/N such as 0/4, got {value!r}") from None
+    return i, n
+
+
+def _labels(ctx, param, value):
+    return None if value is None else [x.strip() for x in value.split(",") if x.strip()]
+
+
+@click.command("generate")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--num", type=int, help="How many images. [default: one per --labels entry]")
+@click.option("--labels", callback=_labels, help="Comma-separated class names or ids; image i gets entry i mod count. "
+              "[default: image i gets class i mod num_classes]")
+@click.option("--per-class", type=int, help="K images of every class (num = K x classes).")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@click.option("--batch-size", type=int, default=16, show_default=True, help="Images per backend call.")
+@sampling_options
+@click.option("--shard", default="0/1", show_default=True, callback=_shard,
+              help="I/N: make only the I-th (0-based) of N disjoint parts of the index range.")
+@click.option("--npz", is_flag=True, help="Also write samples.npz (arr_0: uint8 NHWC), as FID evaluators read.")
+@click.option("--grid", is_flag=True, help="Also write grid.png, a contact sheet of the first 256 images.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@backend_options
+def generate(model, num, labels, per_class, out, batch_size, seed, sampling, shard, npz, grid, quiet, backend):
+    """Sample images from MODEL into OUT: 000000.png ..., metadata.jsonl, run.json.
+
+    Killed at any point, the same command resumes where it stopped. Shards may share OUT.
+    """
+    gen = Generator(model, **backend)
+    job = BatchJob(num=num, labels=labels, per_class=per_class, seed=seed, sampling=sampling,
+                   batch_size=batch_size, shard=shard, npz=npz, grid=grid)
+    s = run_batch(gen, out, job, progress=not quiet)
+    state = "complete" if s.complete else "this shard done, others still missing"
+    click.echo(f"{out}: {s.made} made, {s.skipped} already there ({state}) on {gen.backend_name} in {s.seconds:.1f}s")

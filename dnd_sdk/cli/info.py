@@ -1,0 +1,31 @@
+"""`dnd info MODEL`: check a model folder against its manifest and print what it holds."""
+from pathlib import Path
+
+import click
+
+from ..manifest import load_manifest
+
+
+def summary(model_dir) -> str:
+    """A short human-readable description of a verified model folder."""
+    m = load_manifest(model_dir)
+    labels = ", ".join(map(str, m.labels[:6])) + (", ..." if len(m.labels) > 6 else "")
+    size = sum(e.bytes + sum(r.bytes for r in e.external_data) for e in m.files.values())
+    guidance = "available" if m.null_class is not None else "unavailable (no null class)"
+    lines = [
+        f"{model_dir}: {m.format} v{m.version}, dtype {m.dtype}, opset {m.opset}",
+        f"classes:  {len(m.labels)} ({labels}); guidance {guidance}",
+        f"latent:   {m.latent['h']}x{m.latent['w']} cells x depth {m.depth}, vocab {m.model_config.get('vocab_size')}",
+        f"image:    {m.image['height']}x{m.image['width']} RGB",
+        f"sampler:  " + ", ".join(f"{k}={v}" for k, v in m.sampler_defaults.items()),
+        f"files:    {len(m.files)} ({size / 2**20:.1f} MiB), sha256 verified",
+        f"producer: " + ", ".join(f"{k} {v}" for k, v in m.producer.items()),
+    ]
+    return "\n".join(lines)
+
+
+@click.command("info")
+@click.argument("model", type=click.Path(path_type=Path))
+def info(model):
+    """Verify MODEL's files against manifest.json and print its summary."""
+    click.echo(summary(model))

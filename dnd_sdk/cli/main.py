@@ -1,0 +1,63 @@
+"""`dnd`: the command line. Adding a command is one line in COMMANDS.
+
+A command's module is imported only when that command runs, so `dnd --help` lists every command
+even where the extra a command needs (torch for `dnd train`) is not installed.
+"""
+import importlib
+import logging
+
+import click
+
+from ..errors import DndError
+
+# name: ("module:attribute", one-line help, extra that installs its dependencies)
+COMMANDS = {
+    "generate": ("dnd_sdk.cli.generate:generate", "Sample numbered PNGs (+ metadata, npz, grid) into a folder; resumable.", None),
+    "info": ("dnd_sdk.cli.info:info", "Print the summary of a model folder's manifest.", None),
+}
+
+
+def _missing(name: str, extra: str, error: ImportError) -> click.Command:
+    def fail(**_):
+        raise click.ClickException(f"`dnd {name}` needs the {extra!r} extra: pip install 'dnd-sdk[{extra}]' ({error})")
+    return click.Command(name, callback=fail, help=f"(needs: pip install 'dnd-sdk[{extra}]')",
+                         context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+
+
+class CommandRegistry(click.Group):
+    def list_commands(self, ctx):
+        return list(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS:
+            return None
+        target, _, extra = COMMANDS[name]
+        module, attr = target.split(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except ImportError as e:
+            if extra is None:
+                raise
+            return _missing(name, extra, e)
+
+    def format_commands(self, ctx, formatter):
+        # from the registry, so that --help imports no command module
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, COMMANDS[name][1]) for name in self.list_commands(ctx)])
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except DndError as e:  # a user error: its message, exit 1, no traceback
+            raise click.ClickException(str(e)) from None
+
+
+@click.group(cls=CommandRegistry, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log which backend runs and what is skipped.")
+def cli(verbose):
+    """dnd: sample, inspect (and later train, evaluate, benchmark) DnD-Transformer image generators."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def main(argv=None):
+    cli.main(args=argv, prog_name="dnd")

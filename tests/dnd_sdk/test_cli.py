@@ -1,0 +1,105 @@
+"""The `dnd` command line: registry, user errors without tracebacks, and resume after SIGKILL."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from dnd_sdk.cli import main as cli_main
+from dnd_sdk.cli.main import cli
+
+DND = [sys.executable, "-c", "from dnd_sdk.cli.main import main; main()"]
+
+
+def tree(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_help_lists_commands_from_the_registry(monkeypatch):
+    monkeypatch.setitem(cli_main.COMMANDS, "train", ("dnd_training.not_written_yet:train", "Train a model.", "train"))
+    result = CliRunner().invoke(cli, ["--help"])
+    assert result.exit_code == 0
+    for name in ("generate", "info", "train"):
+        assert f"  {name} " in result.output
+    missing = CliRunner().invoke(cli, ["train", "--steps", "3"])
+    assert missing.exit_code == 1 and "pip install 'dnd-sdk[train]'" in missing.output
+
+
+def test_info_prints_the_summary(tiny_model_dir):
+    result = CliRunner().invoke(cli, ["info", str(tiny_model_dir)])
+    assert result.exit_code == 0, result.output
+    assert "classes:  4 (cat, dog, bird, fish)" in result.output and "sha256 verified" in result.output
+
+
+def test_generate_writes_images_npz_and_grid(tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["generate", str(tiny_model_dir), "--per-class", "2", "--out", str(out),
+                                      "--npz", "--grid", "--threads", "1", "--quiet", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    assert "8 made, 0 already there (complete) on onnxruntime-cpu" in result.output
+    assert sorted(tree(out)) == [f"{i:06d}.png" for i in range(8)] + ["grid.png", "metadata.jsonl", "run.json", "samples.npz"]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--num", "4", "--labels", "cat,unicorn"], "unknown label 'unicorn'"),
+    (["--num", "4", "--labels", "9"], "class id 9 is out of range"),
+    (["--num", "4", "--temperature", "-1"], "temperature must be >= 0"),
+    (["--num", "4", "--top-p", "0"], "top_p must be in (0, 1]"),
+    (["--num", "4", "--top-k", "100"], "top_k must be in [0, 64]"),
+    (["--num", "4", "--cfg-scale", "-2"], "cfg_scale must be >= 0"),
+    (["--num", "0"], "num must be an integer >= 1"),
+    (["--num", "4", "--batch-size", "0"], "batch_size must be an integer >= 1"),
+    (["--num", "4", "--shard", "3/2"], "shard must be I/N"),
+    (["--labels", "cat", "--per-class", "2"], "not both"),
+])
+def test_bad_input_is_a_clean_error_and_writes_nothing(tiny_model_dir, tmp_path, args, fragment):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["generate", str(tiny_model_dir), "--out", str(out), "--quiet", *args])
+    assert result.exit_code == 1, result.output
+    assert fragment in result.output and "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_not_a_model_folder_exits_1_without_traceback(tmp_path):
+    proc = subprocess.run([*DND, "info", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "no manifest.json here" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_output(tiny_model_dir, tmp_path):
+    args = ["generate", str(tiny_model_dir), "--num", "120", "--batch-size", "1", "--seed", "9",
+            "--threads", "1", "--npz", "--grid", "--quiet"]
+    reference, out = tmp_path / "reference", tmp_path / "killed"
+    assert CliRunner().invoke(cli, [*args, "--out", str(reference)]).exit_code == 0
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for kills in range(2):  # kill twice at different points, resuming each time
+        proc = subprocess.Popen([*DND, *args, "--out", str(out)], env=env, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while len(list(out.glob("*.png"))) < 8 + 12 * kills and time.monotonic() < deadline:
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL  # it was killed mid-run, not finished
+    assert not (out / "metadata.jsonl").exists()
+
+    resumed = subprocess.run([*DND, *args, "--out", str(out)], env=env, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "already there (complete)" in resumed.stdout
+    assert tree(out) == tree(reference)
+
+
+def test_concurrent_shards_in_one_folder_equal_a_single_run(tiny_model_dir, tmp_path):
+    args = ["generate", str(tiny_model_dir), "--num", "24", "--seed", "2", "--threads", "1", "--npz", "--quiet"]
+    reference, out = tmp_path / "reference", tmp_path / "shared"
+    assert CliRunner().invoke(cli, [*args, "--out", str(reference)]).exit_code == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([*DND, *args, "--batch-size", "2", "--shard", f"{i}/2", "--out", str(out)], env=env,
+                              stdout=subprocess.PIPE, text=True) for i in range(2)]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert all("12 made" in o for o in outputs)
+    assert tree(out) == tree(reference)
