@@ -14,6 +14,10 @@ from ..errors import DndError
 COMMANDS = {
     "generate": ("dnd_sdk.cli.generate:generate", "Sample numbered PNGs (+ metadata, npz, grid) into a folder; resumable.", None),
     "info": ("dnd_sdk.cli.info:info", "Print the summary of a model folder's manifest.", None),
+    "train": ("dnd_training.cli:train", "Train a tokenizer, extract codes, train a transformer.", "train"),
+    "export": ("dnd_export.cli:main", "Export a checkpoint.pt to an ONNX model folder (same as dnd-export).", "export"),
+    "eval": ("dnd_training.eval_cli:evaluate", "Judge models, tokenizers, images or the dataset with OCR.", "eval"),
+    "bench": ("dnd_export.bench_cli:bench", "Images/s of the runtime vs the PyTorch reference, as JSON.", "export"),
 }
 
 
@@ -55,7 +59,7 @@ class CommandRegistry(click.Group):
 @click.group(cls=CommandRegistry, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Log which backend runs and what is skipped.")
 def cli(verbose):
-    """dnd: sample, inspect (and later train, evaluate, benchmark) DnD-Transformer image generators."""
+    """dnd: train, export, sample, evaluate and benchmark DnD-Transformer image generators."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
