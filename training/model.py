@@ -88,6 +88,9 @@ MODEL_CONFIGS = {
                  pred_head_positions=[1, 2], grid_h=2, grid_w=4, num_classes=4, multiple_of=16),
     "small": dict(dim=256, n_layer=8, n_head=8, vocab_size=512, num_pred_heads=4,
                   pred_head_positions=[4, 5, 6, 7], grid_h=4, grid_w=16, num_classes=32),
+    # the shipped word model: small enough to train for thousands of steps on 2 CPU cores
+    "words": dict(dim=128, n_layer=6, n_head=4, vocab_size=512, num_pred_heads=4,
+                  pred_head_positions=[2, 3, 4, 5], grid_h=4, grid_w=16, num_classes=32),
     "mid": dict(dim=512, n_layer=12, n_head=8, n_kv_head=4, vocab_size=1024, num_pred_heads=4,
                 pred_head_positions=[8, 9, 10, 11], grid_h=4, grid_w=16, num_classes=100),
 }
