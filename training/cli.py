@@ -1,0 +1,95 @@
+"""`dnd train ...`: the three stages that reproduce a model from nothing.
+
+    dnd train tokenizer     --config configs/tokenizer-words.yaml
+    dnd train extract-codes --config configs/transformer-words.yaml
+    dnd train transformer   --config configs/transformer-words.yaml
+
+Also runnable without the `dnd` entry point, e.g. under torchrun:
+    python -m dnd_training.cli transformer --config configs/transformer-words.yaml --set train.steps=100
+    torchrun --standalone --nproc_per_node 2 -m dnd_training.cli transformer --config ...
+"""
+import functools
+import logging
+
+import click
+
+from dnd_sdk.errors import DndError
+
+
+def _user_errors(fn):
+    """A DndError becomes its message and exit code 1, never a traceback."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except DndError as e:
+            raise click.ClickException(str(e)) from None
+    return wrapper
+
+
+def _run_options(fn):
+    options = [
+        click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML or JSON run config."),
+        click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                     help="Override a config entry, e.g. --set train.steps=100 (repeatable)."),
+        click.option("--steps", type=int, help="Same as --set train.steps=N."),
+        click.option("--batch-size", type=int, help="Global batch size, same as --set train.batch_size=N."),
+        click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Same as --set train.out_dir=DIR."),
+        click.option("--resume", is_flag=True, help="Continue the run in train.out_dir from its train_state.pt."),
+        click.option("--stop-at", type=int, hidden=True, help="Stop after this step, as if interrupted (tests)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _overrides(overrides, steps, batch_size, out_dir) -> list:
+    extra = [f"train.{k}={v}" for k, v in (("steps", steps), ("batch_size", batch_size), ("out_dir", out_dir))
+             if v is not None]
+    return list(overrides) + extra
+
+
+@click.group("train")
+def train():
+    """Train a tokenizer, extract codes, train a transformer."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+@train.command("tokenizer")
+@_run_options
+@_user_errors
+def tokenizer_cmd(config_path, overrides, steps, batch_size, out_dir, resume, stop_at):
+    """Train the RQ tokenizer; writes OUT/tokenizer.pt."""
+    from .config import load_config
+    from .train_tokenizer import TokenizerRunConfig, train_tokenizer
+    cfg = load_config(TokenizerRunConfig, config_path, _overrides(overrides, steps, batch_size, out_dir))
+    click.echo(f"wrote {train_tokenizer(cfg, resume=resume, stop_at=stop_at)}")
+
+
+@train.command("extract-codes")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Transformer run config (its codes section).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="e.g. --set codes.variants=50")
+@click.option("--device", default="cpu", show_default=True, help="Device to encode on (cpu, cuda).")
+@_user_errors
+def extract_codes_cmd(config_path, overrides, device):
+    """Encode the dataset with the tokenizer into codes.path (npz)."""
+    from .codes import extract_codes
+    from .config import load_config
+    from .train_transformer import TransformerRunConfig
+    cfg = load_config(TransformerRunConfig, config_path, overrides)
+    click.echo(f"wrote {extract_codes(cfg.codes, device=device)}")
+
+
+@train.command("transformer")
+@_run_options
+@_user_errors
+def transformer_cmd(config_path, overrides, steps, batch_size, out_dir, resume, stop_at):
+    """Train the DnD transformer on extracted codes; writes OUT/checkpoint.pt."""
+    from .config import load_config
+    from .train_transformer import TransformerRunConfig, train_transformer
+    cfg = load_config(TransformerRunConfig, config_path, _overrides(overrides, steps, batch_size, out_dir))
+    click.echo(f"wrote {train_transformer(cfg, resume=resume, stop_at=stop_at)}")
+
+
+if __name__ == "__main__":
+    train()

@@ -1,0 +1,102 @@
+"""Run configs: nested dataclasses read from YAML or JSON, with `section.key=value` overrides.
+
+    config = load_config(TransformerRunConfig, "configs/transformer-words.yaml", ["train.steps=100"])
+    save_config(config, "runs/x/config.yaml")    # the fully resolved config, next to the checkpoint
+
+Override values are parsed as YAML, so `train.lr=3e-4`, `data.words=[cat,dog]` and
+`train.ema_decay=null` all work. Unknown keys are errors, never silently ignored.
+"""
+import dataclasses
+import json
+import typing
+from pathlib import Path
+
+import yaml
+
+from dnd_sdk.errors import InvalidInputError
+
+
+def _dataclass_type(tp):
+    """The dataclass in `tp` (also inside Optional[...]), else None."""
+    candidates = typing.get_args(tp) if typing.get_origin(tp) is typing.Union else (tp,)
+    return next((c for c in candidates if isinstance(c, type) and dataclasses.is_dataclass(c)), None)
+
+
+def _coerce(tp, value, name: str):
+    """Numbers written like 3e-4 are strings to YAML 1.1; turn them into the field's type, or say what is wrong."""
+    args = typing.get_args(tp) if typing.get_origin(tp) is typing.Union else (tp,)
+    if value is None or not any(t in (int, float) for t in args) or isinstance(value, bool):
+        return value
+    want = float if float in args else int
+    try:
+        number = want(value) if isinstance(value, (str, int, float)) else None
+    except ValueError:
+        number = None
+    if number is None or (want is int and isinstance(value, float) and value != int(value)):
+        raise InvalidInputError(f"config entry {name} must be {'a number' if want is float else 'an integer'}, got {value!r}")
+    return number
+
+
+def from_dict(cls, data: dict, where: str = ""):
+    """Build dataclass `cls` from a nested dict, recursing into dataclass-typed fields."""
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"config section {where or '(top)'} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise InvalidInputError(f"unknown config key(s) {[where + k for k in unknown]}; "
+                                f"valid keys in {where or 'the top level'}: {sorted(names)}")
+    kwargs = {}
+    for key, value in data.items():
+        sub = _dataclass_type(hints[key])
+        if sub is not None and value is not None:
+            kwargs[key] = from_dict(sub, value, f"{where}{key}.")
+        else:
+            kwargs[key] = _coerce(hints[key], value, where + key)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise InvalidInputError(f"invalid config in {where or 'the top level'}: {e}") from None
+
+
+def read_config_file(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInputError(f"config file {path} does not exist; see configs/ for examples")
+    text = path.read_text()
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise InvalidInputError(f"config file {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}")
+    return data or {}
+
+
+def apply_overrides(data: dict, overrides) -> dict:
+    """Apply `a.b.c=value` strings to a nested dict (in place) and return it."""
+    for item in overrides or ():
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise InvalidInputError(f"override {item!r} must look like section.key=value, e.g. train.steps=100")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise InvalidInputError(f"override {item!r}: {p} is not a section")
+        node[leaf] = value
+    return data
+
+
+def load_config(cls, path=None, overrides=()):
+    data = read_config_file(path) if path else {}
+    return from_dict(cls, apply_overrides(data, overrides))
+
+
+def save_config(config, path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))

@@ -1,0 +1,82 @@
+"""OCR evaluation of generated images, tokenizer reconstructions (rOCR, PSNR) and the dataset itself.
+
+    dnd eval ocr out/model --per-class 4        # generated images, the model's default sampling
+    dnd eval ocr out/samples                    # a `dnd generate` folder (labels from metadata.jsonl)
+    dnd eval ocr runs/tok/tokenizer.pt          # rOCR + PSNR: encode, decode, read
+    dnd eval ocr --dataset --num-classes 32     # the OCR ceiling of the rendered words
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dnd_sdk.errors import InvalidInputError
+from .data import WordImageDataset, load_words, to_image, to_tensor
+from .ocr import read_words, score
+
+
+def _report(kind: str, images, truths, **extra) -> dict:
+    predictions = read_words(images)
+    result = {"kind": kind, **score(predictions, truths).as_dict(), **extra}
+    result["examples"] = [{"truth": t, "read": p} for t, p in list(zip(truths, predictions))[:16]]
+    return result
+
+
+def eval_model(model_dir, per_class: int = 4, seed: int = 1000, sampling=None, threads=None) -> dict:
+    """Generate `per_class` images of every class with the model's defaults (or `sampling`) and read them."""
+    from dnd_sdk import Generator
+    with Generator(model_dir, threads=threads) as gen:
+        labels = [c for c in range(gen.num_classes) for _ in range(per_class)]
+        images = gen.sample(labels=labels, seed=seed, **(sampling or {}))
+        defaults = dict(gen.manifest.sampler_defaults)
+    return _report("generated", images, [gen.labels[c] for c in labels], seed=seed,
+                   sampling={**defaults, **(sampling or {})})
+
+
+def eval_images(folder) -> dict:
+    """Read a `dnd generate` output folder; the truth of each PNG comes from metadata.jsonl."""
+    meta = Path(folder) / "metadata.jsonl"
+    if not meta.is_file():
+        raise InvalidInputError(f"{folder}: no metadata.jsonl; give a finished `dnd generate` output folder")
+    rows = [json.loads(line) for line in meta.read_text().splitlines() if line.strip()]
+    images = [Image.open(Path(folder) / f"{r['index']:06d}.png") for r in rows]
+    return _report("images", images, [r["label_name"] for r in rows])
+
+
+def _dataset(labels, per_class: int, seed: int, preset: str) -> WordImageDataset:
+    return WordImageDataset(labels, preset=preset, seed=seed, length=len(labels) * per_class)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR in dB of images in [-1, 1] (peak-to-peak 2)."""
+    mse = torch.mean((a.clamp(-1, 1) - b.clamp(-1, 1)) ** 2).item()
+    return float(10 * np.log10(4.0 / max(mse, 1e-12)))
+
+
+@torch.no_grad()
+def eval_tokenizer(tokenizer_path, labels=None, per_class: int = 4, seed: int = 1000, preset: str = "clean",
+                   depth=None) -> dict:
+    """rOCR and PSNR: render held-out words, encode, decode with the first `depth` codes, read."""
+    from .tokenizer_file import load_tokenizer
+    tokenizer, meta = load_tokenizer(tokenizer_path)
+    labels = list(labels or meta.get("labels") or load_words(num_classes=32))
+    ds = _dataset(labels, per_class, seed, preset)
+    originals = torch.stack([ds[i][0] for i in range(len(ds))])
+    codes = torch.cat([tokenizer.encode(x) for x in originals.split(64)])
+    depth = depth or codes.shape[-1]
+    recon = torch.cat([tokenizer.decode(c[..., :depth]) for c in codes.split(64)])
+    images = [to_image(x) for x in recon]
+    # PSNR of the uint8 images the user sees
+    seen = torch.stack([to_tensor(im) for im in images])
+    return _report("reconstructed", images, [ds.labels[ds.label_of(i)] for i in range(len(ds))],
+                   psnr=psnr(seen, originals), depth=depth, seed=seed)
+
+
+def eval_dataset(labels=None, num_classes: int = 32, per_class: int = 4, seed: int = 1000, preset: str = "clean") -> dict:
+    """The OCR ceiling: how often tesseract reads the rendered training words themselves."""
+    labels = list(labels or load_words(num_classes=num_classes))
+    ds = _dataset(labels, per_class, seed, preset)
+    return _report("dataset", [ds.render(i) for i in range(len(ds))],
+                   [ds.labels[ds.label_of(i)] for i in range(len(ds))], seed=seed)

@@ -1,0 +1,237 @@
+"""The training loop both stages share: AdamW + warmup/cosine, grad clipping, optional EMA,
+bf16 autocast, DDP, tqdm progress, a JSONL metrics log and atomic resumable state.
+
+Exact resume: every random draw of step t is seeded from (seed, t, rank) and the data of
+step t is a pure function of (seed, t) (`batch_indices`), so the training-state file only
+needs weights, optimizer, scheduler, EMA and the step; a run stopped at any checkpoint and
+resumed reaches the same weights as one that never stopped.
+"""
+import functools
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from dnd_sdk.errors import CheckpointError, DndError, InvalidInputError
+from .checkpoint import atomic_torch_save
+from .distributed import Dist, all_mean, barrier, wrap
+
+STATE_FORMAT = "dnd-train-state"
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 32  # global, split over processes
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 100
+    weight_decay: float = 0.05  # on >= 2-D parameters only, as the published recipe
+    betas: list = field(default_factory=lambda: [0.9, 0.95])
+    grad_clip: float = 1.0
+    ema_decay: float = 0.0  # 0 = off; when on, the saved checkpoint holds the EMA weights
+    seed: int = 0
+    precision: str = "auto"  # auto = bf16 on CUDA devices that support it, else fp32; or "bf16" / "fp32"
+    device: str = "auto"
+    num_threads: int = 0  # torch CPU threads; 0 = torch's default
+    log_every: int = 10
+    ckpt_every: int = 500
+    sample_every: int = 500  # 0 = no sample grids
+    out_dir: str = "runs/run"
+
+    def __post_init__(self):
+        bad = [k for k in ("steps", "batch_size", "log_every", "ckpt_every") if int(getattr(self, k)) <= 0]
+        if bad:
+            raise InvalidInputError(f"train.{bad[0]} must be a positive integer, got {getattr(self, bad[0])}")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise InvalidInputError(f"train.precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise InvalidInputError(f"train.ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
+
+
+def step_seed(seed: int, step: int, rank: int = 0) -> int:
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(step_seed(seed, epoch, 1 << 20))
+    return torch.randperm(n, generator=g)
+
+
+def batch_indices(seed: int, step: int, batch_size: int, n: int) -> torch.Tensor:
+    """Dataset indices of the global batch of `step`: a fresh permutation of the n samples each epoch."""
+    positions = torch.arange(step * batch_size, (step + 1) * batch_size)
+    out = torch.empty(batch_size, dtype=torch.long)
+    for epoch in positions.div(n, rounding_mode="floor").unique().tolist():
+        sel = positions.div(n, rounding_mode="floor") == epoch
+        out[sel] = _epoch_order(seed, epoch, n)[positions[sel] % n]
+    return out
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+
+
+def lr_factor(cfg: TrainConfig, step: int) -> float:
+    """Linear warmup to 1, then cosine down to min_lr_ratio at the last step."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
+    if cfg.precision == "auto":
+        return device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return cfg.precision == "bf16"
+
+
+class JsonlLog:
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def drop_after(self, step: int) -> None:
+        """On resume: forget lines logged after the checkpoint, since those steps run again."""
+        if self.enabled and self.path.is_file():
+            lines = self.path.read_text().splitlines()
+            self.path.write_text("".join(f"{x}\n" for x in lines if json.loads(x).get("step", 0) <= step))
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+@dataclass
+class Loop:
+    """What a stage plugs into `run`: how to get a batch, compute the loss, and save."""
+    batch: Callable  # step -> batch on the device (this rank's slice)
+    loss: Callable  # (model, batch) -> (loss, {name: scalar tensor})
+    save: Callable  # (step, weights module, last logged metrics) -> None; main process only
+    sample: Optional[Callable] = None  # (step, weights module) -> None; main process only
+
+
+def save_state(path: Path, step: int, model, opt, sched, ema, cfg: TrainConfig) -> None:
+    atomic_torch_save({
+        "format": STATE_FORMAT, "step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+        "data": {"seed": cfg.seed, "batch_size": cfg.batch_size, "position": step * cfg.batch_size},
+        "config": asdict(cfg)}, path)
+
+
+def load_state(path: Path, model, opt, sched, ema, cfg: TrainConfig) -> int:
+    if not path.is_file():
+        raise CheckpointError(f"--resume: no training state at {path}; start without --resume or point "
+                              "train.out_dir at the interrupted run")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{path} is not a dnd training-state file")
+    for key in ("seed", "batch_size"):
+        if state["data"][key] != getattr(cfg, key):
+            raise CheckpointError(f"--resume: train.{key} is {getattr(cfg, key)} but the interrupted run used "
+                                  f"{state['data'][key]}; resuming exactly needs the same value")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    if ema is not None and state["ema"] is not None:
+        ema.load_state_dict(state["ema"])
+    elif ema is not None:
+        raise CheckpointError("--resume: EMA is on but the interrupted run had no EMA weights; set train.ema_decay=0")
+    return int(state["step"])
+
+
+class Meter:
+    """Mean of each metric over the steps since the last log line, averaged over ranks."""
+
+    def __init__(self, step: int):
+        self.sums, self.count, self.step, self.elapsed = None, 0, step, 0.0
+        self.restart_clock()
+
+    def restart_clock(self):
+        self.tick = time.perf_counter()
+
+    def add(self, metrics: dict) -> None:
+        self.elapsed += time.perf_counter() - self.tick
+        values = torch.stack([v.detach().float().reshape(()) for v in metrics.values()])
+        self.names = list(metrics)
+        self.sums = values if self.sums is None else self.sums + values
+        self.count += 1
+        self.restart_clock()
+
+    def flush(self, step: int, d: Dist, **extra) -> dict:
+        means = all_mean(self.sums / self.count, d).tolist()
+        record = {**dict(zip(self.names, means)), "step": step, **extra,
+                  "sec_per_step": self.elapsed / max(1, step - self.step)}
+        self.sums, self.count, self.step, self.elapsed = None, 0, step, 0.0
+        return record
+
+
+def _postfix(metrics: dict) -> dict:
+    skip = ("step", "lr", "grad_norm", "sec_per_step")
+    return {k.replace("loss_", ""): f"{v:.3g}" for k, v in metrics.items() if k not in skip}
+
+
+def run(cfg: TrainConfig, model: torch.nn.Module, d: Dist, loop: Loop, *, resume: bool = False,
+        stop_at: Optional[int] = None) -> torch.nn.Module:
+    """Train `model` in place for cfg.steps (or until `stop_at`); returns the weights to ship (EMA if on)."""
+    out = Path(cfg.out_dir)
+    if d.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    model.to(d.device).train()
+    torch.manual_seed(cfg.seed)  # same start on every rank (DDP also broadcasts rank 0's weights)
+    ddp = wrap(model, d)
+    opt = build_optimizer(model, cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, functools.partial(lr_factor, cfg))
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True) \
+        if cfg.ema_decay else None
+    start = load_state(out / "train_state.pt", model, opt, sched, ema, cfg) if resume else 0
+    bf16 = use_bf16(cfg, d.device)
+    log = JsonlLog(out / "log.jsonl", d.is_main)
+    if resume:
+        log.drop_after(start)
+    weights = lambda: ema.module if ema is not None else model  # noqa: E731
+    end = min(cfg.steps, stop_at or cfg.steps)
+    bar = tqdm(range(start, end), initial=start, total=cfg.steps, disable=not d.is_main, dynamic_ncols=True)
+    meter, record = Meter(start), {}
+    for step in bar:
+        torch.manual_seed(step_seed(cfg.seed, step, d.rank))  # dropout draws depend on (seed, step, rank) only
+        batch = loop.batch(step)
+        with torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss, metrics = loop.loss(ddp, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        if ema is not None:
+            ema.update_parameters(model)
+        meter.add({"loss": loss, **metrics})
+        done = step + 1
+        if done % cfg.log_every == 0 or done == end:
+            record = meter.flush(done, d, lr=sched.get_last_lr()[0], grad_norm=float(grad_norm))
+            if not math.isfinite(record["loss"]):
+                raise DndError(f"training diverged: loss is {record['loss']} at step {done}; lower train.lr or "
+                               f"raise train.warmup_steps, then restart (or --resume from the last checkpoint)")
+            bar.set_postfix(_postfix(record))
+            log.write(record)
+        if loop.sample and d.is_main and cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.steps):
+            loop.sample(done, weights())
+        if done % cfg.ckpt_every == 0 or done == end:
+            if d.is_main:
+                loop.save(done, weights(), record)
+                save_state(out / "train_state.pt", done, model, opt, sched, ema, cfg)
+            barrier(d)
+        meter.restart_clock()  # sec_per_step counts training steps, not sample grids or checkpoints
+    bar.close()
+    return weights()

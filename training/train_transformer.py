@@ -1,0 +1,117 @@
+"""Stage 2: train the DnD transformer on pre-extracted codes.
+
+    dnd train extract-codes --config configs/transformer-words.yaml
+    dnd train transformer --config configs/transformer-words.yaml [--set train.steps=100] [--resume]
+    torchrun --standalone --nproc_per_node 2 -m dnd_training.cli transformer --config ...
+
+Writes train.out_dir/{checkpoint.pt, train_state.pt, log.jsonl, config.yaml, samples/*.png}.
+checkpoint.pt is the design's format (model, tokenizer, labels, meta); with train.ema_decay
+> 0 it holds the EMA weights. The model's vocab, depth, grid and class count come from the
+code file, so the config only says how big the transformer is.
+"""
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from dnd_sdk.errors import InvalidInputError
+from .checkpoint import save_checkpoint
+from .codes import CodesConfig, CodeSet, load_codes
+from .config import save_config
+from .distributed import init_distributed, shutdown
+from .grids import eval_mode, save_tensor_grid, step_png
+from .model import MODEL_CONFIGS, ModelArgs, Transformer
+from .sampling import generate
+from .tokenizer_file import load_tokenizer
+from .train_common import Loop, TrainConfig, batch_indices, run
+
+
+@dataclass
+class SamplerDefaults:
+    cfg_scale: float = 1.0
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+
+@dataclass
+class TransformerRunConfig:
+    model_preset: Optional[str] = None  # a MODEL_CONFIGS name; `model` entries override it
+    model: dict = field(default_factory=dict)
+    codes: CodesConfig = field(default_factory=CodesConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="runs/transformer"))
+    sampler_defaults: Optional[SamplerDefaults] = None  # stored in meta; also used for the sample grids
+    sample_classes: int = 8  # classes shown in each sample grid (2 images each)
+
+
+def build_model_args(cfg: TransformerRunConfig, data: CodeSet) -> ModelArgs:
+    if cfg.model_preset is not None and cfg.model_preset not in MODEL_CONFIGS:
+        raise InvalidInputError(f"unknown model_preset {cfg.model_preset!r}; choose one of {sorted(MODEL_CONFIGS)}")
+    fields = {**MODEL_CONFIGS.get(cfg.model_preset, {}), **cfg.model}
+    _, h, w, depth = data.codes.shape
+    derived = {"vocab_size": data.tokenizer_config["codebook_size"], "num_pred_heads": depth,
+               "grid_h": h, "grid_w": w, "num_classes": len(data.label_names)}
+    clash = {k: (cfg.model[k], v) for k, v in derived.items() if k in cfg.model and cfg.model[k] != v}
+    if clash:
+        raise InvalidInputError(f"model settings {clash} (config, code file) contradict the code file; "
+                                "leave them out, they are taken from the codes")
+    try:
+        return ModelArgs(**{**fields, **derived})
+    except (TypeError, ValueError) as e:
+        raise InvalidInputError(f"invalid model config: {e}") from None
+
+
+def train_transformer(cfg: TransformerRunConfig, *, resume: bool = False, stop_at=None) -> Path:
+    """Train per `cfg`; returns the path of the checkpoint.pt written."""
+    tcfg = cfg.train
+    if tcfg.num_threads:
+        torch.set_num_threads(tcfg.num_threads)
+    d = init_distributed(tcfg.device)
+    out = Path(tcfg.out_dir)
+    data = load_codes(cfg.codes.path)
+    tokenizer, _ = load_tokenizer(cfg.codes.tokenizer)
+    if dataclasses.asdict(tokenizer.config) != data.tokenizer_config:
+        raise InvalidInputError(f"{cfg.codes.path} was not encoded with {cfg.codes.tokenizer}; "
+                                "re-run `dnd train extract-codes` with this tokenizer")
+    args = build_model_args(cfg, data)
+    torch.manual_seed(tcfg.seed)
+    model = Transformer(args)
+    codes = torch.from_numpy(data.codes.astype("int64")).flatten(1, 2)  # [N, L, D], raster order
+    labels = torch.from_numpy(data.labels)
+    local = d.local_slice(tcfg.batch_size)
+    sampler = dataclasses.asdict(cfg.sampler_defaults or SamplerDefaults())
+    if not args.has_null_class:
+        sampler["cfg_scale"] = 1.0  # no null class: guidance is impossible
+    meta = {"stage": "transformer", "codes": dataclasses.asdict(cfg.codes), "train": dataclasses.asdict(tcfg),
+            "num_codes": int(codes.shape[0])}
+    if cfg.sampler_defaults is not None:
+        meta["sampler_defaults"] = sampler
+
+    def batch(step):
+        idx = batch_indices(tcfg.seed, step, tcfg.batch_size, len(codes))[local]
+        return codes[idx].to(d.device), labels[idx].to(d.device)
+
+    def loss(m, b):
+        _, total, per_depth = m(*b)
+        return total, {f"loss_d{k}": v for k, v in enumerate(per_depth)}
+
+    def save(step, weights, metrics):
+        save_checkpoint(out / "checkpoint.pt", weights, tokenizer, data.label_names,
+                        {**meta, "step": step, "metrics": metrics})
+
+    def sample(step, weights):
+        shown = torch.arange(min(cfg.sample_classes, args.num_classes)).repeat_interleave(2)
+        # the reference sampler draws its uniforms on the CPU, so it samples from a CPU copy
+        m = weights if d.device.type == "cpu" else copy.deepcopy(weights).float().cpu()
+        with eval_mode(m):
+            images = tokenizer.decode(generate(m, shown, seed=step, **sampler)).clamp(-1, 1)
+        save_tensor_grid(step_png(out, step), [images[0::2], images[1::2]])
+
+    if d.is_main:
+        save_config(cfg, out / "config.yaml")
+    run(tcfg, model, d, Loop(batch, loss, save, sample), resume=resume, stop_at=stop_at)
+    shutdown(d)
+    return out / "checkpoint.pt"
