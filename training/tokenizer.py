@@ -27,6 +27,7 @@ class TokenizerConfig:
     ch_mult: list = field(default_factory=lambda: [1, 2, 2, 4])  # one level per entry; 2**(len-1) downsampling
     num_res_blocks: int = 1
     attn_in_mid: bool = False
+    norm_groups: int = 32  # GroupNorm groups (gcd with the channel count)
     z_channels: Optional[int] = None  # encoder output channels; None = embed_dim
     embed_dim: int = 32
     codebook_size: int = 512  # K
@@ -48,7 +49,8 @@ class TokenizerConfig:
         elif self.image_height % self.downsample or self.image_width % self.downsample or min(self.image_height, self.image_width) < 1:
             problems.append(f"image size {self.image_height}x{self.image_width} is not a positive multiple of "
                             f"the downsampling factor {self.downsample} (from {len(self.ch_mult)} ch_mult levels)")
-        for name in ("in_channels", "ch", "num_res_blocks", "z_channels", "embed_dim", "codebook_size", "depth"):
+        for name in ("in_channels", "ch", "num_res_blocks", "z_channels", "embed_dim", "codebook_size", "depth",
+                     "norm_groups"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 < self.decay < 1.0:
@@ -73,17 +75,17 @@ class TokenizerConfig:
         return self.image_width // self.downsample
 
 
-def Normalize(c: int) -> nn.GroupNorm:
-    # 32 groups as in taming for c >= 128; narrower layers keep >= 4 channels a group, since one channel a
-    # group is instance norm, which strips each image's mean colour
-    return nn.GroupNorm(math.gcd(32, max(c // 4, 1)), c, eps=1e-6)
+def Normalize(c: int, groups: int) -> nn.GroupNorm:
+    # taming uses 32 groups; tiny test models use fewer, since one channel a group is instance norm,
+    # which strips each image's mean colour and slows learning
+    return nn.GroupNorm(math.gcd(groups, c), c, eps=1e-6)
 
 
 class ResnetBlock(nn.Module):
-    def __init__(self, cin: int, cout: int):
+    def __init__(self, cin: int, cout: int, groups: int):
         super().__init__()
-        self.norm1, self.conv1 = Normalize(cin), nn.Conv2d(cin, cout, 3, padding=1)
-        self.norm2, self.conv2 = Normalize(cout), nn.Conv2d(cout, cout, 3, padding=1)
+        self.norm1, self.conv1 = Normalize(cin, groups), nn.Conv2d(cin, cout, 3, padding=1)
+        self.norm2, self.conv2 = Normalize(cout, groups), nn.Conv2d(cout, cout, 3, padding=1)
         self.nin_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x):
@@ -94,9 +96,9 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head self-attention over all h*w positions."""
 
-    def __init__(self, c: int):
+    def __init__(self, c: int, groups: int):
         super().__init__()
-        self.norm = Normalize(c)
+        self.norm = Normalize(c, groups)
         self.q, self.k, self.v, self.proj_out = (nn.Conv2d(c, c, 1) for _ in range(4))
 
     def forward(self, x):
@@ -118,9 +120,10 @@ class Resample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest") if self.up else F.pad(x, (0, 1, 0, 1)))
 
 
-def _mid(c: int, attn: bool) -> nn.Module:
-    mid = nn.Module()
-    mid.block_1, mid.attn_1, mid.block_2 = ResnetBlock(c, c), AttnBlock(c) if attn else nn.Identity(), ResnetBlock(c, c)
+def _mid(c: int, cfg) -> nn.Module:
+    mid, g = nn.Module(), cfg.norm_groups
+    mid.block_1, mid.block_2 = ResnetBlock(c, c, g), ResnetBlock(c, c, g)
+    mid.attn_1 = AttnBlock(c, g) if cfg.attn_in_mid else nn.Identity()
     return mid
 
 
@@ -141,13 +144,14 @@ class Encoder(nn.Module):
         cin = cfg.ch
         for i, c in enumerate(chans):
             level = nn.Module()
-            level.block = nn.ModuleList(ResnetBlock(cin if j == 0 else c, c) for j in range(cfg.num_res_blocks))
+            level.block = nn.ModuleList(ResnetBlock(cin if j == 0 else c, c, cfg.norm_groups)
+                                        for j in range(cfg.num_res_blocks))
             if i < len(chans) - 1:
                 level.downsample = Resample(c, up=False)
             self.down.append(level)
             cin = c
-        self.mid = _mid(cin, cfg.attn_in_mid)
-        self.norm_out, self.conv_out = Normalize(cin), nn.Conv2d(cin, cfg.z_channels, 3, padding=1)
+        self.mid = _mid(cin, cfg)
+        self.norm_out, self.conv_out = Normalize(cin, cfg.norm_groups), nn.Conv2d(cin, cfg.z_channels, 3, padding=1)
 
     def forward(self, x):
         h = _run_levels(self.down, self.conv_in(x), "downsample")
@@ -161,17 +165,18 @@ class Decoder(nn.Module):
         chans = [cfg.ch * m for m in cfg.ch_mult]
         cin = chans[-1]
         self.conv_in = nn.Conv2d(cfg.z_channels, cin, 3, padding=1)
-        self.mid = _mid(cin, cfg.attn_in_mid)
+        self.mid = _mid(cin, cfg)
         levels = []
         for i in reversed(range(len(chans))):
             level = nn.Module()
-            level.block = nn.ModuleList(ResnetBlock(cin if j == 0 else chans[i], chans[i]) for j in range(cfg.num_res_blocks + 1))
+            level.block = nn.ModuleList(ResnetBlock(cin if j == 0 else chans[i], chans[i], cfg.norm_groups)
+                                        for j in range(cfg.num_res_blocks + 1))
             if i > 0:
                 level.upsample = Resample(chans[i], up=True)
             levels.insert(0, level)  # up[i] is resolution level i (0 = full size), run from coarse to fine
             cin = chans[i]
         self.up = nn.ModuleList(levels)
-        self.norm_out, self.conv_out = Normalize(cin), nn.Conv2d(cin, cfg.in_channels, 3, padding=1)
+        self.norm_out, self.conv_out = Normalize(cin, cfg.norm_groups), nn.Conv2d(cin, cfg.in_channels, 3, padding=1)
 
     def forward(self, z):
         h = self.conv_in(z)
