@@ -1,0 +1,38 @@
+"""`dnd eval ocr` on the dataset, a tokenizer, a model folder and a `dnd generate` folder, with real tesseract."""
+import json
+
+from click.testing import CliRunner
+
+from dnd_sdk.cli.main import cli
+from dnd_training.evaluate import eval_dataset, eval_images, eval_model, eval_tokenizer
+
+
+def test_clean_dataset_reads_almost_perfectly():
+    result = eval_dataset(num_classes=6, per_class=2)
+    assert result["count"] == 12 and result["accuracy"] >= 0.9 and result["cer"] < 0.05
+
+
+def test_untrained_tokenizer_reconstructions_are_not_read(tiny_checkpoint):
+    # the tiny test tokenizer has a 16x32 canvas: render words at that size through its labels
+    result = eval_tokenizer(tiny_checkpoint, labels=["a", "b"], per_class=2)
+    assert result["count"] == 4 and result["kind"] == "reconstructed"
+    assert result["psnr"] < 20 and result["accuracy"] < 1.0
+
+
+def test_model_folder_and_generated_folder_agree(tiny_model_dir, tmp_path):
+    direct = eval_model(tiny_model_dir, per_class=1, seed=3)
+    assert direct["count"] == 4 and direct["sampling"]["cfg_scale"] == 2.0
+    out = tmp_path / "samples"
+    runner = CliRunner()
+    assert runner.invoke(cli, ["generate", str(tiny_model_dir), "--per-class", "1", "--seed", "3",
+                               "--out", str(out), "--quiet"]).exit_code == 0
+    from_folder = eval_images(out)
+    assert from_folder["examples"] == direct["examples"]  # the same pixels read the same
+    cli_run = runner.invoke(cli, ["eval", "ocr", str(out), "-o", str(tmp_path / "r.json")])
+    assert cli_run.exit_code == 0, cli_run.output
+    assert json.loads((tmp_path / "r.json").read_text())["count"] == 4
+
+
+def test_eval_without_target_is_a_clean_error():
+    result = CliRunner().invoke(cli, ["eval", "ocr"])
+    assert result.exit_code == 1 and "give a TARGET" in result.output
