@@ -63,9 +63,9 @@ class Generator:
     def __init__(self, path, backend: str = "auto", *, threads=None):
         self.path = Path(path)
         self.manifest = m = load_manifest(self.path)
-        tables = np.load(m.file_path("embeddings"))
-        self.tok_embeddings = _float32_table(tables["tok_embeddings"])  # [V, d]
-        self.cls_embedding = _float32_table(tables["cls_embedding"])    # [num_classes (+1 null), d]
+        with np.load(m.file_path("embeddings")) as tables:
+            self.tok_embeddings = _float32_table(tables["tok_embeddings"])  # [V, d]
+            self.cls_embedding = _float32_table(tables["cls_embedding"])    # [num_classes (+1 null), d]
         self.labels = [str(x) for x in m.labels]
         self.num_classes = len(self.labels)
         self.vocab_size = int(m.model_config["vocab_size"])
@@ -91,7 +91,7 @@ class Generator:
         if isinstance(label, str):
             if label in self._label_ids:
                 return self._label_ids[label]
-            if not label.strip().isdigit():
+            if not label.strip().isdecimal():
                 known = ", ".join(self.labels[:8]) + (", ..." if self.num_classes > 8 else "")
                 raise InvalidInputError(f"unknown label {label!r}; this model knows {self.num_classes} labels "
                                         f"({known}) or class ids 0..{self.num_classes - 1}")
@@ -113,8 +113,8 @@ class Generator:
             if start:
                 raise InvalidInputError("give image_indices or start, not both")
             indices = np.asarray(image_indices)
-            if indices.ndim != 1 or indices.dtype.kind not in "iu" or (indices < 0).any():
-                raise InvalidInputError(f"image_indices must be a 1-D list of ints >= 0, got {image_indices!r}")
+            if indices.ndim != 1 or not len(indices) or indices.dtype.kind not in "iu" or (indices < 0).any():
+                raise InvalidInputError(f"image_indices must be a non-empty 1-D list of ints >= 0, got {image_indices!r}")
             if num is not None and len(indices) != _int(num, "num", 1):
                 raise InvalidInputError(f"num={num} but {len(indices)} image_indices were given")
             return indices

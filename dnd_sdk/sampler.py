@@ -62,11 +62,13 @@ def guide(logits: np.ndarray, cfg_scale: float) -> np.ndarray:
 def logits_to_probs(logits: np.ndarray, temperature: float, top_k: int, top_p: float) -> np.ndarray:
     """[B, V] float32 logits -> [B, V] float64 probabilities with filtered entries at 0."""
     x = logits.astype(np.float64) / temperature
-    order = np.argsort(-x, axis=-1, kind="stable")  # descending, lower index first on ties
     keep = np.ones(x.shape, dtype=bool)
+    if not (0 < top_k < x.shape[-1] or top_p < 1.0):
+        return _softmax(x, keep)
+    order = np.argsort(-x, axis=-1, kind="stable")  # descending, lower index first on ties
     if 0 < top_k < x.shape[-1]:
         ranks = np.empty_like(order)
-        np.put_along_axis(ranks, order, np.arange(x.shape[-1])[None, :].repeat(x.shape[0], 0), axis=-1)
+        np.put_along_axis(ranks, order, np.broadcast_to(np.arange(x.shape[-1]), x.shape), axis=-1)
         keep = ranks < top_k
     if top_p < 1.0:
         probs_sorted = np.take_along_axis(_softmax(x, keep), order, axis=-1)

@@ -21,6 +21,7 @@ import torch
 import dnd_sdk
 from dnd_sdk.errors import InvalidInputError
 from dnd_sdk.manifest import FileEntry, FileRef, Manifest, Stage, write_manifest
+from dnd_sdk.sampler import SamplingParams
 from dnd_training.checkpoint import load_checkpoint
 from .errors import ExportError
 from .onnx_export import EXTERNAL_DATA_THRESHOLD, export_graph
@@ -54,6 +55,9 @@ def export_model(checkpoint_path, out_dir, dtype: str = "fp32", opset: int = DEF
     ckpt = load_checkpoint(checkpoint_path)  # CheckpointError names what is wrong
     _check_supported(ckpt.model_args)
     sampler_defaults = _sampler_defaults(ckpt.meta)
+    # defaults the runtime would refuse must fail here, not at every later sample() call
+    SamplingParams(**sampler_defaults).validate(ckpt.model_args.vocab_size, ckpt.model_args.num_pred_heads,
+                                                ckpt.model_args.has_null_class)
     model, tokenizer = ckpt.build_model(DTYPES[dtype]), ckpt.build_tokenizer().to(DECODER_DTYPES[dtype])
 
     created = _missing_ancestor(out_dir.parent)
@@ -161,5 +165,9 @@ def _move_into_place(tmp: Path, out_dir: Path) -> None:
     # keep the old folder until the new one is in place, then delete it
     old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
     os.replace(out_dir, old / out_dir.name)
-    os.replace(tmp, out_dir)
+    try:
+        os.replace(tmp, out_dir)
+    except OSError:
+        os.replace(old / out_dir.name, out_dir)  # put the old model back before reporting the failure
+        raise
     shutil.rmtree(old, ignore_errors=True)

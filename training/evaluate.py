@@ -41,7 +41,10 @@ def eval_images(folder) -> dict:
     if not meta.is_file():
         raise InvalidInputError(f"{folder}: no metadata.jsonl; give a finished `dnd generate` output folder")
     rows = [json.loads(line) for line in meta.read_text().splitlines() if line.strip()]
-    images = [Image.open(Path(folder) / f"{r['index']:06d}.png") for r in rows]
+    images = []
+    for r in rows:
+        with Image.open(Path(folder) / f"{r['index']:06d}.png") as im:
+            images.append(im.convert("RGB"))  # loaded now, so the file closes
     return _report("images", images, [r["label_name"] for r in rows])
 
 
@@ -65,7 +68,9 @@ def eval_tokenizer(tokenizer_path, labels=None, per_class: int = 4, seed: int = 
     ds = _dataset(labels, per_class, seed, preset)
     originals = torch.stack([ds[i][0] for i in range(len(ds))])
     codes = torch.cat([tokenizer.encode(x) for x in originals.split(64)])
-    depth = depth or codes.shape[-1]
+    depth = codes.shape[-1] if depth is None else depth
+    if not 1 <= depth <= codes.shape[-1]:
+        raise InvalidInputError(f"depth must be in 1..{codes.shape[-1]} (this tokenizer's depth), got {depth}")
     recon = torch.cat([tokenizer.decode(c[..., :depth]) for c in codes.split(64)])
     images = [to_image(x) for x in recon]
     # PSNR of the uint8 images the user sees
