@@ -25,7 +25,7 @@ system-deps:
 	fi
 
 demo: setup
-	rm -rf $(OUT)/model
+	rm -rf $(OUT)/model $(OUT)/samples
 	$(VENV)/bin/dnd-export $(MODEL)/checkpoint.pt -o $(OUT)/model
 	$(VENV)/bin/dnd generate $(OUT)/model --per-class 2 --out $(OUT)/samples --grid
 	@echo "Wrote $(OUT)/samples/grid.png"
