@@ -79,19 +79,24 @@ def save_checkpoint(path, model: Transformer, tokenizer: RQTokenizer, labels, me
     }, path)
 
 
-def _read(path: Path) -> dict:
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file. Train one with `dnd train` or pass the right path.")
+def read_torch_file(path: Path):
+    """torch.load with weights_only=True; every way the file can be unreadable becomes a CheckpointError."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # weights_only refuses any global it does not know: a file that would run code lands here
         raise CheckpointError(
-            f"{path}: refused to load, the file holds Python objects that a checkpoint must not contain "
-            f"(loading it could run code). Re-save it with dnd_training.checkpoint.save_checkpoint. Detail: {str(e).splitlines()[0]}"
+            f"{path}: refused to load, the file holds Python objects that a dnd file must not contain "
+            f"(loading it could run code). Re-save it with the dnd training code. Detail: {str(e).splitlines()[0]}"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint (truncated or corrupt?): {e}") from None
+        raise CheckpointError(f"{path}: not a readable torch file (truncated or corrupt?): {e}") from None
+
+
+def _read(path: Path) -> dict:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file. Train one with `dnd train` or pass the right path.")
+    return read_torch_file(path)
 
 
 def _check_shapes(name: str, module: torch.nn.Module, state: dict) -> None:

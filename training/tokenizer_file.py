@@ -7,14 +7,12 @@ A full checkpoint.pt (dnd_training.checkpoint) also holds a tokenizer; `load_tok
 accepts either, so a trained model's tokenizer can encode new data.
 """
 import dataclasses
-import pickle
-import zipfile
 from pathlib import Path
 
 import torch
 
 from dnd_sdk.errors import CheckpointError
-from .checkpoint import atomic_torch_save
+from .checkpoint import atomic_torch_save, read_torch_file
 from .tokenizer import RQTokenizer, TokenizerConfig
 
 FORMAT, VERSION = "dnd-tokenizer", 1
@@ -35,11 +33,7 @@ def load_tokenizer(path) -> tuple:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such tokenizer file; train one with `dnd train tokenizer` "
                               "or set codes.tokenizer to the right path")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise CheckpointError(f"{path}: not a readable tokenizer file (truncated, corrupt, or holds "
-                              f"Python objects): {str(e).splitlines()[0]}") from None
+    raw = read_torch_file(path)
     if not isinstance(raw, dict) or raw.get("format") not in (FORMAT, "dnd-checkpoint"):
         raise CheckpointError(f"{path}: not a dnd tokenizer.pt or checkpoint.pt")
     try:

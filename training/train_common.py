@@ -9,9 +9,7 @@ resumed reaches the same weights as one that never stopped.
 import functools
 import json
 import math
-import pickle
 import time
-import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -22,7 +20,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from dnd_sdk.errors import CheckpointError, DndError, InvalidInputError
-from .checkpoint import atomic_torch_save
+from .checkpoint import atomic_torch_save, read_torch_file
 from .distributed import Dist, all_mean, barrier, wrap
 
 STATE_FORMAT = "dnd-train-state"
@@ -136,11 +134,7 @@ def load_state(path: Path, model, opt, sched, ema, cfg: TrainConfig) -> int:
     if not path.is_file():
         raise CheckpointError(f"--resume: no training state at {path}; start without --resume or point "
                               "train.out_dir at the interrupted run")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise CheckpointError(f"--resume: {path} is unreadable (truncated or corrupt?): {str(e).splitlines()[0]}; "
-                              "start the run again without --resume") from None
+    state = read_torch_file(path)
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT or "data" not in state:
         raise CheckpointError(f"{path} is not a dnd training-state file")
     for key in ("seed", "batch_size"):
