@@ -9,7 +9,6 @@ accepts either, so a trained model's tokenizer can encode new data.
 import dataclasses
 from pathlib import Path
 
-
 from dnd_sdk.errors import CheckpointError
 from .checkpoint import atomic_torch_save, read_torch_file
 from .tokenizer import RQTokenizer, TokenizerConfig
