@@ -3,6 +3,7 @@
     save_checkpoint("checkpoint.pt", model, tokenizer, labels, meta={...})
     ckpt = load_checkpoint("checkpoint.pt")     # validated, raises CheckpointError
     model, tokenizer = ckpt.build_model(), ckpt.build_tokenizer()
+    set_sampler_defaults("checkpoint.pt", cfg_scale=1.5, temperature=0.3)   # what `dnd generate` uses
 """
 import dataclasses
 import os
@@ -15,6 +16,8 @@ from pathlib import Path
 import torch
 
 from dnd_sdk.errors import CheckpointError
+from dnd_sdk.manifest import SAMPLER_KEYS
+from dnd_sdk.sampler import SamplingParams
 from .model import ModelArgs, Transformer
 from .tokenizer import RQTokenizer, TokenizerConfig
 
@@ -141,3 +144,23 @@ def load_checkpoint(path) -> Checkpoint:
         _check_shapes("model", Transformer(model_args), ckpt.model)
         _check_shapes("tokenizer", RQTokenizer(tok_args), ckpt.tokenizer)
     return ckpt
+
+
+def set_sampler_defaults(path, **values) -> dict:
+    """Store new default sampling settings (cfg_scale, temperature, top_k, top_p; None = keep) in a
+    checkpoint's meta, rewriting it atomically; weights are untouched. Returns the stored defaults.
+
+    Export carries them into the manifest, so `dnd generate` without sampling flags uses them.
+    """
+    path = Path(path)
+    unknown = sorted(set(values) - set(SAMPLER_KEYS))
+    if unknown:
+        raise CheckpointError(f"unknown sampler setting(s) {unknown}; allowed: {list(SAMPLER_KEYS)}")
+    args = load_checkpoint(path).model_args
+    raw = _read(path)
+    defaults = {**dict(raw["meta"].get("sampler_defaults") or {}), **{k: v for k, v in values.items() if v is not None}}
+    params = SamplingParams(**defaults).validate(args.vocab_size, args.num_pred_heads, args.has_null_class)
+    defaults = {k: getattr(params, k) for k in defaults}
+    raw["meta"] = {**raw["meta"], "sampler_defaults": defaults}
+    atomic_torch_save(raw, path)
+    return defaults

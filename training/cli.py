@@ -3,6 +3,7 @@
     dnd train tokenizer     --config configs/tokenizer-words.yaml
     dnd train extract-codes --config configs/transformer-words.yaml
     dnd train transformer   --config configs/transformer-words.yaml
+    dnd train set-defaults  runs/transformer-words/checkpoint.pt --cfg-scale 1.5 --temperature 0.3
 
 Also runnable without the `dnd` entry point, e.g. under torchrun:
     python -m dnd_training.cli transformer --config configs/transformer-words.yaml --set train.steps=100
@@ -89,6 +90,20 @@ def transformer_cmd(config_path, overrides, steps, batch_size, out_dir, resume, 
     from .train_transformer import TransformerRunConfig, train_transformer
     cfg = load_config(TransformerRunConfig, config_path, _overrides(overrides, steps, batch_size, out_dir))
     click.echo(f"wrote {train_transformer(cfg, resume=resume, stop_at=stop_at)}")
+
+
+@train.command("set-defaults")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.option("--cfg-scale", type=float, help="Guidance scale (1 = off).")
+@click.option("--temperature", type=float, help="Sampling temperature (0 = greedy).")
+@click.option("--top-k", type=int, help="Keep the k most likely codes (0 = off).")
+@click.option("--top-p", type=float, help="Nucleus mass (1 = off).")
+@_user_errors
+def set_defaults_cmd(checkpoint, cfg_scale, temperature, top_k, top_p):
+    """Make these the checkpoint's default sampling settings (kept in meta, exported to the manifest)."""
+    from .checkpoint import set_sampler_defaults
+    stored = set_sampler_defaults(checkpoint, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p)
+    click.echo(f"{checkpoint}: sampler defaults " + ", ".join(f"{k}={v}" for k, v in stored.items()))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""`dnd eval ocr TARGET`: OCR accuracy of a model folder, a generated-image folder, a tokenizer, or the dataset."""
+"""`dnd eval ocr TARGET`: OCR accuracy of a model folder, a generated-image folder, a tokenizer, or the dataset.
+`dnd eval sweep MODEL`: the same accuracy over a grid of sampling settings, to choose the model's defaults."""
 import json
 from pathlib import Path
 
@@ -43,3 +44,33 @@ def ocr(target, dataset, per_class, num_classes, seed, depth, cfg_scale, tempera
     click.echo(text)
     click.echo(f"{result['kind']}: exact match {result['accuracy']:.1%} of {result['count']}, CER {result['cer']:.3f}"
                + (f", PSNR {result['psnr']:.2f} dB" if "psnr" in result else ""), err=True)
+
+
+@evaluate.command("sweep")
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--cfg-scale", "cfg_scales", type=float, multiple=True, default=(1.0, 1.5, 2.0, 3.0), show_default=True,
+              help="Guidance scales to try (repeatable).")
+@click.option("--temperature", "temperatures", type=float, multiple=True, default=(0.0, 0.3, 0.6, 1.0),
+              show_default=True, help="Temperatures to try (repeatable).")
+@click.option("--per-class", type=int, default=4, show_default=True, help="Images per class and setting.")
+@click.option("--seed", type=int, default=1000, show_default=True, help="Seed of the sampled images (the same for every setting).")
+@click.option("--threads", type=int, help="ONNX Runtime threads.")
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the JSON here.")
+def sweep(model_dir, cfg_scales, temperatures, per_class, seed, threads, out):
+    """OCR accuracy of an exported model at every (cfg scale, temperature) pair, best first."""
+    from . import evaluate as ev
+    if not (model_dir / "manifest.json").is_file():
+        raise InvalidInputError(f"{model_dir} has no manifest.json; give a folder written by dnd-export")
+    results = ev.sweep_model(model_dir, cfg_scales, temperatures, per_class, seed, threads)
+    rows = [{"cfg_scale": r["sampling"]["cfg_scale"], "temperature": r["sampling"]["temperature"],
+             "accuracy": r["accuracy"], "cer": r["cer"], "count": r["count"]} for r in results]
+    text = json.dumps(rows, indent=2)
+    if out:
+        out.write_text(text + "\n")
+    click.echo(text)
+    for r in rows:
+        click.echo(f"cfg {r['cfg_scale']:<4g} T {r['temperature']:<4g} exact match {r['accuracy']:.1%} "
+                   f"of {r['count']}, CER {r['cer']:.3f}", err=True)
+    best = rows[0]
+    click.echo(f"best: dnd train set-defaults CHECKPOINT --cfg-scale {best['cfg_scale']:g} "
+               f"--temperature {best['temperature']:g}", err=True)

@@ -1,6 +1,7 @@
 """OCR evaluation of generated images, tokenizer reconstructions (rOCR, PSNR) and the dataset itself.
 
     dnd eval ocr out/model --per-class 4        # generated images, the model's default sampling
+    dnd eval sweep out/model --cfg-scale 1 --cfg-scale 2 --temperature 0 --temperature 0.5
     dnd eval ocr out/samples                    # a `dnd generate` folder (labels from metadata.jsonl)
     dnd eval ocr runs/tok/tokenizer.pt          # rOCR + PSNR: encode, decode, read
     dnd eval ocr --dataset --num-classes 32     # the OCR ceiling of the rendered words
@@ -33,6 +34,13 @@ def eval_model(model_dir, per_class: int = 4, seed: int = 1000, sampling=None, t
         defaults = dict(gen.manifest.sampler_defaults)
     return _report("generated", images, [gen.labels[c] for c in labels], seed=seed,
                    sampling={**defaults, **(sampling or {})})
+
+
+def sweep_model(model_dir, cfg_scales, temperatures, per_class: int = 4, seed: int = 1000, threads=None) -> list:
+    """eval_model at every (cfg_scale, temperature) pair, on the same seed; best exact match first."""
+    results = [eval_model(model_dir, per_class, seed, {"cfg_scale": c, "temperature": t}, threads)
+               for c in cfg_scales for t in temperatures]
+    return sorted(results, key=lambda r: (-r["accuracy"], r["cer"]))
 
 
 def eval_images(folder) -> dict:

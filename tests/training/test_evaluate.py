@@ -36,3 +36,13 @@ def test_model_folder_and_generated_folder_agree(tiny_model_dir, tmp_path):
 def test_eval_without_target_is_a_clean_error():
     result = CliRunner().invoke(cli, ["eval", "ocr"])
     assert result.exit_code == 1 and "give a TARGET" in result.output
+
+
+def test_sweep_scores_every_setting_on_the_same_images(tiny_model_dir, tmp_path):
+    result = CliRunner().invoke(cli, ["eval", "sweep", str(tiny_model_dir), "--cfg-scale", "1", "--cfg-scale", "2",
+                                      "--temperature", "0", "--per-class", "1", "-o", str(tmp_path / "s.json")])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "s.json").read_text())
+    assert sorted((r["cfg_scale"], r["temperature"]) for r in rows) == [(1.0, 0.0), (2.0, 0.0)]
+    assert all(r["count"] == 4 for r in rows) and rows[0]["accuracy"] >= rows[1]["accuracy"]
+    assert "best: dnd train set-defaults" in result.output
