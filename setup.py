@@ -26,7 +26,7 @@ setup(
     extras_require={
         "train": ["torch>=2.4", "onnx", "onnxscript", "polygraphy", "pyyaml"],
         "export": ["torch>=2.4", "onnx", "onnxscript", "polygraphy"],
-        "gpu": ["onnxruntime-gpu", "tensorrt", "polygraphy", "cuda-python"],
+        "gpu": ["onnxruntime-gpu", "tensorrt", "polygraphy"],
         "eval": ["pytesseract"],
         "dev": ["pytest", "hypothesis"],
     },
@@ -34,6 +34,7 @@ setup(
         "console_scripts": [
             "dnd=dnd_sdk.cli.main:main",
             "dnd-export=dnd_export.cli:main",
+            "dnd-build=dnd_engines.cli:main",
         ]
     },
 )

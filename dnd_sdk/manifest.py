@@ -223,14 +223,15 @@ def load_manifest(model_dir: Union[str, Path], verify: bool = True) -> Manifest:
     if verify:
         for entry in manifest.files.values():
             for ref in _refs(entry):
-                _verify_file(model_dir / ref.file, ref)
+                verify_file(model_dir / ref.file, ref)
     return manifest
 
 
-def _verify_file(path: Path, ref) -> None:
+def verify_file(path: Path, ref, listed_in: str = MANIFEST_NAME, remedy: str = _RERUN) -> None:
+    """Raise ManifestError unless `path` exists with the size and sha256 that `ref` records."""
     if not path.is_file():
-        raise ManifestError(f"{path.name}: listed in {MANIFEST_NAME} but missing from {path.parent}. {_RERUN}")
+        raise ManifestError(f"{path.name}: listed in {listed_in} but missing from {path.parent}. {remedy}")
     size = path.stat().st_size
     if size != ref.bytes or sha256_file(path) != ref.sha256:
-        raise ManifestError(f"{path.name}: contents do not match {MANIFEST_NAME} (sha256/size differ, "
-                            f"{size} bytes vs {ref.bytes} expected); the file was modified or truncated. {_RERUN}")
+        raise ManifestError(f"{path.name}: contents do not match {listed_in} (sha256/size differ, "
+                            f"{size} bytes vs {ref.bytes} expected); the file was modified or truncated. {remedy}")

@@ -1,7 +1,8 @@
 """Images/s of the torch-free runtime (dnd_sdk.Generator) vs the PyTorch reference sampler, same model, same run.
 
     dnd bench                                                   # random "tiny" model, exported to a temp dir
-    dnd bench --checkpoint ckpt.pt --model out/model --batch 1 16 --threads 2 -o bench.json
+    dnd bench --checkpoint ckpt.pt --model out/model --batch 1 --batch 16 --threads 2 -o bench.json
+    dnd bench --checkpoint ckpt.pt --model out/engines --backend tensorrt      # GPU runtime vs CPU reference
 
 Both sides sample the same codes (cfg_scale 2, temperature 1 by default) and decode them to uint8
 images: the runtime with its decoder graph, the reference with the RQ tokenizer in eager PyTorch.
@@ -42,7 +43,8 @@ def _rate(fn, num: int, repeats: int) -> float:
     return num / best
 
 
-def bench(checkpoint, model_dir, batches, num_batches: int, threads: int, repeats: int, sampling: dict) -> dict:
+def bench(checkpoint, model_dir, batches, num_batches: int, threads: int, repeats: int, sampling: dict,
+          backend: str = "onnxruntime-cpu") -> dict:
     from dnd_sdk import Generator
     from dnd_training.checkpoint import load_checkpoint
     from dnd_training.sampling import generate
@@ -50,7 +52,7 @@ def bench(checkpoint, model_dir, batches, num_batches: int, threads: int, repeat
     torch.set_num_threads(threads)
     ckpt = load_checkpoint(checkpoint)
     model, tokenizer = ckpt.build_model(), ckpt.build_tokenizer()
-    gen = Generator(model_dir, backend="onnxruntime-cpu", threads=threads)
+    gen = Generator(model_dir, backend=backend, threads=threads)
     rows = []
     for batch in batches:
         num = batch * num_batches
@@ -71,7 +73,8 @@ def bench(checkpoint, model_dir, batches, num_batches: int, threads: int, repeat
             "torch": torch.__version__, "results": rows}
 
 
-def bench_command(checkpoint, model_dir, batches, num_batches=4, threads=1, repeats=3, sampling=None) -> dict:
+def bench_command(checkpoint, model_dir, batches, num_batches=4, threads=1, repeats=3, sampling=None,
+                  backend: str = "onnxruntime-cpu") -> dict:
     """`bench` with defaults filled in: without a checkpoint, a random tiny model exported to a temp dir."""
     sampling = sampling or {"cfg_scale": 2.0, "temperature": 1.0}
     with tempfile.TemporaryDirectory() as tmp:
@@ -79,4 +82,4 @@ def bench_command(checkpoint, model_dir, batches, num_batches=4, threads=1, repe
         if model_dir is None:
             from .export import export_model
             model_dir = export_model(checkpoint, Path(tmp) / "model", dtype="fp32")
-        return bench(checkpoint, model_dir, batches, num_batches, threads, repeats, sampling)
+        return bench(checkpoint, model_dir, batches, num_batches, threads, repeats, sampling, backend)

@@ -9,9 +9,6 @@ looks like a model.
 """
 import dataclasses
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +17,7 @@ import torch
 
 import dnd_sdk
 from dnd_sdk.errors import InvalidInputError
+from dnd_sdk.folders import check_target, staged_folder
 from dnd_sdk.manifest import FileEntry, FileRef, Manifest, Stage, write_manifest
 from dnd_sdk.sampler import SamplingParams
 from dnd_training.checkpoint import load_checkpoint
@@ -51,7 +49,7 @@ def export_model(checkpoint_path, out_dir, dtype: str = "fp32", opset: int = DEF
         raise InvalidInputError("--check runs the graphs in ONNX Runtime, which has no bfloat16 CPU kernels; "
                                 "check an fp16 or fp32 export, or validate bf16 engines with dnd-build")
     out_dir = Path(out_dir)
-    _check_target(out_dir, force)
+    check_target(out_dir, force)
     ckpt = load_checkpoint(checkpoint_path)  # CheckpointError names what is wrong
     _check_supported(ckpt.model_args)
     sampler_defaults = _sampler_defaults(ckpt.meta)
@@ -60,33 +58,25 @@ def export_model(checkpoint_path, out_dir, dtype: str = "fp32", opset: int = DEF
                                                 ckpt.model_args.has_null_class)
     model, tokenizer = ckpt.build_model(DTYPES[dtype]), ckpt.build_tokenizer().to(DECODER_DTYPES[dtype])
 
-    created = _missing_ancestor(out_dir.parent)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
-        files, stages = _write_graphs(tmp, model, tokenizer, int(opset), external_threshold)
-        manifest = Manifest(
-            dtype=dtype, opset=int(opset), model_config=dataclasses.asdict(model.args),
-            tokenizer_config=dataclasses.asdict(tokenizer.config), labels=list(ckpt.labels),
-            latent={"h": model.args.grid_h, "w": model.args.grid_w, "depth": model.args.num_pred_heads},
-            image={"height": tokenizer.config.image_height, "width": tokenizer.config.image_width},
-            null_class=model.args.num_classes if model.args.has_null_class else None,
-            sampler_defaults=sampler_defaults, stages=stages, files=files,
-            producer={"dnd_sdk": dnd_sdk.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
-                      "exporter": "torch.onnx TorchScript"})
-        write_manifest(tmp, manifest)
-        if check:
-            from .check import check_export  # polygraphy is only needed for --check
-            check_export(tmp, model, tokenizer)
-        _move_into_place(tmp, out_dir)
-    except BaseException as e:  # interrupts too: never leave the partial folder behind
-        shutil.rmtree(tmp, ignore_errors=True)
-        if created is not None:
-            shutil.rmtree(created, ignore_errors=True)
-        if isinstance(e, OSError):
-            raise ExportError(f"writing {out_dir} failed ({e.strerror or e}); nothing was left behind. "
-                              "Free disk space or choose another folder with -o.") from e
-        raise
+        with staged_folder(out_dir, force) as tmp:
+            files, stages = _write_graphs(tmp, model, tokenizer, int(opset), external_threshold)
+            manifest = Manifest(
+                dtype=dtype, opset=int(opset), model_config=dataclasses.asdict(model.args),
+                tokenizer_config=dataclasses.asdict(tokenizer.config), labels=list(ckpt.labels),
+                latent={"h": model.args.grid_h, "w": model.args.grid_w, "depth": model.args.num_pred_heads},
+                image={"height": tokenizer.config.image_height, "width": tokenizer.config.image_width},
+                null_class=model.args.num_classes if model.args.has_null_class else None,
+                sampler_defaults=sampler_defaults, stages=stages, files=files,
+                producer={"dnd_sdk": dnd_sdk.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
+                          "exporter": "torch.onnx TorchScript"})
+            write_manifest(tmp, manifest)
+            if check:
+                from .check import check_export  # polygraphy is only needed for --check
+                check_export(tmp, model, tokenizer)
+    except OSError as e:
+        raise ExportError(f"writing {out_dir} failed ({e.strerror or e}); nothing was left behind. "
+                          "Free disk space or choose another folder with -o.") from e
     log.debug("exported %s (%s) to %s", checkpoint_path, dtype, out_dir)
     return out_dir
 
@@ -140,34 +130,3 @@ def _sampler_defaults(meta: dict) -> dict:
         raise InvalidInputError(f"checkpoint meta['sampler_defaults'] must hold numbers, got {given}") from None
 
 
-def _check_target(out_dir: Path, force: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InvalidInputError(f"{out_dir} exists and is not a folder; choose another output folder with -o")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise InvalidInputError(f"{out_dir} exists and is not empty; pass --force (force=True) to replace it, "
-                                "or choose another output folder with -o")
-
-
-def _missing_ancestor(folder: Path):
-    """The outermost folder of `folder`'s path that does not exist yet (to remove on failure)."""
-    missing = None
-    for p in [folder, *folder.parents]:
-        if p.exists():
-            break
-        missing = p
-    return missing
-
-
-def _move_into_place(tmp: Path, out_dir: Path) -> None:
-    if not out_dir.exists():
-        os.replace(tmp, out_dir)
-        return
-    # keep the old folder until the new one is in place, then delete it
-    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-    os.replace(out_dir, old / out_dir.name)
-    try:
-        os.replace(tmp, out_dir)
-    except OSError:
-        os.replace(old / out_dir.name, out_dir)  # put the old model back before reporting the failure
-        raise
-    shutil.rmtree(old, ignore_errors=True)

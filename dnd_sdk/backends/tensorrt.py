@@ -1,0 +1,182 @@
+"""TensorRT backend: the engines `dnd-build` wrote, on CUDA device 0 (tensorrt, polygraphy's CUDA wrapper).
+
+The KV cache never leaves the GPU. Each stage holds two buffers per cache tensor, sized for
+the engines' most rows and longest sequence; a step reads its past from one, writes its
+present (past plus the new positions) into the other, and the two swap roles. Only the
+hidden state goes in, and logits and hidden state come out, through host memory, because
+the numpy sampler runs between stages.
+"""
+from pathlib import Path
+
+import numpy as np
+import tensorrt as trt
+from polygraphy import cuda
+
+from ..engines import ENGINES_NAME, load_engine_index
+from ..errors import BackendUnavailableError, InvalidInputError
+from .base import Backend
+
+_LOGGER = trt.Logger(trt.Logger.WARNING)
+_H2D, _D2H = cuda.MemcpyKind.HostToDevice, cuda.MemcpyKind.DeviceToHost
+
+
+class DeviceBuffer:
+    """Device memory from cudaMalloc that grows on demand (its contents do not survive growing)."""
+
+    def __init__(self, nbytes: int = 0):
+        self.ptr, self.nbytes = 0, 0
+        self.ensure(nbytes)
+
+    def ensure(self, nbytes: int) -> int:
+        if nbytes > self.nbytes or not self.ptr:
+            self.free()
+            self.ptr, self.nbytes = cuda.wrapper().malloc(max(nbytes, 1)), nbytes
+        return self.ptr
+
+    def free(self) -> None:
+        if self.ptr:
+            cuda.wrapper().free(self.ptr)
+        self.ptr, self.nbytes = 0, 0
+
+
+class Engine:
+    """One deserialized engine, its execution context and the names and dtypes of its I/O tensors."""
+
+    def __init__(self, runtime, path: Path, built_with: str):
+        self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
+        if self.engine is None:  # TensorRT logged why: usually another GPU or TensorRT version
+            raise BackendUnavailableError(
+                f"TensorRT {trt.__version__} could not load {path} (built with TensorRT {built_with}, maybe for "
+                "another GPU); engines are specific to both. Rebuild them here with `dnd-build`.")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if n not in self.inputs]
+        self.itemsize = {n: self.engine.get_tensor_dtype(n).itemsize for n in names}
+
+    def numpy_dtype(self, name: str) -> np.dtype:
+        try:
+            return np.dtype(trt.nptype(self.engine.get_tensor_dtype(name)))
+        except TypeError:  # bf16 has no numpy type; only KV caches use it, and they stay on the GPU
+            raise InvalidInputError(f"tensor {name!r} is {self.engine.get_tensor_dtype(name)}, which numpy cannot "
+                                    "hold; run this graph through Generator instead of run()") from None
+
+
+class TensorrtBackend(Backend):
+    """TensorRT engines from an engine folder (`dnd-build MODEL_DIR -o ENGINE_DIR`).
+
+    Args:
+        model_dir (Path): the engine folder: an exported folder plus engines/*.plan and engines.json.
+        manifest (dnd_sdk.manifest.Manifest): its loaded, verified manifest.
+        threads: ignored (the work runs on the GPU).
+    """
+    name = "tensorrt"
+
+    def __init__(self, model_dir, manifest, *, threads=None):
+        graphs = [*manifest.stage_names, "decoder"]
+        index = load_engine_index(model_dir, graphs)
+        if index is None:
+            raise BackendUnavailableError(f"{model_dir} has no {ENGINES_NAME}, so no TensorRT engines; build them "
+                                          f"with `dnd-build {model_dir} -o ENGINE_DIR` and load ENGINE_DIR")
+        try:
+            self.stream = cuda.Stream()
+        except Exception as e:  # polygraphy raises its own exception type when libcudart or a GPU is missing
+            raise BackendUnavailableError(f"no usable CUDA device for TensorRT: {e}") from None
+        self.manifest, self.max_batch = manifest, int(index.max_rows)
+        self._runtime = trt.Runtime(_LOGGER)
+        self.engines = {g: Engine(self._runtime, Path(model_dir) / index.files[g].file, index.tensorrt_version)
+                        for g in graphs}
+        h, w = int(manifest.latent["h"]), int(manifest.latent["w"])
+        self._max_positions = 2 * h * w  # past (< h*w) plus new positions (<= h*w): the engines' profile
+        d = int(manifest.model_config["dim"])
+        self._hidden_in = DeviceBuffer(self.max_batch * h * w * d * 4)
+        self._hidden_out = DeviceBuffer(self.max_batch * h * w * d * 4)
+        self._logits = DeviceBuffer(self.max_batch * int(manifest.model_config["vocab_size"]) * 4)
+        self._caches = [self._cache_buffers(k) for k in range(manifest.depth)]
+        self._scratch, self._host = {}, {}
+        self._rows, self._past_len, self._side = 0, [0] * manifest.depth, [0] * manifest.depth
+
+    def _cache_buffers(self, k: int) -> list:
+        """[(past name, present name, kv_heads, head_dim, (buffer A, buffer B))] for stage k."""
+        stage, engine = self.manifest.stages[k], self.engines[self.manifest.stages[k].graph]
+        specs = {s.name: s for s in self.manifest.inputs(stage.graph)}
+        out = []
+        for layer in stage.layers:
+            for past, present in zip(self.manifest.past_names(layer), self.manifest.present_names(layer)):
+                kv, hd = int(specs[past].shape[1]), int(specs[past].shape[3])
+                nbytes = self.max_batch * kv * self._max_positions * hd * engine.itemsize[past]
+                out.append((past, present, kv, hd, (DeviceBuffer(nbytes), DeviceBuffer(nbytes))))
+        return out
+
+    def _host_buffer(self, key, shape, dtype=np.float32) -> np.ndarray:
+        if key not in self._host or self._host[key].shape != shape:
+            self._host[key] = np.empty(shape, dtype=dtype)
+        return self._host[key]
+
+    def _execute(self, engine: Engine) -> None:
+        if not engine.context.execute_async_v3(self.stream.ptr):
+            raise RuntimeError("TensorRT failed to run an engine; its log above says why")
+
+    def run(self, graph: str, feeds: dict) -> dict:
+        engine = self.engines[graph]
+        ctx = engine.context
+        missing = [n for n in engine.inputs if n not in feeds]
+        if missing:
+            raise InvalidInputError(f"graph {graph!r} needs the inputs {missing}")
+        for name in engine.inputs:
+            array = np.ascontiguousarray(feeds[name], dtype=engine.numpy_dtype(name))
+            ctx.set_input_shape(name, array.shape)
+            buf = self._scratch.setdefault((graph, name), DeviceBuffer())
+            cuda.wrapper().memcpy(buf.ensure(array.nbytes), array.ctypes.data, array.nbytes, _H2D, self.stream.ptr)
+            ctx.set_tensor_address(name, buf.ptr)
+        results = {}
+        for name in engine.outputs:
+            results[name] = np.empty(tuple(ctx.get_tensor_shape(name)), dtype=engine.numpy_dtype(name))
+            buf = self._scratch.setdefault((graph, name), DeviceBuffer())
+            ctx.set_tensor_address(name, buf.ensure(results[name].nbytes))
+        self._execute(engine)
+        for name, array in results.items():
+            cuda.wrapper().memcpy(array.ctypes.data, self._scratch[(graph, name)].ptr, array.nbytes, _D2H,
+                                  self.stream.ptr)
+        self.stream.synchronize()
+        return results
+
+    def reset(self, rows: int) -> None:
+        if rows > self.max_batch:
+            raise InvalidInputError(f"{rows} rows, but the engines were built for at most {self.max_batch}; "
+                                    "use a smaller batch or rebuild with a larger --max-batch")
+        self._rows, self._past_len, self._side = rows, [0] * self.manifest.depth, [0] * self.manifest.depth
+
+    def stage_step(self, k: int, hidden: np.ndarray) -> tuple:
+        engine = self.engines[self.manifest.stages[k].graph]
+        ctx = engine.context
+        hidden = np.ascontiguousarray(hidden, dtype=np.float32)
+        rows, past = hidden.shape[0], self._past_len[k]
+        cuda.wrapper().memcpy(self._hidden_in.ptr, hidden.ctypes.data, hidden.nbytes, _H2D, self.stream.ptr)
+        ctx.set_input_shape("hidden", hidden.shape)
+        ctx.set_tensor_address("hidden", self._hidden_in.ptr)
+        read = self._side[k]
+        for past_name, present_name, kv, hd, buffers in self._caches[k]:
+            ctx.set_input_shape(past_name, (rows, kv, past, hd))
+            ctx.set_tensor_address(past_name, buffers[read].ptr)
+            ctx.set_tensor_address(present_name, buffers[1 - read].ptr)
+        logits = self._host_buffer((k, "logits"), (rows, int(self.manifest.model_config["vocab_size"])))
+        hidden_out = self._host_buffer((k, "hidden_out"), hidden.shape)
+        ctx.set_tensor_address("logits", self._logits.ptr)
+        ctx.set_tensor_address("hidden_out", self._hidden_out.ptr)
+        self._execute(engine)
+        for host, device in ((logits, self._logits), (hidden_out, self._hidden_out)):
+            cuda.wrapper().memcpy(host.ctypes.data, device.ptr, host.nbytes, _D2H, self.stream.ptr)
+        self.stream.synchronize()
+        self._side[k], self._past_len[k] = 1 - read, past + hidden.shape[1]
+        return logits, hidden_out
+
+    def close(self) -> None:
+        buffers = [self._hidden_in, self._hidden_out, self._logits, *self._scratch.values(),
+                   *(b for stage in self._caches for *_, pair in stage for b in pair)]
+        for buf in buffers:
+            buf.free()
+        self.engines, self._caches, self._scratch, self._host = {}, [], {}, {}
+        if self.stream is not None:
+            self.stream.free()
+            self.stream = None

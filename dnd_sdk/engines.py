@@ -1,0 +1,64 @@
+"""engines.json: the TensorRT engines `dnd-build` adds to a copy of an exported model folder.
+
+    index = load_engine_index(folder)      # None when the folder holds no engines
+    index.max_rows, index.files["stage0"]  # FileRef(file="engines/stage0.plan", sha256, bytes)
+
+A built folder is the exported folder plus `engines/*.plan` and this index, so every other
+backend can still run it.
+"""
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from .errors import ManifestError
+from .manifest import FileRef, sha256_file, verify_file
+
+FORMAT, VERSION = "dnd-engines", 1
+ENGINES_NAME = "engines.json"
+_REBUILD = "Rebuild them with `dnd-build MODEL_DIR -o ENGINE_DIR`."
+
+
+@dataclass
+class EngineIndex:
+    max_rows: int  # the most rows a stage or decoder call takes; guidance runs 2 rows per image
+    tensorrt_version: str  # engines run only under this version, on the kind of GPU they were built on
+    files: dict = field(default_factory=dict)  # graph name -> FileRef, every graph of the manifest
+    format: str = FORMAT
+    version: int = VERSION
+
+
+def write_engine_index(folder, index: EngineIndex) -> EngineIndex:
+    """Fill sha256 and bytes of every plan from disk, then write folder/engines.json atomically."""
+    folder = Path(folder)
+    for ref in index.files.values():
+        path = folder / ref.file
+        ref.sha256, ref.bytes = sha256_file(path), path.stat().st_size
+    tmp = folder / f".{ENGINES_NAME}.tmp"
+    tmp.write_text(json.dumps(dataclasses.asdict(index), indent=2) + "\n")
+    os.replace(tmp, folder / ENGINES_NAME)
+    return index
+
+
+def load_engine_index(folder, graphs=(), verify: bool = True) -> Optional[EngineIndex]:
+    """Read folder/engines.json (None if absent); check it lists every name in `graphs` and, with
+    verify, each plan's size and sha256."""
+    path = Path(folder) / ENGINES_NAME
+    if not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text())
+        if raw.get("format") != FORMAT or raw.get("version") != VERSION:
+            raise ManifestError(f"{path}: not a {FORMAT} v{VERSION} index. {_REBUILD}")
+        index = EngineIndex(**{**raw, "files": {k: FileRef(**v) for k, v in raw["files"].items()}})
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise ManifestError(f"{path}: malformed ({type(e).__name__}: {e}). {_REBUILD}") from None
+    missing = [g for g in graphs if g not in index.files]
+    if missing:
+        raise ManifestError(f"{path}: no engine for {missing}. {_REBUILD}")
+    if verify:
+        for ref in index.files.values():
+            verify_file(Path(folder) / ref.file, ref, ENGINES_NAME, _REBUILD)
+    return index

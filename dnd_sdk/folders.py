@@ -1,0 +1,67 @@
+"""Output folders that appear whole or not at all: written under a temporary name beside the
+target, then moved into place.
+
+    check_target(out_dir, force)            # fail fast, before any slow work
+    with staged_folder(out_dir, force) as tmp:
+        ...write into tmp...                # an exception (or Ctrl-C) leaves nothing behind
+"""
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import InvalidInputError
+
+
+def check_target(out_dir: Path, force: bool) -> None:
+    """Refuse a target that is a file, or a non-empty folder unless `force`."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InvalidInputError(f"{out_dir} exists and is not a folder; choose another output folder with -o")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        raise InvalidInputError(f"{out_dir} exists and is not empty; pass --force (force=True) to replace it, "
+                                "or choose another output folder with -o")
+
+
+def _missing_ancestor(folder: Path):
+    """The outermost folder of `folder`'s path that does not exist yet (to remove on failure)."""
+    missing = None
+    for p in [folder, *folder.parents]:
+        if p.exists():
+            break
+        missing = p
+    return missing
+
+
+def _replace_folder(tmp: Path, out_dir: Path) -> None:
+    if not out_dir.exists():
+        os.replace(tmp, out_dir)
+        return
+    # keep the old folder until the new one is in place, then delete it
+    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+    os.replace(out_dir, old / out_dir.name)
+    try:
+        os.replace(tmp, out_dir)
+    except OSError:
+        os.replace(old / out_dir.name, out_dir)  # put the old folder back before reporting the failure
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_folder(out_dir: Path, force: bool = False):
+    """Yield a temporary folder beside `out_dir` that replaces it when the block ends cleanly; on
+    any exception, interrupts included, it is removed with any parent folders it created."""
+    out_dir = Path(out_dir)
+    check_target(out_dir, force)
+    created = _missing_ancestor(out_dir.parent)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        yield tmp
+        _replace_folder(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise

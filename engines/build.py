@@ -1,0 +1,110 @@
+"""`dnd-build`: TensorRT engines for every graph of an exported model folder.
+
+    folder = build_engines("out/model", "out/engines", BuildConfig(max_batch=16))
+    Generator(folder)                  # backend="auto" picks TensorRT on a GPU machine
+
+The engine folder is a copy of the exported folder plus engines/{stage0..,decoder}.plan and
+engines.json, written under a temporary name and moved into place when every engine is
+built. Networks are strongly typed: each engine keeps the precision the graphs were
+exported in (`dnd-export --dtype`), as TensorRT 10+ prefers to builder precision flags.
+"""
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from dnd_sdk.engines import EngineIndex, write_engine_index
+from dnd_sdk.errors import BackendUnavailableError, DndError, InvalidInputError
+from dnd_sdk.folders import check_target, staged_folder
+from dnd_sdk.manifest import MANIFEST_NAME, FileRef, load_manifest
+from .profiles import profile_shapes
+
+log = logging.getLogger(__name__)
+
+
+class EngineBuildError(DndError):
+    """TensorRT could not parse a graph or build an engine."""
+
+
+@dataclass
+class BuildConfig:
+    max_batch: int = 16  # images per call; with guidance each image takes 2 rows
+    workspace_gib: float = 8.0  # TensorRT's scratch memory limit while choosing kernels
+    optimization_level: int = 3  # TensorRT's builder_optimization_level (0..5): higher builds slower
+    timing_cache: Optional[str] = None  # read if present and written back: rebuilds skip kernel timing
+
+
+def _import_tensorrt():
+    try:
+        import tensorrt as trt
+    except ImportError as e:
+        raise BackendUnavailableError(
+            f"dnd-build needs TensorRT ({e}). On a machine with an NVIDIA GPU: pip install 'dnd-sdk[gpu]'") from None
+    if not hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        raise BackendUnavailableError(f"TensorRT {trt.__version__} is too old; dnd-build needs TensorRT 10 or newer")
+    return trt
+
+
+def build_engines(model_dir, out_dir, config: BuildConfig = BuildConfig(), force: bool = False) -> Path:
+    """Build the engines of `model_dir` into a new folder `out_dir`; returns out_dir. Raises a DndError."""
+    if config.max_batch < 1:
+        raise InvalidInputError(f"max_batch must be >= 1, got {config.max_batch}")
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    manifest = load_manifest(model_dir)  # every file verified before hours of GPU time go into it
+    if out_dir.resolve() == model_dir.resolve():
+        raise InvalidInputError("the engine folder must differ from the model folder; choose another -o")
+    check_target(out_dir, force)
+    trt = _import_tensorrt()
+    max_rows = config.max_batch * (2 if manifest.null_class is not None else 1)
+    shapes = profile_shapes(manifest, max_rows)
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    cache_path = Path(config.timing_cache) if config.timing_cache else None
+    cache = builder.create_builder_config().create_timing_cache(
+        cache_path.read_bytes() if cache_path and cache_path.is_file() else b"")
+    with staged_folder(out_dir, force) as tmp:
+        _copy_model_folder(manifest, model_dir, tmp)
+        (tmp / "engines").mkdir()
+        files = {}
+        for graph in shapes:
+            log.info("building %s (rows up to %d)", graph, max_rows)
+            plan = _build_engine(trt, builder, logger, manifest.graph_path(graph), shapes[graph], config, cache)
+            files[graph] = FileRef(f"engines/{graph}.plan")
+            (tmp / files[graph].file).write_bytes(plan)
+        write_engine_index(tmp, EngineIndex(max_rows=max_rows, tensorrt_version=trt.__version__, files=files))
+    if cache_path:
+        partial = cache_path.with_name(f".{cache_path.name}.tmp")
+        partial.write_bytes(bytes(cache.serialize()))
+        os.replace(partial, cache_path)
+    return out_dir
+
+
+def _copy_model_folder(manifest, model_dir: Path, tmp: Path) -> None:
+    """Every file the manifest lists, so that the engine folder also runs on the other backends."""
+    names = [ref.file for entry in manifest.files.values() for ref in (entry, *entry.external_data)]
+    for name in [MANIFEST_NAME, *names]:
+        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(model_dir / name, tmp / name)
+
+
+def _build_engine(trt, builder, logger, onnx_path: Path, shapes: dict, config: BuildConfig, cache) -> bytes:
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):  # reads external data beside the file too
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineBuildError(f"TensorRT {trt.__version__} could not parse {onnx_path.name}: {errors}")
+    build_config = builder.create_builder_config()
+    build_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(config.workspace_gib * (1 << 30)))
+    build_config.builder_optimization_level = config.optimization_level
+    build_config.set_timing_cache(cache, ignore_mismatch=False)
+    profile = builder.create_optimization_profile()
+    for name, (lo, opt, hi) in shapes.items():
+        profile.set_shape(name, lo, opt, hi)
+    build_config.add_optimization_profile(profile)
+    plan = builder.build_serialized_network(network, build_config)
+    if plan is None:
+        raise EngineBuildError(f"TensorRT {trt.__version__} could not build an engine for {onnx_path.name}; "
+                               "its log above says why (often too little --workspace-gib)")
+    return bytes(plan)
