@@ -70,7 +70,8 @@ def build_engines(model_dir, out_dir, config: BuildConfig = BuildConfig(), force
         files = {}
         for graph in shapes:
             log.info("building %s (rows up to %d)", graph, max_rows)
-            plan = _build_engine(trt, builder, logger, manifest.graph_path(graph), shapes[graph], config, cache)
+            plan = _build_engine(trt, builder, logger, manifest.graph_path(graph), manifest.dtype, shapes[graph],
+                                 config, cache)
             files[graph] = FileRef(f"engines/{graph}.plan")
             (tmp / files[graph].file).write_bytes(plan)
         write_engine_index(tmp, EngineIndex(max_rows=max_rows, tensorrt_version=trt.__version__, files=files))
@@ -89,7 +90,8 @@ def _copy_model_folder(manifest, model_dir: Path, tmp: Path) -> None:
         shutil.copy2(model_dir / name, tmp / name)
 
 
-def _build_engine(trt, builder, logger, onnx_path: Path, shapes: dict, config: BuildConfig, cache) -> bytes:
+def _build_engine(trt, builder, logger, onnx_path: Path, manifest_dtype: str, shapes: dict, config: BuildConfig,
+                  cache) -> bytes:
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):  # reads external data beside the file too
@@ -98,7 +100,10 @@ def _build_engine(trt, builder, logger, onnx_path: Path, shapes: dict, config: B
     build_config = builder.create_builder_config()
     build_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(config.workspace_gib * (1 << 30)))
     build_config.builder_optimization_level = config.optimization_level
-    build_config.set_timing_cache(cache, ignore_mismatch=False)
+    if manifest_dtype == "fp32":  # TF32 is on by default: it would round fp32 matmul inputs to 10 bits
+        build_config.clear_flag(trt.BuilderFlag.TF32)
+    if not build_config.set_timing_cache(cache, ignore_mismatch=False):
+        log.warning("the timing cache comes from another GPU or TensorRT; it is not used for %s", onnx_path.name)
     profile = builder.create_optimization_profile()
     for name, (lo, opt, hi) in shapes.items():
         profile.set_shape(name, lo, opt, hi)

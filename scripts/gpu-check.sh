@@ -4,6 +4,7 @@
 # and ONNX Runtime CUDA against the PyTorch reference. A few minutes; results in $OUT.
 #
 #   pip install torch==2.13.0 && pip install -e '.[train,gpu]'
+#   pip uninstall -y onnxruntime && pip install --force-reinstall --no-deps onnxruntime-gpu  # the two collide
 #   bash scripts/gpu-check.sh                 # OUT=out/gpu-check CKPT=models/words/checkpoint.pt
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +27,7 @@ parity=0
 
 bench() {  # name, model folder, backend
   dnd bench --checkpoint "$CKPT" --model "$2" --backend "$3" --batch 1 --batch 16 --num-batches 2 --repeats 2 \
-    -o "$OUT/bench-$1.json" >/dev/null
+    -o "$OUT/bench-$1.json" >/dev/null || { echo "$1: not benchmarked (backend unavailable?)"; return; }
   "$PYTHON" -c "import json; r = json.load(open('$OUT/bench-$1.json'))
 for row in r['results']: print('$1', 'batch', row['batch_size'], row['runtime_images_per_s'], 'images/s,',
       row['ratio'], 'x the PyTorch reference')"

@@ -21,11 +21,10 @@ _H2D, _D2H = cuda.MemcpyKind.HostToDevice, cuda.MemcpyKind.DeviceToHost
 
 
 class DeviceBuffer:
-    """Device memory from cudaMalloc that grows on demand (its contents do not survive growing)."""
+    """Device memory from cudaMalloc, allocated by `ensure` and grown on demand (contents do not survive growing)."""
 
-    def __init__(self, nbytes: int = 0):
+    def __init__(self):
         self.ptr, self.nbytes = 0, 0
-        self.ensure(nbytes)
 
     def ensure(self, nbytes: int) -> int:
         if nbytes > self.nbytes or not self.ptr:
@@ -49,10 +48,19 @@ class Engine:
                 f"TensorRT {trt.__version__} could not load {path} (built with TensorRT {built_with}, maybe for "
                 "another GPU); engines are specific to both. Rebuild them here with `dnd-build`.")
         self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise BackendUnavailableError(f"TensorRT could not create an execution context for {path} "
+                                          "(out of GPU memory?)")
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if n not in self.inputs]
         self.itemsize = {n: self.engine.get_tensor_dtype(n).itemsize for n in names}
+
+    def set_shape(self, name: str, shape: tuple) -> None:
+        if not self.context.set_input_shape(name, tuple(shape)):
+            low, _, high = self.engine.get_tensor_profile_shape(name, 0)
+            raise InvalidInputError(f"input {name!r} of shape {tuple(shape)} is outside the engine's profile "
+                                    f"({tuple(low)} .. {tuple(high)}); rebuild with dnd-build for larger sizes")
 
     def numpy_dtype(self, name: str) -> np.dtype:
         try:
@@ -83,17 +91,22 @@ class TensorrtBackend(Backend):
         except Exception as e:  # polygraphy raises its own exception type when libcudart or a GPU is missing
             raise BackendUnavailableError(f"no usable CUDA device for TensorRT: {e}") from None
         self.manifest, self.max_batch = manifest, int(index.max_rows)
-        self._runtime = trt.Runtime(_LOGGER)
-        self.engines = {g: Engine(self._runtime, Path(model_dir) / index.files[g].file, index.tensorrt_version)
-                        for g in graphs}
+        self.engines, self._caches, self._scratch, self._host, self._buffers = {}, [], {}, {}, []
         h, w = int(manifest.latent["h"]), int(manifest.latent["w"])
+        d, vocab = int(manifest.model_config["dim"]), int(manifest.model_config["vocab_size"])
         self._max_positions = 2 * h * w  # past (< h*w) plus new positions (<= h*w): the engines' profile
-        d = int(manifest.model_config["dim"])
-        self._hidden_in = DeviceBuffer(self.max_batch * h * w * d * 4)
-        self._hidden_out = DeviceBuffer(self.max_batch * h * w * d * 4)
-        self._logits = DeviceBuffer(self.max_batch * int(manifest.model_config["vocab_size"]) * 4)
-        self._caches = [self._cache_buffers(k) for k in range(manifest.depth)]
-        self._scratch, self._host = {}, {}
+        self._hidden_in, self._hidden_out, self._logits = self._new_buffer(), self._new_buffer(), self._new_buffer()
+        try:  # a failure part-way (an engine from another TensorRT) must not leak what is allocated
+            runtime = trt.Runtime(_LOGGER)
+            for g in graphs:
+                self.engines[g] = Engine(runtime, Path(model_dir) / index.files[g].file, index.tensorrt_version)
+            self._hidden_in.ensure(self.max_batch * h * w * d * 4)
+            self._hidden_out.ensure(self.max_batch * h * w * d * 4)
+            self._logits.ensure(self.max_batch * vocab * 4)
+            self._caches = [self._cache_buffers(k) for k in range(manifest.depth)]
+        except BaseException:
+            self.close()
+            raise
         self._rows, self._past_len, self._side = 0, [0] * manifest.depth, [0] * manifest.depth
 
     def _cache_buffers(self, k: int) -> list:
@@ -105,8 +118,20 @@ class TensorrtBackend(Backend):
             for past, present in zip(self.manifest.past_names(layer), self.manifest.present_names(layer)):
                 kv, hd = int(specs[past].shape[1]), int(specs[past].shape[3])
                 nbytes = self.max_batch * kv * self._max_positions * hd * engine.itemsize[past]
-                out.append((past, present, kv, hd, (DeviceBuffer(nbytes), DeviceBuffer(nbytes))))
+                pair = (self._new_buffer(), self._new_buffer())
+                for buf in pair:
+                    buf.ensure(nbytes)
+                out.append((past, present, kv, hd, pair))
         return out
+
+    def _new_buffer(self) -> DeviceBuffer:
+        self._buffers.append(DeviceBuffer())  # every buffer is registered, so close() frees it whatever failed
+        return self._buffers[-1]
+
+    def _scratch_buffer(self, key) -> DeviceBuffer:
+        if key not in self._scratch:
+            self._scratch[key] = self._new_buffer()
+        return self._scratch[key]
 
     def _host_buffer(self, key, shape, dtype=np.float32) -> np.ndarray:
         if key not in self._host or self._host[key].shape != shape:
@@ -125,14 +150,14 @@ class TensorrtBackend(Backend):
             raise InvalidInputError(f"graph {graph!r} needs the inputs {missing}")
         for name in engine.inputs:
             array = np.ascontiguousarray(feeds[name], dtype=engine.numpy_dtype(name))
-            ctx.set_input_shape(name, array.shape)
-            buf = self._scratch.setdefault((graph, name), DeviceBuffer())
+            engine.set_shape(name, array.shape)
+            buf = self._scratch_buffer((graph, name))
             cuda.wrapper().memcpy(buf.ensure(array.nbytes), array.ctypes.data, array.nbytes, _H2D, self.stream.ptr)
             ctx.set_tensor_address(name, buf.ptr)
         results = {}
         for name in engine.outputs:
             results[name] = np.empty(tuple(ctx.get_tensor_shape(name)), dtype=engine.numpy_dtype(name))
-            buf = self._scratch.setdefault((graph, name), DeviceBuffer())
+            buf = self._scratch_buffer((graph, name))
             ctx.set_tensor_address(name, buf.ensure(results[name].nbytes))
         self._execute(engine)
         for name, array in results.items():
@@ -152,12 +177,14 @@ class TensorrtBackend(Backend):
         ctx = engine.context
         hidden = np.ascontiguousarray(hidden, dtype=np.float32)
         rows, past = hidden.shape[0], self._past_len[k]
+        if rows != self._rows:  # the cache holds self._rows rows: another count would read it wrongly
+            raise InvalidInputError(f"stage_step got {rows} rows after reset({self._rows}); call reset(rows) first")
         cuda.wrapper().memcpy(self._hidden_in.ptr, hidden.ctypes.data, hidden.nbytes, _H2D, self.stream.ptr)
-        ctx.set_input_shape("hidden", hidden.shape)
+        engine.set_shape("hidden", hidden.shape)
         ctx.set_tensor_address("hidden", self._hidden_in.ptr)
         read = self._side[k]
         for past_name, present_name, kv, hd, buffers in self._caches[k]:
-            ctx.set_input_shape(past_name, (rows, kv, past, hd))
+            engine.set_shape(past_name, (rows, kv, past, hd))
             ctx.set_tensor_address(past_name, buffers[read].ptr)
             ctx.set_tensor_address(present_name, buffers[1 - read].ptr)
         logits = self._host_buffer((k, "logits"), (rows, int(self.manifest.model_config["vocab_size"])))
@@ -172,11 +199,9 @@ class TensorrtBackend(Backend):
         return logits, hidden_out
 
     def close(self) -> None:
-        buffers = [self._hidden_in, self._hidden_out, self._logits, *self._scratch.values(),
-                   *(b for stage in self._caches for *_, pair in stage for b in pair)]
-        for buf in buffers:
+        for buf in self._buffers:
             buf.free()
-        self.engines, self._caches, self._scratch, self._host = {}, [], {}, {}
+        self.engines, self._caches, self._scratch, self._host, self._buffers = {}, [], {}, {}, []
         if self.stream is not None:
             self.stream.free()
             self.stream = None
