@@ -87,20 +87,21 @@ def _shard_range(shard, num: int) -> range:
 def _claim(out: Path, identity: dict, tag: str) -> None:
     """Create `out` for this run, or check that it already belongs to a run with the same arguments."""
     run_file = out / RUN_FILE
-    if run_file.is_file():
-        stored = json.loads(run_file.read_text())
-        diff = [f"{k}: {stored.get(k)!r} there, {identity[k]!r} now" for k in identity if stored.get(k) != identity[k]]
-        if diff:
-            raise InvalidInputError(f"{out} holds a run made with different arguments ({'; '.join(diff)}). "
-                                    "Rerun with the original arguments to resume it, or choose a new output folder.")
-        return
-    # another shard starting at the same moment may only have its temporary run.json there yet
-    ours = lambda p: p.name.startswith(".") and p.name.endswith(TMP_SUFFIX)  # noqa: E731
-    if out.exists() and (not out.is_dir() or not all(ours(p) for p in out.iterdir())):
-        raise InvalidInputError(f"{out} exists and was not made by `dnd generate` (no {RUN_FILE}); "
-                                "choose a new or empty output folder.")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(run_file, lambda f: f.write((json.dumps(identity, indent=2) + "\n").encode()), tag)
+    if not run_file.is_file():
+        # another shard starting at the same moment may have its temporary or finished run.json there
+        ours = lambda p: p.name == RUN_FILE or (p.name.startswith(".") and p.name.endswith(TMP_SUFFIX))  # noqa: E731
+        if out.exists() and (not out.is_dir() or not all(ours(p) for p in out.iterdir())):
+            raise InvalidInputError(f"{out} exists and was not made by `dnd generate` (no {RUN_FILE}); "
+                                    "choose a new or empty output folder.")
+        out.mkdir(parents=True, exist_ok=True)
+        # the first shard's run.json stays: every later one, simultaneous or not, is checked against it
+        atomic_write(run_file, lambda f: f.write((json.dumps(identity, indent=2) + "\n").encode()), tag,
+                     keep_existing=True)
+    stored = json.loads(run_file.read_text())
+    diff = [f"{k}: {stored.get(k)!r} there, {identity[k]!r} now" for k in identity if stored.get(k) != identity[k]]
+    if diff:
+        raise InvalidInputError(f"{out} holds a run made with different arguments ({'; '.join(diff)}). "
+                                "Rerun with the original arguments to resume it, or choose a new output folder.")
 
 
 def run_batch(gen, out, job: BatchJob, progress: bool = True) -> BatchSummary:

@@ -16,18 +16,26 @@ def to_pil(images: np.ndarray) -> list:
     return [Image.fromarray(np.ascontiguousarray(im), mode="RGB") for im in images]
 
 
-def atomic_write(path, write, tmp_tag: str = "") -> None:
+def atomic_write(path, write, tmp_tag: str = "", keep_existing: bool = False) -> None:
     """Call write(file) on a temporary file beside `path`, then rename it into place.
 
     A reader (or a resumed run) sees either the whole file or none. Temporary files are named
     `.{tmp_tag}{name}.*.tmp`, so a restarted job can find and delete only its own leftovers.
+    With keep_existing, a file already at `path` wins, even one that appears while this one
+    is written (os.link never replaces).
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{tmp_tag}{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
-        os.replace(tmp, path)
+        if not keep_existing:
+            os.replace(tmp, path)
+        elif not path.exists():
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -1,5 +1,6 @@
 """The batch job: files written, shards, resume rules, and refusal of bad or foreign runs."""
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -121,3 +122,27 @@ def test_kill_before_run_json_landed_is_resumed(gen, single, tmp_path):
     (out / ".shard0of1-run.json.x1.tmp").write_bytes(b'{"format": ')  # killed while claiming the folder
     run_batch(gen, out, BatchJob(num=10, seed=4, npz=True, grid=True), progress=False)
     assert tree(out) == tree(single)
+
+
+def test_runs_claiming_one_folder_at_once_get_exactly_one_owner(tmp_path):
+    from dnd_sdk.batch import _claim
+    identities = [{"format": "dnd-generate-run", "seed": i % 2} for i in range(8)]
+    for attempt in range(20):  # the race window is small: try many times
+        out, barrier, results = tmp_path / f"race{attempt}", threading.Barrier(8), [None] * 8
+
+        def claim(i):
+            barrier.wait()
+            try:
+                _claim(out, identities[i], f"shard{i}of8-")
+                results[i] = "ok"
+            except InvalidInputError as e:
+                results[i] = str(e)
+        threads = [threading.Thread(target=claim, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        owner = json.loads((out / "run.json").read_text())["seed"]
+        # the owner's shards all proceed; every other one is refused for its arguments
+        assert [r == "ok" for r in results] == [i % 2 == owner for i in range(8)], results
+        assert all("different arguments" in r for r in results if r != "ok")
