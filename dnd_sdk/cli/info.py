@@ -1,8 +1,9 @@
-"""`dnd info MODEL`: check a model folder against its manifest and print what it holds."""
+"""`dnd info MODEL`: check a model (or engine) folder against its manifest and print what it holds."""
 from pathlib import Path
 
 import click
 
+from ..engines import load_engine_index
 from ..manifest import load_manifest
 
 
@@ -17,10 +18,14 @@ def summary(model_dir) -> str:
         f"classes:  {len(m.labels)} ({labels}); guidance {guidance}",
         f"latent:   {m.latent['h']}x{m.latent['w']} cells x depth {m.depth}, vocab {m.model_config.get('vocab_size')}",
         f"image:    {m.image['height']}x{m.image['width']} RGB",
-        f"sampler:  " + ", ".join(f"{k}={v}" for k, v in m.sampler_defaults.items()),
+        "sampler:  " + ", ".join(f"{k}={v}" for k, v in m.sampler_defaults.items()),
         f"files:    {len(m.files)} ({size / 2**20:.1f} MiB), sha256 verified",
-        f"producer: " + ", ".join(f"{k} {v}" for k, v in m.producer.items()),
+        "producer: " + ", ".join(f"{k} {v}" for k, v in m.producer.items()),
     ]
+    engines = load_engine_index(model_dir, m.stage_names + ["decoder"])
+    if engines is not None:
+        lines.append(f"engines:  TensorRT {engines.tensorrt_version}, up to {engines.max_rows} rows per call, "
+                     "sha256 verified")
     return "\n".join(lines)
 
 

@@ -8,6 +8,7 @@ from click.testing import CliRunner
 from dnd_engines.cli import main as dnd_build
 from dnd_engines.profiles import profile_shapes
 from dnd_sdk import Generator
+from dnd_sdk.cli.main import cli
 from dnd_sdk.engines import EngineIndex, load_engine_index, write_engine_index
 from dnd_sdk.errors import ManifestError
 from dnd_sdk.manifest import FileRef, load_manifest
@@ -61,6 +62,8 @@ def test_engine_index_round_trip_and_tampering(tiny_model_dir, tmp_path):
     folder = _built_folder(tiny_model_dir, tmp_path)
     index = load_engine_index(folder, ["stage0", "stage1", "decoder"])
     assert index.max_rows == 8 and index.files["decoder"].bytes == 100
+    info = CliRunner().invoke(cli, ["info", str(folder)])
+    assert info.exit_code == 0 and "engines:  TensorRT 10.9.0, up to 8 rows per call" in info.output
     with pytest.raises(ManifestError, match="no engine for"):
         load_engine_index(folder, ["stage0", "stage7"])
     (folder / "engines" / "stage1.plan").write_bytes(b"x" * 100)
