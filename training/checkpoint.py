@@ -4,6 +4,7 @@
     ckpt = load_checkpoint("checkpoint.pt")     # validated, raises CheckpointError
     model, tokenizer = ckpt.build_model(), ckpt.build_tokenizer()
     set_sampler_defaults("checkpoint.pt", cfg_scale=1.5, temperature=0.3)   # what `dnd generate` uses
+    set_tokenizer("checkpoint.pt", "runs/tok-decoder/tokenizer.pt")          # a decoder fine-tuned later
 """
 import dataclasses
 import os
@@ -164,3 +165,29 @@ def set_sampler_defaults(path, **values) -> dict:
     raw["meta"] = {**raw["meta"], "sampler_defaults": defaults}
     atomic_torch_save(raw, path)
     return defaults
+
+
+# the weights that map an image to codes; a tokenizer that shares them makes the same codes
+CODE_WEIGHTS = ("encoder.", "quant_conv.", "quantizer.codebook")
+
+
+def set_tokenizer(path, tokenizer_path) -> None:
+    """Replace a checkpoint's tokenizer by one that makes the same codes (same config, encoder and codebook),
+    such as a `freeze_codes` fine-tune of its decoder; the transformer stays valid and untouched.
+    The checkpoint is rewritten atomically."""
+    from .tokenizer_file import load_tokenizer
+    path = Path(path)
+    ckpt = load_checkpoint(path)
+    new, _ = load_tokenizer(tokenizer_path)
+    if dataclasses.asdict(new.config) != ckpt.tokenizer_config:
+        raise CheckpointError(f"{tokenizer_path}: tokenizer config differs from {path}'s; only a tokenizer that "
+                              "makes the same codes can replace it")
+    state = new.state_dict()
+    changed = [k for k in state if k.startswith(CODE_WEIGHTS) and not torch.equal(state[k], ckpt.tokenizer[k])]
+    if changed:
+        raise CheckpointError(f"{tokenizer_path}: its encoder or codebook differs from {path}'s ({changed[:3]}), "
+                              "so its codes would not be the ones the transformer learned; fine-tune the decoder "
+                              "with freeze_codes: true instead")
+    raw = _read(path)
+    raw["tokenizer"] = {k: v.detach().cpu() for k, v in state.items()}
+    atomic_torch_save(raw, path)

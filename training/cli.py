@@ -4,6 +4,7 @@
     dnd train extract-codes --config configs/transformer-words.yaml
     dnd train transformer   --config configs/transformer-words.yaml
     dnd train set-defaults  runs/transformer-words/checkpoint.pt --cfg-scale 1.5 --temperature 0.3
+    dnd train set-tokenizer runs/transformer-words/checkpoint.pt runs/tokenizer-words-decoder/tokenizer.pt
 
 Also runnable without the `dnd` entry point, e.g. under torchrun:
     python -m dnd_training.cli transformer --config configs/transformer-words.yaml --set train.steps=100
@@ -104,6 +105,17 @@ def set_defaults_cmd(checkpoint, cfg_scale, temperature, top_k, top_p):
     from .checkpoint import set_sampler_defaults
     stored = set_sampler_defaults(checkpoint, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p)
     click.echo(f"{checkpoint}: sampler defaults " + ", ".join(f"{k}={v}" for k, v in stored.items()))
+
+
+@train.command("set-tokenizer")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.argument("tokenizer", type=click.Path(exists=True, dir_okay=False))
+@_user_errors
+def set_tokenizer_cmd(checkpoint, tokenizer):
+    """Put TOKENIZER into CHECKPOINT; it must make the same codes (a freeze_codes fine-tune of its decoder)."""
+    from .checkpoint import set_tokenizer
+    set_tokenizer(checkpoint, tokenizer)
+    click.echo(f"{checkpoint}: tokenizer replaced by {tokenizer}'s")
 
 
 if __name__ == "__main__":

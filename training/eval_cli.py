@@ -17,7 +17,8 @@ def evaluate():
 @click.argument("target", required=False, type=click.Path(exists=True, path_type=Path))
 @click.option("--dataset", is_flag=True, help="Judge the rendered dataset itself (the OCR ceiling).")
 @click.option("--per-class", type=int, default=4, show_default=True, help="Images per class.")
-@click.option("--num-classes", type=int, default=32, show_default=True, help="--dataset: the first N built-in words.")
+@click.option("--num-classes", type=int,
+              help="--dataset or a tokenizer: judge the first N built-in words [default: 32; a tokenizer's own words].")
 @click.option("--seed", type=int, default=1000, show_default=True, help="Seed of the sampled or rendered images.")
 @click.option("--depth", type=int, help="Tokenizer: decode from the first DEPTH codes only.")
 @click.option("--cfg-scale", type=float, help="Model: guidance scale [default: the model's].")
@@ -27,9 +28,10 @@ def evaluate():
 def ocr(target, dataset, per_class, num_classes, seed, depth, cfg_scale, temperature, threads, out):
     """TARGET: an exported model folder, a `dnd generate` folder, or a tokenizer.pt / checkpoint.pt."""
     from . import evaluate as ev
+    from .data import load_words
     sampling = {k: v for k, v in (("cfg_scale", cfg_scale), ("temperature", temperature)) if v is not None}
     if dataset:
-        result = ev.eval_dataset(num_classes=num_classes, per_class=per_class, seed=seed)
+        result = ev.eval_dataset(num_classes=num_classes or 32, per_class=per_class, seed=seed)
     elif target is None:
         raise InvalidInputError("give a TARGET (model folder, image folder, tokenizer.pt) or --dataset")
     elif (target / "manifest.json").is_file():
@@ -37,7 +39,8 @@ def ocr(target, dataset, per_class, num_classes, seed, depth, cfg_scale, tempera
     elif target.is_dir():
         result = ev.eval_images(target)
     else:
-        result = ev.eval_tokenizer(target, per_class=per_class, seed=seed, depth=depth)
+        labels = load_words(num_classes=num_classes) if num_classes else None
+        result = ev.eval_tokenizer(target, labels, per_class=per_class, seed=seed, depth=depth)
     text = json.dumps(result, indent=2)
     if out:
         out.write_text(text + "\n")

@@ -249,6 +249,14 @@ class RQTokenizer(nn.Module):
         self.quant_conv = nn.Conv2d(config.z_channels, config.embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1)
         self.quantizer = ResidualQuantizer(config)
+        self.codes_frozen = False
+
+    def freeze_codes(self) -> None:
+        """Fix the image -> codes map (encoder, quant_conv, codebook) so that only the decoder trains:
+        codes extracted before stay valid, and so does a transformer trained on them."""
+        for part in (self.encoder, self.quant_conv):
+            part.requires_grad_(False)
+        self.codes_frozen = True
 
     def latents(self, images):  # [B, 3, H, W] -> [B, h, w, E]
         return self.quant_conv(self.encoder(images)).permute(0, 2, 3, 1)
@@ -274,8 +282,10 @@ class RQTokenizer(nn.Module):
     decode_code = decode
 
     def forward(self, images):
-        """-> (recon [B, 3, H, W], codes [B, h, w, D], losses). The codebook moves (EMA) in train mode only."""
-        z_st, codes, commitment, per_depth = self.quantizer(self.latents(images))
+        """-> (recon [B, 3, H, W], codes [B, h, w, D], losses).
+        The codebook moves (EMA) in train mode only, and never after freeze_codes()."""
+        z_st, codes, commitment, per_depth = self.quantizer(self.latents(images),
+                                                            update=self.training and not self.codes_frozen)
         recon = self.decoder(self.post_quant_conv(z_st.permute(0, 3, 1, 2)))
         rec = RECON_LOSSES[self.config.loss_type](recon.float(), images.float())
         losses = {"recon": rec, "commitment": commitment, "total": rec + self.config.commitment_weight * commitment,

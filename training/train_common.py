@@ -45,6 +45,7 @@ class TrainConfig:
     ckpt_every: int = 500
     sample_every: int = 500  # 0 = no sample grids
     out_dir: str = "runs/run"
+    init_from: Optional[str] = None  # fine-tune: start from this file's weights (tokenizer.pt or checkpoint.pt)
 
     def __post_init__(self):
         bad = [k for k in ("steps", "batch_size", "log_every", "ckpt_every") if int(getattr(self, k)) <= 0]
@@ -54,6 +55,14 @@ class TrainConfig:
             raise InvalidInputError(f"train.precision must be auto, bf16 or fp32, got {self.precision!r}")
         if not 0 <= self.ema_decay < 1:
             raise InvalidInputError(f"train.ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
+
+
+def check_same_settings(path, what: str, ours: dict, theirs: dict) -> None:
+    """train.init_from: a fine-tune starts from weights of exactly the architecture the config builds."""
+    differ = {k: (ours[k], theirs.get(k)) for k in ours if ours[k] != theirs.get(k)}
+    if differ:
+        raise InvalidInputError(f"train.init_from {path}: {what} settings (config, file) differ: {differ}; "
+                                "a fine-tune keeps the architecture, so take them from the file")
 
 
 def step_seed(seed: int, step: int, rank: int = 0) -> int:

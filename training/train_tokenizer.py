@@ -20,8 +20,8 @@ from .data import DataConfig, build_dataset
 from .distributed import init_distributed, shutdown
 from .grids import eval_mode, save_tensor_grid, step_png
 from .tokenizer import RQTokenizer, TokenizerConfig
-from .tokenizer_file import save_tokenizer
-from .train_common import Loop, TrainConfig, batch_indices, run
+from .tokenizer_file import load_tokenizer, save_tokenizer
+from .train_common import Loop, TrainConfig, batch_indices, check_same_settings, run
 
 
 @dataclass
@@ -29,6 +29,7 @@ class TokenizerRunConfig:
     tokenizer: dict = field(default_factory=dict)  # TokenizerConfig fields; image size comes from data
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(weight_decay=0.0, out_dir="runs/tokenizer"))
+    freeze_codes: bool = False  # with train.init_from: train the decoder only, the codes stay the same
 
 
 def build_tokenizer_config(cfg: TokenizerRunConfig) -> TokenizerConfig:
@@ -47,6 +48,13 @@ def load_batch(dataset, indices) -> tuple:
     return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
 
 
+def start_weights(path, config: TokenizerConfig) -> dict:
+    """The state dict of the tokenizer in `path`, which must have exactly this architecture."""
+    start, _ = load_tokenizer(path)
+    check_same_settings(path, "tokenizer", dataclasses.asdict(config), dataclasses.asdict(start.config))
+    return start.state_dict()
+
+
 def train_tokenizer(cfg: TokenizerRunConfig, *, resume: bool = False, stop_at=None) -> Path:
     """Train per `cfg`; returns the path of the tokenizer.pt written."""
     tcfg = cfg.train
@@ -58,6 +66,12 @@ def train_tokenizer(cfg: TokenizerRunConfig, *, resume: bool = False, stop_at=No
     dataset = build_dataset(cfg.data, length=cfg.data.length or tcfg.steps * tcfg.batch_size)
     torch.manual_seed(tcfg.seed)
     tokenizer = RQTokenizer(build_tokenizer_config(cfg))
+    if tcfg.init_from:
+        tokenizer.load_state_dict(start_weights(tcfg.init_from, tokenizer.config))
+    if cfg.freeze_codes:
+        if not tcfg.init_from:
+            raise InvalidInputError("freeze_codes keeps a trained tokenizer's codes: set train.init_from to it")
+        tokenizer.freeze_codes()
     preview = load_batch(dataset, range(min(8, len(dataset))))[0].to(d.device)
     local = d.local_slice(tcfg.batch_size)
     meta = {"stage": "tokenizer", "data": dataclasses.asdict(cfg.data), "train": dataclasses.asdict(tcfg),

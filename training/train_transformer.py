@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 
 from dnd_sdk.errors import InvalidInputError
-from .checkpoint import save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .codes import CodesConfig, CodeSet, load_codes
 from .config import save_config
 from .distributed import init_distributed, shutdown
@@ -26,7 +26,7 @@ from .grids import eval_mode, save_tensor_grid, step_png
 from .model import MODEL_CONFIGS, ModelArgs, Transformer
 from .sampling import generate
 from .tokenizer_file import load_tokenizer
-from .train_common import Loop, TrainConfig, batch_indices, run
+from .train_common import Loop, TrainConfig, batch_indices, check_same_settings, run
 
 
 @dataclass
@@ -64,6 +64,13 @@ def build_model_args(cfg: TransformerRunConfig, data: CodeSet) -> ModelArgs:
         raise InvalidInputError(f"invalid model config: {e}") from None
 
 
+def start_weights(path, args: ModelArgs) -> dict:
+    """The transformer weights of the checkpoint.pt in `path`, which must have exactly this architecture."""
+    start = load_checkpoint(path)
+    check_same_settings(path, "model", dataclasses.asdict(args), start.model_config)
+    return start.model
+
+
 def train_transformer(cfg: TransformerRunConfig, *, resume: bool = False, stop_at=None) -> Path:
     """Train per `cfg`; returns the path of the checkpoint.pt written."""
     tcfg = cfg.train
@@ -79,6 +86,8 @@ def train_transformer(cfg: TransformerRunConfig, *, resume: bool = False, stop_a
     args = build_model_args(cfg, data)
     torch.manual_seed(tcfg.seed)
     model = Transformer(args)
+    if tcfg.init_from:
+        model.load_state_dict(start_weights(tcfg.init_from, args))
     codes = torch.from_numpy(data.codes.astype("int64")).flatten(1, 2)  # [N, L, D], raster order
     labels = torch.from_numpy(data.labels)
     local = d.local_slice(tcfg.batch_size)

@@ -19,6 +19,17 @@ def test_untrained_tokenizer_reconstructions_are_not_read(tiny_checkpoint):
     assert result["psnr"] < 20 and result["accuracy"] < 1.0
 
 
+def test_tokenizer_can_be_judged_on_other_words(tiny_checkpoint, tmp_path):
+    # the tiny checkpoint has no word list of its own: by default the first 32 built-in words
+    runner = CliRunner()
+    three = runner.invoke(cli, ["eval", "ocr", str(tiny_checkpoint), "--per-class", "1", "--num-classes", "3",
+                                "-o", str(tmp_path / "r.json")])
+    assert three.exit_code == 0, three.output
+    assert [e["truth"] for e in json.loads((tmp_path / "r.json").read_text())["examples"]] == ["apple", "house", "water"]
+    too_many = runner.invoke(cli, ["eval", "ocr", str(tiny_checkpoint), "--num-classes", "100000"])
+    assert too_many.exit_code == 1 and "num_classes=100000" in too_many.output
+
+
 def test_model_folder_and_generated_folder_agree(tiny_model_dir, tmp_path):
     direct = eval_model(tiny_model_dir, per_class=1, seed=3)
     assert direct["count"] == 4 and direct["sampling"]["cfg_scale"] == 2.0
