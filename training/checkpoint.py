@@ -20,7 +20,7 @@ from dnd_sdk.errors import CheckpointError
 from dnd_sdk.manifest import SAMPLER_KEYS
 from dnd_sdk.sampler import SamplingParams
 from .model import ModelArgs, Transformer
-from .tokenizer import RQTokenizer, TokenizerConfig
+from .tokenizer import RQTokenizer, TokenizerConfig, code_weights_differ
 
 FORMAT, VERSION = "dnd-checkpoint", 1
 REQUIRED_KEYS = ("format", "version", "model_config", "tokenizer_config", "model", "tokenizer", "labels", "meta")
@@ -167,10 +167,6 @@ def set_sampler_defaults(path, **values) -> dict:
     return defaults
 
 
-# the weights that map an image to codes; a tokenizer that shares them makes the same codes
-CODE_WEIGHTS = ("encoder.", "quant_conv.", "quantizer.codebook")
-
-
 def set_tokenizer(path, tokenizer_path) -> None:
     """Replace a checkpoint's tokenizer by one that makes the same codes (same config, encoder and codebook),
     such as a `freeze_codes` fine-tune of its decoder; the transformer stays valid and untouched.
@@ -179,15 +175,16 @@ def set_tokenizer(path, tokenizer_path) -> None:
     path = Path(path)
     ckpt = load_checkpoint(path)
     new, _ = load_tokenizer(tokenizer_path)
-    if dataclasses.asdict(new.config) != ckpt.tokenizer_config:
+    if new.config != ckpt.tokenizer_args:
         raise CheckpointError(f"{tokenizer_path}: tokenizer config differs from {path}'s; only a tokenizer that "
                               "makes the same codes can replace it")
     state = new.state_dict()
-    changed = [k for k in state if k.startswith(CODE_WEIGHTS) and not torch.equal(state[k], ckpt.tokenizer[k])]
+    changed = code_weights_differ(state, ckpt.tokenizer)
     if changed:
         raise CheckpointError(f"{tokenizer_path}: its encoder or codebook differs from {path}'s ({changed[:3]}), "
                               "so its codes would not be the ones the transformer learned; fine-tune the decoder "
                               "with freeze_codes: true instead")
     raw = _read(path)
     raw["tokenizer"] = {k: v.detach().cpu() for k, v in state.items()}
+    raw["meta"] = {**raw["meta"], "tokenizer_from": str(tokenizer_path)}
     atomic_torch_save(raw, path)

@@ -31,15 +31,18 @@ def ocr(target, dataset, per_class, num_classes, seed, depth, cfg_scale, tempera
     from .data import load_words
     sampling = {k: v for k, v in (("cfg_scale", cfg_scale), ("temperature", temperature)) if v is not None}
     if dataset:
-        result = ev.eval_dataset(num_classes=num_classes or 32, per_class=per_class, seed=seed)
+        result = ev.eval_dataset(num_classes=32 if num_classes is None else num_classes, per_class=per_class, seed=seed)
     elif target is None:
         raise InvalidInputError("give a TARGET (model folder, image folder, tokenizer.pt) or --dataset")
+    elif target.is_dir() and num_classes is not None:
+        raise InvalidInputError("--num-classes applies to --dataset and tokenizers; a model or image folder "
+                                "is judged on its own classes")
     elif (target / "manifest.json").is_file():
         result = ev.eval_model(target, per_class, seed, sampling, threads)
     elif target.is_dir():
         result = ev.eval_images(target)
     else:
-        labels = load_words(num_classes=num_classes) if num_classes else None
+        labels = None if num_classes is None else load_words(num_classes=num_classes)
         result = ev.eval_tokenizer(target, labels, per_class=per_class, seed=seed, depth=depth)
     text = json.dumps(result, indent=2)
     if out:

@@ -241,6 +241,16 @@ class ResidualQuantizer(nn.Module):
         self.codebook.copy_(self.embed_ema / size[:, None])
 
 
+# the parts that map an image to codes; two tokenizers that agree on them make the same codes
+CODE_MODULES = ("encoder", "quant_conv")
+CODE_WEIGHTS = tuple(f"{m}." for m in CODE_MODULES) + ("quantizer.codebook",)
+
+
+def code_weights_differ(a: dict, b: dict) -> list:
+    """Names of the weights deciding the codes that differ between two tokenizer state dicts (same config)."""
+    return [k for k in a if k.startswith(CODE_WEIGHTS) and not torch.equal(a[k], b[k])]
+
+
 class RQTokenizer(nn.Module):
     def __init__(self, config: TokenizerConfig):
         super().__init__()
@@ -252,10 +262,10 @@ class RQTokenizer(nn.Module):
         self.codes_frozen = False
 
     def freeze_codes(self) -> None:
-        """Fix the image -> codes map (encoder, quant_conv, codebook) so that only the decoder trains:
+        """Fix the image -> codes map (encoder, quant_conv, codebook) so that only the decoder side trains:
         codes extracted before stay valid, and so does a transformer trained on them."""
-        for part in (self.encoder, self.quant_conv):
-            part.requires_grad_(False)
+        for part in CODE_MODULES:
+            getattr(self, part).requires_grad_(False)
         self.codes_frozen = True
 
     def latents(self, images):  # [B, 3, H, W] -> [B, h, w, E]

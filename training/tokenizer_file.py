@@ -39,4 +39,7 @@ def load_tokenizer(path) -> tuple:
         tokenizer.load_state_dict(raw["tokenizer"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path}: tokenizer config or weights are invalid: {str(e).splitlines()[0]}") from None
-    return tokenizer.eval(), dict(raw.get("meta") or {})
+    meta = dict(raw.get("meta") or {})
+    if "labels" in raw:  # a checkpoint.pt keeps its words beside the meta
+        meta.setdefault("labels", list(raw["labels"]))
+    return tokenizer.eval(), meta

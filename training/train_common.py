@@ -58,11 +58,11 @@ class TrainConfig:
 
 
 def check_same_settings(path, what: str, ours: dict, theirs: dict) -> None:
-    """train.init_from: a fine-tune starts from weights of exactly the architecture the config builds."""
+    """train.init_from: a fine-tune keeps every model setting of the file it starts from."""
     differ = {k: (ours[k], theirs.get(k)) for k in ours if ours[k] != theirs.get(k)}
     if differ:
         raise InvalidInputError(f"train.init_from {path}: {what} settings (config, file) differ: {differ}; "
-                                "a fine-tune keeps the architecture, so take them from the file")
+                                "a fine-tune keeps the settings of the file it starts from, so use those")
 
 
 def step_seed(seed: int, step: int, rank: int = 0) -> int:
@@ -151,7 +151,11 @@ def load_state(path: Path, model, opt, sched, ema, cfg: TrainConfig) -> int:
             raise CheckpointError(f"--resume: train.{key} is {getattr(cfg, key)} but the interrupted run used "
                                   f"{state['data'][key]}; resuming exactly needs the same value")
     model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
+    try:
+        opt.load_state_dict(state["optimizer"])
+    except ValueError:  # another set of trainable parameters, e.g. freeze_codes changed
+        raise CheckpointError("--resume: the interrupted run trained other parameters than this config does; "
+                              "resume with the same config (freeze_codes included)") from None
     sched.load_state_dict(state["scheduler"])
     if ema is not None and state["ema"] is not None:
         ema.load_state_dict(state["ema"])

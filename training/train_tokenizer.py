@@ -49,7 +49,7 @@ def load_batch(dataset, indices) -> tuple:
 
 
 def start_weights(path, config: TokenizerConfig) -> dict:
-    """The state dict of the tokenizer in `path`, which must have exactly this architecture."""
+    """The state dict of the tokenizer in `path`, which must have exactly these settings."""
     start, _ = load_tokenizer(path)
     check_same_settings(path, "tokenizer", dataclasses.asdict(config), dataclasses.asdict(start.config))
     return start.state_dict()
@@ -66,7 +66,7 @@ def train_tokenizer(cfg: TokenizerRunConfig, *, resume: bool = False, stop_at=No
     dataset = build_dataset(cfg.data, length=cfg.data.length or tcfg.steps * tcfg.batch_size)
     torch.manual_seed(tcfg.seed)
     tokenizer = RQTokenizer(build_tokenizer_config(cfg))
-    if tcfg.init_from:
+    if tcfg.init_from and not resume:  # on resume the training state holds the weights
         tokenizer.load_state_dict(start_weights(tcfg.init_from, tokenizer.config))
     if cfg.freeze_codes:
         if not tcfg.init_from:

@@ -25,6 +25,7 @@ from .distributed import init_distributed, shutdown
 from .grids import eval_mode, save_tensor_grid, step_png
 from .model import MODEL_CONFIGS, ModelArgs, Transformer
 from .sampling import generate
+from .tokenizer import code_weights_differ
 from .tokenizer_file import load_tokenizer
 from .train_common import Loop, TrainConfig, batch_indices, check_same_settings, run
 
@@ -64,10 +65,17 @@ def build_model_args(cfg: TransformerRunConfig, data: CodeSet) -> ModelArgs:
         raise InvalidInputError(f"invalid model config: {e}") from None
 
 
-def start_weights(path, args: ModelArgs) -> dict:
-    """The transformer weights of the checkpoint.pt in `path`, which must have exactly this architecture."""
+def start_weights(path, args: ModelArgs, data: CodeSet, tokenizer) -> dict:
+    """The transformer weights of the checkpoint.pt in `path`, which must have these settings and have
+    learned the same classes on the same codes (its tokenizer and `tokenizer` map images to codes alike)."""
     start = load_checkpoint(path)
-    check_same_settings(path, "model", dataclasses.asdict(args), start.model_config)
+    check_same_settings(path, "model", dataclasses.asdict(args), dataclasses.asdict(start.model_args))
+    if start.labels != list(data.label_names):
+        raise InvalidInputError(f"train.init_from {path}: its classes {start.labels[:4]}... are not the code file's "
+                                f"{list(data.label_names)[:4]}...; a fine-tune needs the same classes in the same order")
+    if start.tokenizer_args != tokenizer.config or code_weights_differ(tokenizer.state_dict(), start.tokenizer):
+        raise InvalidInputError(f"train.init_from {path} learned other codes than codes.tokenizer makes; start from "
+                                "a checkpoint of that tokenizer (or of one whose decoder alone was fine-tuned)")
     return start.model
 
 
@@ -86,8 +94,8 @@ def train_transformer(cfg: TransformerRunConfig, *, resume: bool = False, stop_a
     args = build_model_args(cfg, data)
     torch.manual_seed(tcfg.seed)
     model = Transformer(args)
-    if tcfg.init_from:
-        model.load_state_dict(start_weights(tcfg.init_from, args))
+    if tcfg.init_from and not resume:  # on resume the training state holds the weights
+        model.load_state_dict(start_weights(tcfg.init_from, args, data, tokenizer))
     codes = torch.from_numpy(data.codes.astype("int64")).flatten(1, 2)  # [N, L, D], raster order
     labels = torch.from_numpy(data.labels)
     local = d.local_slice(tcfg.batch_size)

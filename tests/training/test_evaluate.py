@@ -20,14 +20,18 @@ def test_untrained_tokenizer_reconstructions_are_not_read(tiny_checkpoint):
 
 
 def test_tokenizer_can_be_judged_on_other_words(tiny_checkpoint, tmp_path):
-    # the tiny checkpoint has no word list of its own: by default the first 32 built-in words
     runner = CliRunner()
+    own = runner.invoke(cli, ["eval", "ocr", str(tiny_checkpoint), "--per-class", "1", "-o", str(tmp_path / "own.json")])
+    assert own.exit_code == 0, own.output  # by default a checkpoint's own classes
+    assert [e["truth"] for e in json.loads((tmp_path / "own.json").read_text())["examples"]] == ["cat", "dog", "bird", "fish"]
     three = runner.invoke(cli, ["eval", "ocr", str(tiny_checkpoint), "--per-class", "1", "--num-classes", "3",
                                 "-o", str(tmp_path / "r.json")])
     assert three.exit_code == 0, three.output
     assert [e["truth"] for e in json.loads((tmp_path / "r.json").read_text())["examples"]] == ["apple", "house", "water"]
     too_many = runner.invoke(cli, ["eval", "ocr", str(tiny_checkpoint), "--num-classes", "100000"])
     assert too_many.exit_code == 1 and "num_classes=100000" in too_many.output
+    folder = runner.invoke(cli, ["eval", "ocr", str(tmp_path), "--num-classes", "3"])
+    assert folder.exit_code == 1 and "own classes" in folder.output
 
 
 def test_model_folder_and_generated_folder_agree(tiny_model_dir, tmp_path):

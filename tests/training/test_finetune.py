@@ -6,12 +6,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from dnd_sdk.errors import InvalidInputError
-from dnd_training.checkpoint import CODE_WEIGHTS, load_checkpoint
+from dnd_sdk.errors import CheckpointError, InvalidInputError
+from dnd_training.checkpoint import load_checkpoint
 from dnd_training.cli import train
 from dnd_training.codes import extract_codes
 from dnd_training.config import load_config
 from dnd_training.data import WordImageDataset
+from dnd_training.tokenizer import CODE_WEIGHTS
 from dnd_training.tokenizer_file import load_tokenizer
 from dnd_training.train_tokenizer import TokenizerRunConfig, train_tokenizer
 from dnd_training.train_transformer import TransformerRunConfig, train_transformer
@@ -59,27 +60,41 @@ def test_set_tokenizer_takes_a_decoder_fine_tune_only(decoder_tuned, tmp_path):
     assert all(torch.equal(v, before.model[k]) for k, v in after.model.items())
     tuned_state = load_tokenizer(tuned)[0].state_dict()
     assert all(torch.equal(v, tuned_state[k]) for k, v in after.tokenizer.items())
+    assert after.meta["tokenizer_from"] == str(tuned)
 
     # a full fine-tune moves the encoder and codebook: its codes are not the ones the transformer learned
     moved = train_tokenizer(tokenizer_run(start, tmp_path / "full", "train.steps=2"))
     untouched = path.read_bytes()
     refused = CliRunner().invoke(train, ["set-tokenizer", str(path), str(moved)])
     assert refused.exit_code == 1 and "freeze_codes" in refused.output
+    other_size = train_tokenizer(load_config(TokenizerRunConfig, None, [
+        TINY_TOKENIZER, "data.height=32", "data.width=32", "data.num_classes=4", "train.steps=1",
+        "train.batch_size=2", "train.sample_every=0", f"train.out_dir={tmp_path / 'other'}"]))
+    mismatch = CliRunner().invoke(train, ["set-tokenizer", str(path), str(other_size)])
+    assert mismatch.exit_code == 1 and "config differs" in mismatch.output
     assert path.read_bytes() == untouched
+
+
+def test_resume_needs_the_same_trainable_parameters(decoder_tuned, tmp_path):
+    start, _, _ = decoder_tuned
+    train_tokenizer(tokenizer_run(start, tmp_path / "t", "freeze_codes=true", "train.ckpt_every=5"), stop_at=5)
+    with pytest.raises(CheckpointError, match="freeze_codes"):
+        train_tokenizer(tokenizer_run(start, tmp_path / "t", "train.ckpt_every=5"), resume=True)
 
 
 def test_init_from_must_match_the_architecture(decoder_tuned, tmp_path):
     start, _, _ = decoder_tuned
-    with pytest.raises(InvalidInputError, match="ch"):
+    with pytest.raises(InvalidInputError, match=r"'ch': \(32, 16\)"):
         train_tokenizer(tokenizer_run(start, tmp_path / "t", "tokenizer.ch=32"))
     with pytest.raises(InvalidInputError, match="freeze_codes"):
         train_tokenizer(load_config(TokenizerRunConfig, None, [TINY_TOKENIZER, *DATA, "freeze_codes=true"]))
 
 
 def test_transformer_starts_from_init_from(decoder_tuned, tmp_path):
-    start, _, _ = decoder_tuned
+    start, tuned, _ = decoder_tuned
+    # the start checkpoint's classes (conftest's tiny labels), rendered at its tokenizer's size
     codes = [f"codes.path={tmp_path / 'codes.npz'}", f"codes.tokenizer={start}", "codes.variants=2",
-             *("codes." + d for d in DATA)]
+             "codes.data.height=16", "codes.data.width=32", "codes.data.words=[cat, dog, bird, fish]"]
     base = [*codes, "model_preset=tiny", f"train.init_from={start}", "train.steps=1", "train.batch_size=4",
             "train.lr=1e-12", "train.warmup_steps=0", "train.sample_every=0", "train.num_threads=1"]
     extract_codes(load_config(TransformerRunConfig, None, codes).codes, progress=False)
@@ -87,5 +102,19 @@ def test_transformer_starts_from_init_from(decoder_tuned, tmp_path):
     # one step at a vanishing learning rate: the weights are the ones it started from
     expected, got = load_checkpoint(start).model, load_checkpoint(out).model
     assert all(torch.allclose(got[k], expected[k], atol=1e-6) for k in expected)
-    with pytest.raises(InvalidInputError, match="dim"):
-        train_transformer(load_config(TransformerRunConfig, None, base + ["model.dim=64", f"train.out_dir={tmp_path / 'x'}"]))
+    # the decoder fine-tune makes the same codes, so the same start is fine with it
+    decoder = train_transformer(load_config(TransformerRunConfig, None, base + [
+        f"codes.tokenizer={tuned}", f"train.out_dir={tmp_path / 'tr2'}"]))
+    assert all(torch.allclose(load_checkpoint(decoder).model[k], expected[k], atol=1e-6) for k in expected)
+
+    def refused(*extra):
+        with pytest.raises(InvalidInputError) as e:
+            train_transformer(load_config(TransformerRunConfig, None, base + [*extra, f"train.out_dir={tmp_path / 'x'}"]))
+        return str(e.value)
+
+    assert "'dim': (64, 32)" in refused("model.dim=64")
+    moved = train_tokenizer(tokenizer_run(start, tmp_path / "moved", "train.steps=2"))
+    assert "other codes" in refused(f"codes.tokenizer={moved}")
+    extract_codes(load_config(TransformerRunConfig, None, [*codes[1:], f"codes.path={tmp_path / 'words.npz'}",
+                                                           "codes.data.words=[fish, dog, bird, cat]"]).codes, progress=False)
+    assert "same classes" in refused(f"codes.path={tmp_path / 'words.npz'}")
