@@ -14,6 +14,21 @@ from pathlib import Path
 from .errors import InvalidInputError
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# read once, at import: reading the umask means setting it, which would race with other threads
+UMASK = _read_umask()
+
+
+def usual_mode(path, directory: bool = False) -> None:
+    """Give a mkstemp/mkdtemp entry (private: 0600/0700) the mode open()/mkdir() would have given it."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~UMASK)
+
+
 def check_target(out_dir: Path, force: bool) -> None:
     """Refuse a target that is a file, or a non-empty folder unless `force`."""
     if out_dir.exists() and not out_dir.is_dir():
@@ -58,6 +73,7 @@ def staged_folder(out_dir: Path, force: bool = False):
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
     try:
+        usual_mode(tmp, directory=True)
         yield tmp
         _replace_folder(tmp, out_dir)
     except BaseException:

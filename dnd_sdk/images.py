@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .folders import usual_mode
+
 TMP_SUFFIX = ".tmp"
 
 
@@ -27,6 +29,7 @@ def atomic_write(path, write, tmp_tag: str = "", keep_existing: bool = False) ->
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{tmp_tag}{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
+        usual_mode(tmp)
         with os.fdopen(fd, "wb") as f:
             write(f)
         if not keep_existing:

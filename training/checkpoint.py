@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from dnd_sdk.errors import CheckpointError
+from dnd_sdk.folders import usual_mode
 from dnd_sdk.manifest import SAMPLER_KEYS
 from dnd_sdk.sampler import SamplingParams
 from .model import ModelArgs, Transformer
@@ -61,6 +62,7 @@ def atomic_torch_save(obj, path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
+        usual_mode(tmp)
         torch.save(obj, tmp)
         os.replace(tmp, path)
     finally:

@@ -1,5 +1,6 @@
 """The batch job: files written, shards, resume rules, and refusal of bad or foreign runs."""
 import json
+import os
 import threading
 
 import numpy as np
@@ -43,6 +44,14 @@ def test_files_and_metadata(gen, single):
     assert np.array_equal(arr, expected)
     assert np.array_equal(np.asarray(Image.open(single / "000007.png")), expected[7])
     assert Image.open(single / "grid.png").size == (4 * 34 + 2, 3 * 18 + 2)  # 4 classes per row, 2px gaps
+
+
+def test_outputs_get_the_usual_file_modes(single, tiny_model_dir):
+    # atomic writes go through private temporary files; the results must not stay private
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert {p.stat().st_mode & 0o777 for p in single.iterdir()} == {0o666 & ~umask}
+    assert tiny_model_dir.stat().st_mode & 0o777 == 0o777 & ~umask  # a staged export folder
 
 
 def test_shards_sharing_a_folder_equal_a_single_run(gen, single, tmp_path):
