@@ -28,6 +28,7 @@ setup(
         "export": ["torch>=2.4", "onnx", "onnxscript", "polygraphy"],
         "gpu": ["onnxruntime-gpu", "tensorrt", "polygraphy"],
         "eval": ["pytesseract"],
+        "ray": ["ray>=2.60,<3"],
         "dev": ["pytest", "hypothesis"],
     },
     entry_points={

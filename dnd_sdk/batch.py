@@ -8,6 +8,9 @@ image; the work list is the requested indices without a PNG. Everything else is 
 the run's arguments (stored in run.json) and of the PNGs, and is rebuilt once every image
 exists: metadata.jsonl, and on request samples.npz (`arr_0`, uint8 NHWC) and grid.png.
 Shards share the output folder; whichever finishes last writes those files.
+
+run_batch is plan_run, open_run, then sample_chunk and write_chunk per chunk, then finish_run;
+`dnd_sdk.ray_batch` runs the same steps with sample_chunk on Ray workers.
 """
 import json
 import math
@@ -104,6 +107,68 @@ def _claim(out: Path, identity: dict, tag: str) -> None:
                                 "Rerun with the original arguments to resume it, or choose a new output folder.")
 
 
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run makes, fixed before its first image. Plain data: the Ray driver gets it from a
+    worker (`dnd_sdk.ray_batch`) and writes the files without holding a model itself."""
+    identity: dict       # the contents of run.json
+    labels: np.ndarray   # class id of every index of the run
+    seed: int
+    sampling: dict       # the resolved sampling settings (None where unset)
+    mine: range          # this shard's indices
+    tag: str             # prefix of this shard's temporary files
+    label_names: tuple
+    image_size: tuple    # (height, width)
+    grid_cols: int
+
+
+def plan_run(gen, job: BatchJob) -> RunPlan:
+    """Validate `job` against the model of `gen` (InvalidInputError naming the bad argument) and fix the run."""
+    num = _count(job, gen.num_classes)
+    labels = None if job.labels is None else list(job.labels)
+    req = gen.request(labels, num, seed=job.seed, batch_size=job.batch_size, **job.sampling)  # validates everything
+    mine = _shard_range(job.shard, num)
+    sampling = {"cfg_scale": req.params.cfg_scale, "temperature": req.params.temperature, "top_k": req.params.top_k,
+                "top_p": req.params.top_p, "head_temperatures": req.params.head_temperatures}
+    identity = {"format": "dnd-generate-run", "version": 1,
+                "model_sha256": {name: e.sha256 for name, e in sorted(gen.manifest.files.items())},
+                "num": num, "labels": None if labels is None else [int(x) for x in req.labels[:len(labels)]],
+                "seed": req.seed, "sampling": {k: list(v) if isinstance(v, tuple) else v for k, v in sampling.items()}}
+    shown = min(num, GRID_MAX)
+    return RunPlan(identity, req.labels, req.seed, sampling, mine, f"shard{job.shard[0]}of{job.shard[1]}-",
+                   tuple(gen.labels), (int(gen.manifest.image["height"]), int(gen.manifest.image["width"])),
+                   min(gen.num_classes, 16) if job.labels is None else math.ceil(math.sqrt(shown)))
+
+
+def open_run(out: Path, plan: RunPlan) -> list:
+    """Claim `out` for the run (or check that it holds this run), remove this shard's leftover
+    temporary files, and return this shard's indices that have no PNG yet."""
+    _claim(out, plan.identity, plan.tag)
+    for stale in out.glob(f".{plan.tag}*{TMP_SUFFIX}"):  # left by a killed run of this shard
+        stale.unlink()
+    done = {p.name for p in out.glob("*.png")}
+    return [i for i in plan.mine if png_name(i) not in done]
+
+
+def sample_chunk(gen, plan: RunPlan, chunk: list) -> list:
+    """The images of indices `chunk`, as PIL images."""
+    return gen.sample(plan.labels[chunk], image_indices=chunk, seed=plan.seed, batch_size=len(chunk),
+                      **{k: v for k, v in plan.sampling.items() if v is not None})
+
+
+def write_chunk(out: Path, plan: RunPlan, chunk: list, images: list) -> None:
+    for i, im in zip(chunk, images):
+        save_png(im, out / png_name(i), tmp_tag=plan.tag)
+
+
+def finish_run(out: Path, plan: RunPlan, job: BatchJob) -> bool:
+    """Write the aggregate files if every index of the run has its PNG; returns whether it has."""
+    complete = all((out / png_name(i)).is_file() for i in range(len(plan.labels)))
+    if complete:
+        _write_aggregates(out, plan, job)
+    return complete
+
+
 def run_batch(gen, out, job: BatchJob, progress: bool = True) -> BatchSummary:
     """Generate the images of `job` (this shard's part) into folder `out`, resuming whatever is already there.
 
@@ -120,47 +185,28 @@ def run_batch(gen, out, job: BatchJob, progress: bool = True) -> BatchSummary:
         InvalidInputError: a bad argument, or `out` holds a different run. Nothing is written then.
     """
     t0, out = time.perf_counter(), Path(out)
-    num = _count(job, gen.num_classes)
-    labels = None if job.labels is None else list(job.labels)
-    req = gen.request(labels, num, seed=job.seed, batch_size=job.batch_size, **job.sampling)  # validates everything
-    mine = _shard_range(job.shard, num)
-    sampling = {"cfg_scale": req.params.cfg_scale, "temperature": req.params.temperature, "top_k": req.params.top_k,
-                "top_p": req.params.top_p, "head_temperatures": req.params.head_temperatures}
-    identity = {"format": "dnd-generate-run", "version": 1,
-                "model_sha256": {name: e.sha256 for name, e in sorted(gen.manifest.files.items())},
-                "num": num, "labels": None if labels is None else [int(x) for x in req.labels[:len(labels)]],
-                "seed": req.seed, "sampling": {k: list(v) if isinstance(v, tuple) else v for k, v in sampling.items()}}
-    tag = f"shard{job.shard[0]}of{job.shard[1]}-"
-    _claim(out, identity, tag)
-    for stale in out.glob(f".{tag}*{TMP_SUFFIX}"):  # left by a killed run of this shard
-        stale.unlink()
-    done = {p.name for p in out.glob("*.png")}
-    todo = [i for i in mine if png_name(i) not in done]
+    plan = plan_run(gen, job)
+    todo = open_run(out, plan)
+    mine = plan.mine
     with tqdm(total=len(mine), initial=len(mine) - len(todo), unit="img", disable=not progress) as bar:
         for lo in range(0, len(todo), job.batch_size):
             chunk = todo[lo:lo + job.batch_size]
-            images = gen.sample(req.labels[chunk], image_indices=chunk, seed=req.seed, batch_size=len(chunk),
-                                **{k: v for k, v in sampling.items() if v is not None})
-            for i, im in zip(chunk, images):
-                save_png(im, out / png_name(i), tmp_tag=tag)
+            write_chunk(out, plan, chunk, sample_chunk(gen, plan, chunk))
             bar.update(len(chunk))
-    complete = all((out / png_name(i)).is_file() for i in range(num))
-    if complete:
-        _write_aggregates(gen, out, job, req, sampling, tag)
+    complete = finish_run(out, plan, job)
     return BatchSummary(out, len(todo), len(mine) - len(todo), complete, time.perf_counter() - t0)
 
 
-def _write_aggregates(gen, out: Path, job: BatchJob, req, sampling: dict, tag: str) -> None:
-    num = len(req.labels)
-    lines = [json.dumps({"index": i, "file": png_name(i), "label": int(req.labels[i]),
-                         "label_name": gen.labels[req.labels[i]], "seed": req.seed, **sampling}) + "\n"
+def _write_aggregates(out: Path, plan: RunPlan, job: BatchJob) -> None:
+    num, tag, sampling = len(plan.labels), plan.tag, plan.sampling
+    lines = [json.dumps({"index": i, "file": png_name(i), "label": int(plan.labels[i]),
+                         "label_name": plan.label_names[plan.labels[i]], "seed": plan.seed, **sampling}) + "\n"
              for i in range(num)]
     atomic_write(out / METADATA_FILE, lambda f: f.write("".join(lines).encode()), tag)
     if job.npz:
-        height, width = int(gen.manifest.image["height"]), int(gen.manifest.image["width"])
+        height, width = plan.image_size
         arrays = (np.asarray(Image.open(out / png_name(i)).convert("RGB")) for i in range(num))
         write_npz(out / NPZ_FILE, arrays, (num, height, width, 3), tag)
     if job.grid:
         shown = [Image.open(out / png_name(i)).convert("RGB") for i in range(min(num, GRID_MAX))]
-        cols = min(gen.num_classes, 16) if job.labels is None else math.ceil(math.sqrt(len(shown)))
-        save_png(contact_sheet(shown, cols), out / GRID_FILE, tmp_tag=tag)
+        save_png(contact_sheet(shown, plan.grid_cols), out / GRID_FILE, tmp_tag=tag)

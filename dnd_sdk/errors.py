@@ -19,3 +19,8 @@ class CheckpointError(DndError):
 
 class BackendUnavailableError(DndError):
     """The requested backend (TensorRT, ONNX Runtime CUDA...) cannot run here."""
+
+
+class ClusterError(DndError):
+    """A Ray run cannot start or go on: ray is not installed, the cluster is unreachable or too small,
+    or its workers keep dying."""

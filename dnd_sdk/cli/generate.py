@@ -5,7 +5,7 @@ import click
 
 from ..batch import BatchJob, run_batch
 from ..generator import Generator
-from .options import backend_options, sampling_options
+from .options import backend_options, ray_options, sampling_options
 
 
 def _shard(ctx, param, value):
@@ -35,14 +35,31 @@ def _labels(ctx, param, value):
 @click.option("--grid", is_flag=True, help="Also write grid.png, a contact sheet of the first 256 images.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @backend_options
-def generate(model, num, labels, per_class, out, batch_size, seed, sampling, shard, npz, grid, quiet, backend):
+@ray_options
+def generate(model, num, labels, per_class, out, batch_size, seed, sampling, shard, npz, grid, quiet, backend, ray):
     """Sample images from MODEL into OUT: 000000.png ..., metadata.jsonl, run.json.
 
     Killed at any point, the same command resumes where it stopped. Shards may share OUT.
+    With --ray, Ray workers sample and this process writes the same files.
     """
-    gen = Generator(model, **backend)
     job = BatchJob(num=num, labels=labels, per_class=per_class, seed=seed, sampling=sampling,
                    batch_size=batch_size, shard=shard, npz=npz, grid=grid)
+    if ray is not None:
+        return _generate_on_ray(model, out, job, ray, backend, quiet)
+    gen = Generator(model, **backend)
     s = run_batch(gen, out, job, progress=not quiet)
     state = "complete" if s.complete else "this shard done, others still missing"
     click.echo(f"{out}: {s.made} made, {s.skipped} already there ({state}) on {gen.backend_name} in {s.seconds:.1f}s")
+
+
+def _generate_on_ray(model, out, job, ray, backend, quiet):
+    from ..ray_batch import RayOptions, run_batch_ray  # ray itself is imported only when a run starts
+
+    s = run_batch_ray(model, out, job, RayOptions(**ray, **backend), progress=not quiet)
+    state = "complete" if s.complete else "this shard done, others still missing"
+    rate = s.made / s.sampling_seconds if s.sampling_seconds else 0.0
+    click.echo(f"{out}: {s.made} made, {s.skipped} already there ({state}) by {len(s.workers)} Ray workers "
+               f"in {s.seconds:.1f}s; sampling {s.sampling_seconds:.1f}s, {rate:.1f} images/s"
+               + (f"; {s.lost} workers died and were replaced" if s.lost else ""))
+    for w in s.workers:
+        click.echo(f"  {w.name} on {w.node} ({w.backend}): {w.images} images, {w.images_per_s:.1f} images/s")

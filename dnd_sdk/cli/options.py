@@ -44,3 +44,24 @@ def backend_options(f):
     def wrapper(**kwargs):
         return f(backend={"backend": kwargs.pop("backend"), "threads": kwargs.pop("threads")}, **kwargs)
     return wrapper
+
+
+def ray_options(f):
+    """Ray: spread a run over a cluster -> `ray` dict of RayOptions fields, or None without --ray."""
+    @_stack(
+        click.option("--ray", "ray_address", is_flag=False, flag_value="local", metavar="[local|auto|ADDRESS]",
+                     help="Sample on Ray workers: `--ray` or `--ray local` starts a private cluster on this machine; "
+                          "`auto` or HOST:PORT joins a running one. Needs pip install 'dnd-sdk[ray]'."),
+        click.option("--workers", type=click.IntRange(min=1), help="Ray workers, one Generator each. [default: 1]"),
+        click.option("--worker-gpus", type=click.FloatRange(min=0), help="GPUs per Ray worker. [default: 0]"),
+        click.option("--worker-cpus", type=click.FloatRange(min=0, min_open=True),
+                     help="CPUs per Ray worker; also its ONNX Runtime threads unless --threads. [default: 1]"),
+    )
+    @functools.wraps(f)
+    def wrapper(**kwargs):
+        address = kwargs.pop("ray_address")
+        given = {k: v for k in ("workers", "worker_gpus", "worker_cpus") if (v := kwargs.pop(k)) is not None}
+        if address is None and given:
+            raise click.UsageError(f"--{next(iter(given)).replace('_', '-')} needs --ray")
+        return f(ray=None if address is None else {"address": address, **given}, **kwargs)
+    return wrapper

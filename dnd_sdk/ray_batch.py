@@ -1,0 +1,344 @@
+"""`dnd generate --ray`: the batch job of `dnd_sdk.batch` spread over Ray actors, one Generator each.
+
+    summary = run_batch_ray("model_dir", "samples/", BatchJob(num=50_000, npz=True),
+                            RayOptions(address="auto", workers=8, worker_gpus=1))
+
+The driver (this process) runs the steps of `batch.run_batch` itself except sampling: it gets the
+run's plan from a worker, claims the folder, lists the indices without a PNG, hands chunks of them
+to the workers and writes every chunk that comes back with `batch.write_chunk`. So the folder is,
+byte for byte, what one process writes; workers need no shared filesystem; and a killed driver
+resumes like a killed `dnd generate`. A worker that dies has its chunks queued again and is
+replaced. ray is imported only when a run starts, so `import dnd_sdk` never loads it.
+"""
+import hashlib
+import logging
+import os
+import socket
+import tempfile
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+from tqdm import tqdm
+
+from .batch import BatchJob, BatchSummary, finish_run, open_run, plan_run, sample_chunk, write_chunk
+from .errors import ClusterError, DndError, InvalidInputError
+from .generator import Generator
+from .images import to_pil
+from .manifest import MANIFEST_NAME, load_manifest
+
+IN_FLIGHT = 2          # chunks queued per worker, so that it samples the next while the driver writes the last
+RESTARTS = 3           # replacements per worker before the run goes on without it
+CONNECT_TIMEOUT_S = 5  # ray.init takes about 40 s to give up on an address that does not answer
+
+
+@dataclass
+class RayOptions:
+    """Where a Ray run goes and how wide it is.
+
+    address: "local" starts a private cluster on this machine, stopped at the end; "auto" joins the
+        cluster `ray start` made on this machine (or RAY_ADDRESS); HOST:PORT joins the cluster whose
+        head node's GCS listens there (ray:// client addresses work too).
+    workers: worker actors, each holding one Generator.
+    worker_cpus, worker_gpus: Ray resources of each worker (worker_gpus=1: a GPU each; 0.5: two per GPU).
+    backend, threads: as for Generator; threads defaults to worker_cpus (ONNX Runtime would take every core).
+    ship_model: send the model folder through Ray's object store even to workers that see its path.
+    """
+    address: str = "local"
+    workers: int = 1
+    worker_cpus: float = 1.0
+    worker_gpus: float = 0.0
+    backend: str = "auto"
+    threads: Optional[int] = None
+    ship_model: bool = False
+
+
+@dataclass
+class WorkerStats:
+    name: str      # the actor's name, as `ray list actors` shows it
+    node: str      # IP address of its node
+    backend: str
+    images: int = 0
+    seconds: float = 0.0  # spent sampling
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class RayBatchSummary(BatchSummary):
+    workers: list            # WorkerStats of every worker that loaded the model, replacements included
+    lost: int                # workers that died during the run; others made their chunks again
+    sampling_seconds: float  # from the first chunk handed out to the last one written
+
+
+def run_batch_ray(model, out, job: BatchJob, options: RayOptions = RayOptions(), progress: bool = True,
+                  on_chunk: Optional[Callable[[int, int], None]] = None) -> RayBatchSummary:
+    """`batch.run_batch` with the sampling done by Ray workers; same files, same resume rules.
+
+    Args:
+        model (str | Path): the model folder, as the driver sees it. Workers that see the same
+            manifest.json at the same path open it there; the others get its files through
+            Ray's object store. Every worker checks every file's sha256 before sampling.
+        out (str | Path): output folder, written by this process only.
+        job (BatchJob): what to generate.
+        options (RayOptions): cluster and workers. If this process is already connected to Ray
+            (ray.init), that connection is used and left open.
+        progress (bool): one tqdm bar for the whole run.
+        on_chunk: called as on_chunk(images done, images of this shard) after each chunk is written.
+
+    Raises:
+        ClusterError: ray missing, cluster unreachable or too small for the workers, every worker dead.
+        InvalidInputError, ManifestError, BackendUnavailableError: as run_batch and Generator.
+    """
+    t0, model, out = time.perf_counter(), Path(model), Path(out)
+    _check(options)
+    load_manifest(model, verify=False)  # a missing or foreign folder is reported before any cluster starts
+    ray = _import_ray()
+    connected = _connect(ray, options.address)
+    pool = None
+    try:
+        _check_room(ray, options)
+        pool = _Pool(ray, model, options)
+        plan = pool.plan(job)
+        todo, mine = open_run(out, plan), plan.mine
+        queue = deque(todo[lo:lo + job.batch_size] for lo in range(0, len(todo), job.batch_size))
+        plan_ref, t1 = ray.put(plan), time.perf_counter()
+        with tqdm(total=len(mine), initial=len(mine) - len(todo), unit="img", disable=not progress) as bar:
+            while queue or pool.chunks_in_flight():
+                pool.feed(queue, plan_ref)
+                done = pool.next_chunk(queue)
+                if done is not None:
+                    chunk, images = done
+                    write_chunk(out, plan, chunk, to_pil(images))
+                    bar.update(len(chunk))
+                    if on_chunk is not None:
+                        on_chunk(bar.n, len(mine))
+        sampling_seconds = time.perf_counter() - t1
+        complete = finish_run(out, plan, job)
+        pool.close()
+        return RayBatchSummary(out, len(todo), len(mine) - len(todo), complete, time.perf_counter() - t0,
+                               pool.stats, pool.lost, sampling_seconds)
+    finally:
+        if pool is not None:
+            pool.kill()
+        if connected:
+            ray.shutdown()
+
+
+def _check(o: RayOptions) -> None:
+    if isinstance(o.workers, bool) or not isinstance(o.workers, int) or o.workers < 1:
+        raise InvalidInputError(f"workers must be an integer >= 1, got {o.workers!r}")
+    if not o.worker_cpus > 0 or not o.worker_gpus >= 0:
+        raise InvalidInputError(f"worker_cpus must be > 0 and worker_gpus >= 0, got {o.worker_cpus!r} and {o.worker_gpus!r}")
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError as e:
+        raise ClusterError(f"a Ray run needs ray: pip install 'dnd-sdk[ray]' ({e})") from None
+    return ray
+
+
+def _connect(ray, address: str) -> bool:
+    """Connect this process to the cluster; True when this call did (and the run disconnects at the end)."""
+    if ray.is_initialized():
+        return False
+    if address not in ("local", "auto") and "://" not in address:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ClusterError(f"--ray takes local, auto, HOST:PORT or ray://HOST:PORT, got {address!r}")
+        try:
+            socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+        except OSError as e:
+            raise ClusterError(f"no Ray cluster answers at {address!r} ({e}); give HOST:PORT of the head node's "
+                               "GCS (`ray status` on it shows it), `auto`, or `local`") from None
+    if address == "local":
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a private, throwaway cluster reports nothing
+    try:
+        # worker output stays in Ray's log files: one progress bar, not interleaved worker lines
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
+                 **({"include_dashboard": False} if address == "local" else {}))
+    except ConnectionError as e:
+        raise ClusterError(f"cannot join a Ray cluster at {address!r}: {e}") from None
+    return True
+
+
+def _check_room(ray, o: RayOptions) -> None:
+    """Refuse workers the cluster can never place: Ray would wait for them forever."""
+    total = ray.cluster_resources()
+    for key, each in (("CPU", o.worker_cpus), ("GPU", o.worker_gpus)):
+        if o.workers * each > total.get(key, 0) + 1e-9:
+            raise ClusterError(f"{o.workers} workers x {each:g} {key} need {o.workers * each:g} {key}s but the cluster "
+                               f"has {total.get(key, 0):g}; use fewer --workers or less --worker-{key.lower()}s")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+class _Worker:
+    """One Generator in a Ray actor (made a Ray actor class at run time, so this module imports without ray)."""
+
+    def __init__(self):
+        self.gen, self._copy = None, None
+
+    def load(self, path: str, manifest_sha256: str, files: Optional[dict], backend: str, threads: int):
+        """Open the model at `path` if this node has the same manifest.json there, else write `files`
+        (name -> ObjectRef of its bytes) to a temporary folder and open that. Returns None when the
+        path does not hold the model and no files were given; else where this worker runs."""
+        import ray
+        if files is None:
+            manifest = Path(path) / MANIFEST_NAME
+            if not manifest.is_file() or _sha256(manifest.read_bytes()) != manifest_sha256:
+                return None
+        else:
+            self._copy = tempfile.TemporaryDirectory(prefix="dnd-model-")
+            path = Path(self._copy.name)
+            for name, ref in files.items():
+                (path / name).parent.mkdir(parents=True, exist_ok=True)
+                (path / name).write_bytes(ray.get(ref))
+        self.gen = Generator(path, backend, threads=threads)  # checks every file against its sha256
+        return {"node": ray.util.get_node_ip_address(), "backend": self.gen.backend_name}
+
+    def plan(self, job: BatchJob):
+        return plan_run(self.gen, job)
+
+    def sample(self, plan, chunk: list):
+        t0 = time.perf_counter()
+        images = sample_chunk(self.gen, plan, chunk)
+        return np.stack([np.asarray(im) for im in images]), time.perf_counter() - t0
+
+    def close(self) -> None:
+        self.gen.close()
+        if self._copy is not None:
+            self._copy.cleanup()
+
+
+@dataclass(eq=False)
+class _Actor:
+    handle: object
+    name: str
+    slot: int
+    stats: Optional[WorkerStats] = None  # set once the model is loaded
+    in_flight: int = 0
+    alive: bool = True
+
+
+class _Pool:
+    """The workers of one run: starts them, hands out chunks, replaces the ones that die."""
+
+    def __init__(self, ray, model: Path, options: RayOptions):
+        self.ray, self.model, self.options = ray, model.resolve(), options
+        self.manifest_sha256 = _sha256((model / MANIFEST_NAME).read_bytes())
+        self.files = None  # name -> ObjectRef, put the first time a worker needs them
+        self.remote = ray.remote(num_cpus=options.worker_cpus, num_gpus=options.worker_gpus, max_restarts=0)(_Worker)
+        self.run_id = uuid.uuid4().hex[:8]
+        self.slots, self.restarts = [], [0] * options.workers
+        self.pending = {}  # ObjectRef -> (_Actor, chunk; None for a load)
+        self.stats, self.lost = [], 0
+        for slot in range(options.workers):
+            self.slots.append(None)
+            self._start(slot)
+
+    def _start(self, slot: int) -> None:
+        name = f"dnd-generate-{self.run_id}-w{slot}" + (f"r{self.restarts[slot]}" if self.restarts[slot] else "")
+        self.slots[slot] = actor = _Actor(self.remote.options(name=name).remote(), name, slot)
+        self._load(actor, self.options.ship_model)
+
+    def _load(self, actor: _Actor, ship: bool) -> None:
+        o = self.options
+        if ship and self.files is None:
+            self.files = {p.relative_to(self.model).as_posix(): self.ray.put(p.read_bytes())
+                          for p in sorted(self.model.rglob("*")) if p.is_file()}
+        ref = actor.handle.load.remote(str(self.model), self.manifest_sha256, self.files if ship else None,
+                                       o.backend, o.threads or max(1, int(o.worker_cpus)))
+        self.pending[ref] = (actor, None)
+
+    def _get(self, ref):
+        try:
+            return self.ray.get(ref)
+        except self.ray.exceptions.RayTaskError as e:
+            if isinstance(e.cause, DndError):  # a user error raised on the worker: its message, as locally
+                raise e.cause from None
+            raise
+
+    def plan(self, job: BatchJob):
+        """The run's plan, from the first worker that has loaded the model."""
+        while True:
+            actor = next((a for a in self.slots if a.alive and a.stats is not None), None)
+            if actor is None:
+                self.next_chunk(deque())  # wait for a worker to load
+                continue
+            try:
+                return self._get(actor.handle.plan.remote(job))
+            except (self.ray.exceptions.RayActorError, self.ray.exceptions.ObjectLostError) as e:
+                self._replace(actor, e)
+
+    def chunks_in_flight(self) -> bool:
+        return any(chunk is not None for _, chunk in self.pending.values())
+
+    def feed(self, queue: deque, plan_ref) -> None:
+        for actor in self.slots:
+            while actor.alive and actor.stats is not None and actor.in_flight < IN_FLIGHT and queue:
+                chunk = queue.popleft()
+                self.pending[actor.handle.sample.remote(plan_ref, chunk)] = (actor, chunk)
+                actor.in_flight += 1
+
+    def next_chunk(self, queue: deque):
+        """Wait for the next call to finish: (chunk, images uint8 [n, H, W, 3]) for a sampled chunk,
+        None for anything else (a worker loaded, or died and had its chunk put back in `queue`)."""
+        [ref], _ = self.ray.wait(list(self.pending), num_returns=1)
+        actor, chunk = self.pending.pop(ref)
+        if chunk is not None:
+            actor.in_flight -= 1
+        try:
+            result = self._get(ref)
+        except (self.ray.exceptions.RayActorError, self.ray.exceptions.ObjectLostError) as e:
+            if chunk is not None:
+                queue.appendleft(chunk)
+            self._replace(actor, e)
+            return None
+        if chunk is None:
+            if result is None:  # this worker's node does not see the model's path
+                self._load(actor, ship=True)
+            else:
+                actor.stats = WorkerStats(actor.name, **result)
+                self.stats.append(actor.stats)
+            return None
+        images, seconds = result
+        actor.stats.images += len(chunk)
+        actor.stats.seconds += seconds
+        return chunk, images
+
+    def _replace(self, actor: _Actor, error: Exception) -> None:
+        if not actor.alive:  # its other calls fail as well; it was replaced at the first
+            return
+        actor.alive, self.lost = False, self.lost + 1
+        self.ray.kill(actor.handle)  # a lost result can come from a live worker: free its resources all the same
+        if self.restarts[actor.slot] < RESTARTS:
+            self.restarts[actor.slot] += 1
+            self._start(actor.slot)
+        elif not any(a.alive for a in self.slots):
+            raise ClusterError(f"every worker died, {RESTARTS} times each; the last: {_first_line(error)} "
+                               "(the Ray logs of its node hold the rest)")
+
+    def close(self) -> None:
+        """Let every worker close its model and delete its copy of the folder."""
+        self.ray.get([a.handle.close.remote() for a in self.slots if a.alive and a.stats is not None])
+
+    def kill(self) -> None:
+        for actor in self.slots:
+            if actor.alive:
+                self.ray.kill(actor.handle)
+                actor.alive = False

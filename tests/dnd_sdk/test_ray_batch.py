@@ -1,0 +1,152 @@
+"""`dnd generate --ray`: the files of one process, byte for byte, also with a worker or the driver killed mid-run.
+
+One local Ray cluster (2 CPUs, no dashboard) serves every test here; runs in this process use its
+connection, CLI runs in subprocesses join it by address.
+"""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import ray
+from click.testing import CliRunner
+
+from dnd_sdk import Generator
+from dnd_sdk.batch import BatchJob, run_batch
+from dnd_sdk.cli.main import cli
+from dnd_sdk.errors import ClusterError, InvalidInputError
+from dnd_sdk.ray_batch import RayOptions, run_batch_ray
+
+JOB = dict(num=40, seed=3, npz=True, grid=True)
+CLI_JOB = ["--num", "40", "--seed", "3", "--npz", "--grid", "--threads", "1", "--quiet"]
+
+
+def tree(folder):
+    """{relative path: bytes} of every file under folder, temporary ones included."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """GCS address of a 2-CPU local cluster, this process connected to it."""
+    env = {"RAY_USAGE_STATS_ENABLED": "0"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20,
+             log_to_driver=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+@pytest.fixture(scope="module")
+def single(tiny_model_dir, tmp_path_factory):
+    """The files of a plain single-process run of JOB."""
+    out = tmp_path_factory.mktemp("single") / "out"
+    with Generator(tiny_model_dir, threads=1) as gen:
+        run_batch(gen, out, BatchJob(batch_size=4, **JOB), progress=False)
+    return tree(out)
+
+
+def dnd(*args, timeout=120):
+    return subprocess.run([sys.executable, "-c", "from dnd_sdk.cli.main import main; main()", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_two_workers_write_the_files_of_one_process(cluster, tiny_model_dir, single, tmp_path):
+    s = run_batch_ray(tiny_model_dir, tmp_path / "out", BatchJob(batch_size=3, **JOB), RayOptions(workers=2),
+                      progress=False)
+    assert tree(tmp_path / "out") == single
+    assert (s.made, s.skipped, s.complete, s.lost) == (40, 0, True, 0)
+    assert len(s.workers) == 2 and sum(w.images for w in s.workers) == 40
+    assert all(w.backend == "onnxruntime-cpu" and w.images_per_s > 0 for w in s.workers)
+    again = run_batch_ray(tiny_model_dir, tmp_path / "out", BatchJob(**JOB), RayOptions(workers=2), progress=False)
+    assert (again.made, again.skipped, again.complete) == (0, 40, True)
+    assert tree(tmp_path / "out") == single
+
+
+def test_a_killed_worker_is_replaced_and_nothing_changes(cluster, tiny_model_dir, single, tmp_path):
+    killed = []
+
+    def kill_a_worker(done, total):
+        if not killed:
+            killed.append(next(n for n in ray.util.list_named_actors() if n.startswith("dnd-generate-")))
+            ray.kill(ray.get_actor(killed[0]))
+
+    # ship_model: the workers get the folder through the object store, the replacement too
+    s = run_batch_ray(tiny_model_dir, tmp_path / "out", BatchJob(batch_size=2, **JOB),
+                      RayOptions(workers=2, ship_model=True), progress=False, on_chunk=kill_a_worker)
+    assert s.lost == 1 and s.made == 40 and s.complete
+    assert sum(w.images for w in s.workers) == 40  # the killed worker's unfinished chunks made once, elsewhere
+    assert tree(tmp_path / "out") == single
+
+
+def test_a_killed_driver_reruns_to_the_same_files(cluster, tiny_model_dir, single, tmp_path):
+    out = tmp_path / "out"
+    args = ["generate", str(tiny_model_dir), "--out", str(out), *CLI_JOB, "--ray", cluster, "--workers", "2"]
+    proc = subprocess.Popen([sys.executable, "-c", "from dnd_sdk.cli.main import main; main()", *args,
+                             "--batch-size", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("*.png")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    pngs = list(out.glob("*.png"))
+    assert 0 < len(pngs) < 40 and not (out / "metadata.jsonl").exists(), "the driver was not killed mid-run"
+    rerun = dnd(*args)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{40 - len(pngs)} made, {len(pngs)} already there (complete) by 2 Ray workers" in rerun.stdout
+    assert tree(out) == single
+
+
+def test_errors_on_the_workers_and_cluster_too_small(cluster, tiny_model_dir, tmp_path):
+    with pytest.raises(InvalidInputError, match="unknown label 'zebra'"):
+        run_batch_ray(tiny_model_dir, tmp_path / "a", BatchJob(num=4, labels=["zebra"]), RayOptions(), progress=False)
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(ClusterError, match="3 workers x 1 CPU need 3 CPUs but the cluster has 2"):
+        run_batch_ray(tiny_model_dir, tmp_path / "b", BatchJob(num=4), RayOptions(workers=3), progress=False)
+    with pytest.raises(ClusterError, match="1 workers x 1 GPU need 1 GPUs but the cluster has 0"):
+        run_batch_ray(tiny_model_dir, tmp_path / "b", BatchJob(num=4), RayOptions(worker_gpus=1), progress=False)
+    assert not (tmp_path / "b").exists()
+    result = CliRunner().invoke(cli, ["generate", str(tiny_model_dir), "--num", "2", "--out", str(tmp_path / "c"),
+                                      "--workers", "2"])
+    assert result.exit_code == 2 and "--workers needs --ray" in result.output
+
+
+NO_RAY = r"""
+import sys
+from dnd_sdk.cli.main import main
+
+def run(*args):
+    try:
+        main(list(args))
+    except SystemExit as e:
+        return e.code
+
+assert run("generate", sys.argv[1], "--num", "2", "--out", sys.argv[2], "--threads", "1", "--quiet") == 0
+assert not [m for m in sys.modules if m.split(".")[0] == "ray"], "a plain run imported ray"
+print("PLAIN RUN OK")
+sys.modules["ray"] = None  # as if ray were not installed
+assert run("generate", sys.argv[1], "--num", "2", "--out", sys.argv[3], "--ray") == 1
+"""
+
+
+def test_plain_runs_never_import_ray_and_a_missing_ray_is_one_line(tiny_model_dir, tmp_path):
+    proc = subprocess.run([sys.executable, "-c", NO_RAY, str(tiny_model_dir), str(tmp_path / "a"), str(tmp_path / "b")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "PLAIN RUN OK" in proc.stdout, proc.stderr
+    assert proc.stderr.strip().splitlines() == ["Error: a Ray run needs ray: pip install 'dnd-sdk[ray]' "
+                                                "(import of ray halted; None in sys.modules)"]
+    assert not (tmp_path / "b").exists()
+
+
+def test_an_unreachable_address_is_one_line(tiny_model_dir, tmp_path):
+    proc = dnd("generate", str(tiny_model_dir), "--num", "2", "--out", str(tmp_path / "a"), "--ray", "127.0.0.1:1")
+    assert proc.returncode == 1 and not (tmp_path / "a").exists()
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "Error: no Ray cluster answers at '127.0.0.1:1'" in proc.stderr and "Connection refused" in proc.stderr
