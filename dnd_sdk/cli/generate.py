@@ -44,22 +44,22 @@ def generate(model, num, labels, per_class, out, batch_size, seed, sampling, sha
     """
     job = BatchJob(num=num, labels=labels, per_class=per_class, seed=seed, sampling=sampling,
                    batch_size=batch_size, shard=shard, npz=npz, grid=grid)
+    if ray is None:
+        gen = Generator(model, **backend)
+        s, where = run_batch(gen, out, job, progress=not quiet), f"on {gen.backend_name}"
+    else:
+        from ..ray_batch import RayOptions, run_batch_ray  # ray itself is imported only when a run starts
+        s = run_batch_ray(model, out, job, RayOptions(**ray, **backend), progress=not quiet)
+        where = f"by {len(s.workers)} Ray workers"
+    state = "complete" if s.complete else "this shard done, others still missing"
+    click.echo(f"{out}: {s.made} made, {s.skipped} already there ({state}) {where} in {s.seconds:.1f}s")
     if ray is not None:
-        return _generate_on_ray(model, out, job, ray, backend, quiet)
-    gen = Generator(model, **backend)
-    s = run_batch(gen, out, job, progress=not quiet)
-    state = "complete" if s.complete else "this shard done, others still missing"
-    click.echo(f"{out}: {s.made} made, {s.skipped} already there ({state}) on {gen.backend_name} in {s.seconds:.1f}s")
+        _echo_workers(s)
 
 
-def _generate_on_ray(model, out, job, ray, backend, quiet):
-    from ..ray_batch import RayOptions, run_batch_ray  # ray itself is imported only when a run starts
-
-    s = run_batch_ray(model, out, job, RayOptions(**ray, **backend), progress=not quiet)
-    state = "complete" if s.complete else "this shard done, others still missing"
+def _echo_workers(s) -> None:
     rate = s.made / s.sampling_seconds if s.sampling_seconds else 0.0
-    click.echo(f"{out}: {s.made} made, {s.skipped} already there ({state}) by {len(s.workers)} Ray workers "
-               f"in {s.seconds:.1f}s; sampling {s.sampling_seconds:.1f}s, {rate:.1f} images/s"
+    click.echo(f"  sampling {s.sampling_seconds:.1f}s, {rate:.1f} images/s in total"
                + (f"; {s.lost} workers died and were replaced" if s.lost else ""))
     for w in s.workers:
         click.echo(f"  {w.name} on {w.node} ({w.backend}): {w.images} images, {w.images_per_s:.1f} images/s")
