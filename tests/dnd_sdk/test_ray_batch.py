@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from dnd_sdk import Generator
 from dnd_sdk.batch import BatchJob, run_batch
 from dnd_sdk.cli.main import cli
-from dnd_sdk.errors import ClusterError, InvalidInputError
+from dnd_sdk.errors import ClusterError, InvalidInputError, ManifestError
 from dnd_sdk.ray_batch import RayOptions, run_batch_ray
 
 JOB = dict(num=40, seed=3, npz=True, grid=True)
@@ -84,6 +84,24 @@ def test_a_killed_worker_is_replaced_and_nothing_changes(cluster, tiny_model_dir
     assert s.lost == 1 and s.made == 40 and s.complete
     assert sum(w.images for w in s.workers) == 40  # the killed worker's unfinished chunks made once, elsewhere
     assert tree(tmp_path / "out") == single
+
+
+def test_a_worker_opens_the_model_by_path_or_from_the_object_store_and_checks_it(cluster, tiny_model_dir, tmp_path):
+    from dnd_sdk.ray_batch import _sha256, _Worker
+    digest = _sha256((tiny_model_dir / "manifest.json").read_bytes())
+    assert _Worker().load(str(tmp_path / "elsewhere"), digest, None, "onnxruntime-cpu", 1) is None  # path not seen
+    copy = tmp_path / "other"  # a folder at the path with another manifest.json is not the model either
+    copy.mkdir()
+    (copy / "manifest.json").write_text("{}")
+    assert _Worker().load(str(copy), digest, None, "onnxruntime-cpu", 1) is None
+    files = {p.name: p.read_bytes() for p in tiny_model_dir.iterdir()}
+    worker = _Worker()
+    assert worker.load(str(copy), digest, {k: ray.put(v) for k, v in files.items()}, "onnxruntime-cpu", 1)["backend"] \
+        == "onnxruntime-cpu"
+    worker.close()
+    files["decoder.onnx"] = files["decoder.onnx"][:-1] + bytes([files["decoder.onnx"][-1] ^ 1])
+    with pytest.raises(ManifestError, match="decoder.onnx: contents do not match"):
+        _Worker().load(str(copy), digest, {k: ray.put(v) for k, v in files.items()}, "onnxruntime-cpu", 1)
 
 
 def test_a_killed_driver_reruns_to_the_same_files(cluster, tiny_model_dir, single, tmp_path):
