@@ -77,7 +77,7 @@ class RayBatchSummary(BatchSummary):
     sampling_seconds: float  # from the first chunk handed out to the last one written
 
 
-def run_batch_ray(model, out, job: BatchJob, options: RayOptions = RayOptions(), progress: bool = True,
+def run_batch_ray(model, out, job: BatchJob, options: Optional[RayOptions] = None, progress: bool = True,
                   on_chunk: Optional[Callable[[int, int], None]] = None) -> RayBatchSummary:
     """`batch.run_batch` with the sampling done by Ray workers; same files, same resume rules.
 
@@ -87,8 +87,8 @@ def run_batch_ray(model, out, job: BatchJob, options: RayOptions = RayOptions(),
             Ray's object store. Every worker checks every file's sha256 before sampling.
         out (str | Path): output folder, written by this process only.
         job (BatchJob): what to generate.
-        options (RayOptions): cluster and workers. If this process is already connected to Ray
-            (ray.init), that connection is used and left open.
+        options (RayOptions): cluster and workers; default one worker on a private local cluster.
+            If this process is already connected to Ray (ray.init), that connection is used and left open.
         progress (bool): one tqdm bar for the whole run.
         on_chunk: called as on_chunk(images done, images of this shard) after each chunk is written.
 
@@ -97,6 +97,7 @@ def run_batch_ray(model, out, job: BatchJob, options: RayOptions = RayOptions(),
         InvalidInputError, ManifestError, BackendUnavailableError: as run_batch and Generator.
     """
     t0, model, out = time.perf_counter(), Path(model), Path(out)
+    options = options or RayOptions()
     _check(options)
     load_manifest(model, verify=False)  # a missing or foreign folder is reported before any cluster starts
     ray = _import_ray()
