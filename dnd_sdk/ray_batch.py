@@ -336,7 +336,10 @@ class _Pool:
 
     def close(self) -> None:
         """Let every worker close its model and delete its copy of the folder."""
-        self.ray.get([a.handle.close.remote() for a in self.slots if a.alive and a.stats is not None])
+        try:
+            self.ray.get([a.handle.close.remote() for a in self.slots if a.alive and a.stats is not None])
+        except self.ray.exceptions.RayError:  # a worker that dies now has nothing left to lose
+            pass
 
     def kill(self) -> None:
         for actor in self.slots:
