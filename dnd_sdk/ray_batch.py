@@ -78,7 +78,7 @@ class RayBatchSummary(BatchSummary):
 
 
 def run_batch_ray(model, out, job: BatchJob, options: Optional[RayOptions] = None, progress: bool = True,
-                  on_chunk: Optional[Callable[[int, int], None]] = None) -> RayBatchSummary:
+                  on_chunk: Optional[Callable[[WorkerStats, int, int], None]] = None) -> RayBatchSummary:
     """`batch.run_batch` with the sampling done by Ray workers; same files, same resume rules.
 
     Args:
@@ -90,7 +90,8 @@ def run_batch_ray(model, out, job: BatchJob, options: Optional[RayOptions] = Non
         options (RayOptions): cluster and workers; default one worker on a private local cluster.
             If this process is already connected to Ray (ray.init), that connection is used and left open.
         progress (bool): one tqdm bar for the whole run.
-        on_chunk: called as on_chunk(images done, images of this shard) after each chunk is written.
+        on_chunk: called as on_chunk(worker, images done, images of this shard) after each chunk is
+            written, `worker` the WorkerStats of the worker that made it.
 
     Raises:
         ClusterError: ray missing, cluster unreachable or too small for the workers, every worker dead.
@@ -115,11 +116,11 @@ def run_batch_ray(model, out, job: BatchJob, options: Optional[RayOptions] = Non
                 pool.feed(queue, plan_ref)
                 done = pool.next_chunk(queue)
                 if done is not None:
-                    chunk, images = done
+                    worker, chunk, images = done
                     write_chunk(out, plan, chunk, to_pil(images))
                     bar.update(len(chunk))
                     if on_chunk is not None:
-                        on_chunk(bar.n, len(mine))
+                        on_chunk(worker, bar.n, len(mine))
         sampling_seconds = time.perf_counter() - t1
         complete = finish_run(out, plan, job)
         pool.close()
@@ -297,7 +298,7 @@ class _Pool:
                 actor.in_flight += 1
 
     def next_chunk(self, queue: deque):
-        """Wait for the next call to finish: (chunk, images uint8 [n, H, W, 3]) for a sampled chunk,
+        """Wait for the next call to finish: (WorkerStats, chunk, images uint8 [n, H, W, 3]) for a sampled chunk,
         None for anything else (a worker loaded, or died and had its chunk put back in `queue`)."""
         [ref], _ = self.ray.wait(list(self.pending), num_returns=1)
         actor, chunk = self.pending.pop(ref)
@@ -320,7 +321,7 @@ class _Pool:
         images, seconds = result
         actor.stats.images += len(chunk)
         actor.stats.seconds += seconds
-        return chunk, images
+        return actor.stats, chunk, images
 
     def _replace(self, actor: _Actor, error: Exception) -> None:
         if not actor.alive:  # its other calls fail as well; it was replaced at the first

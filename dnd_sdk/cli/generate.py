@@ -50,7 +50,7 @@ def generate(model, num, labels, per_class, out, batch_size, seed, sampling, sha
     else:
         from ..ray_batch import RayOptions, run_batch_ray  # ray itself is imported only when a run starts
         s = run_batch_ray(model, out, job, RayOptions(**ray, **backend), progress=not quiet)
-        where = f"by {len(s.workers)} Ray workers"
+        where = f"on {len(s.workers)} Ray worker(s)"
     state = "complete" if s.complete else "this shard done, others still missing"
     click.echo(f"{out}: {s.made} made, {s.skipped} already there ({state}) {where} in {s.seconds:.1f}s")
     if ray is not None:
