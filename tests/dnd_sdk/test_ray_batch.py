@@ -29,13 +29,15 @@ def tree(folder):
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(tmp_path_factory):
     """GCS address of a 2-CPU local cluster, this process connected to it."""
     env = {"RAY_USAGE_STATS_ENABLED": "0"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
+    # a killed worker leaves its copy of a shipped model behind: in this test's folder, not in /tmp
+    workers_tmp = str(tmp_path_factory.mktemp("ray-workers"))
     ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20,
-             log_to_driver=False)
+             log_to_driver=False, runtime_env={"env_vars": {"TMPDIR": workers_tmp}})
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
