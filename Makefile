@@ -11,7 +11,7 @@ $(VENV)/.installed: setup.py
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[train,eval,dev]"
+	$(PY) -m pip install -q -e ".[train,cpu,eval,dev]"
 	touch $@
 
 setup: $(VENV)/.installed

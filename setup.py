@@ -22,11 +22,18 @@ setup(
         "dnd_engines": "engines",
     },
     package_data={"dnd_training": ["words.txt"]},
-    install_requires=["numpy", "pillow", "click>=8", "onnxruntime", "tqdm"],
+    # ONNX Runtime comes from an extra: onnxruntime and onnxruntime-gpu install the same module and
+    # must never meet in one environment, so choose exactly one of cpu, gpu and gpu-cu12
+    install_requires=["numpy", "pillow", "click>=8", "tqdm"],
     extras_require={
+        "cpu": ["onnxruntime"],
+        # TensorRT 10 and 11 (the API dnd-build and the backend follow); their plain `tensorrt` wheels
+        # are CUDA 13 builds fetched from https://pypi.nvidia.com and need driver r580+ (README)
+        "gpu": ["onnxruntime-gpu", "tensorrt>=10,<12", "cuda-python>=12.6.1"],
+        # the CUDA 12 builds, for drivers r535+; cuda-python 13 would need a CUDA 13 driver
+        "gpu-cu12": ["onnxruntime-gpu", "tensorrt-cu12>=10,<12", "cuda-python>=12.6.1,<13"],
         "train": ["torch>=2.4", "onnx", "onnxscript", "polygraphy", "pyyaml"],
         "export": ["torch>=2.4", "onnx", "onnxscript", "polygraphy"],
-        "gpu": ["onnxruntime-gpu", "tensorrt", "polygraphy"],
         "eval": ["pytesseract"],
         "dev": ["pytest", "hypothesis"],
     },

@@ -2,11 +2,13 @@
 
 The TensorRT lint (`trt_lint`) runs first: ONNX Runtime would run a graph TensorRT cannot, so
 the comparison below says nothing about the TensorRT path, and any finding fails the check.
+
 Each stage graph is fed exactly what the runtime would feed it: a prefill step (condition
 token, empty cache) and `decode_steps` one-position steps whose caches are the PyTorch
 model's own presents. ONNX Runtime (CPU) and the PyTorch wrapper see identical feeds, so
 the error measured is the export's alone, not an accumulation over steps.
 """
+import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +55,9 @@ def check_export(model_dir, model, tokenizer, decode_steps: int = 3, batch: int 
     """
     manifest = load_manifest(model_dir, verify=False)
     assert manifest.dtype in CHECKABLE, f"{manifest.dtype} graphs cannot run in ONNX Runtime on CPU"
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise ExportCheckError("--check runs the graphs in ONNX Runtime, which is not installed; "
+                               "pip install 'dnd-sdk[cpu]' (or 'dnd-sdk[gpu]'), or export without --check")
     findings = lint_folder(model_dir)
     if findings:
         raise ExportCheckError(f"{len(findings)} TensorRT lint finding(s), so dnd-build would fail or build wrong "

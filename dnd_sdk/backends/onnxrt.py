@@ -5,7 +5,12 @@ Each stage call binds the previous step's `present.*` OrtValues as this step's
 with CUDA, off the device). Logits and hidden state land in preallocated host buffers.
 """
 import numpy as np
-import onnxruntime as ort
+
+try:
+    import onnxruntime as ort
+except ImportError as e:  # the base install leaves the choice of onnxruntime or onnxruntime-gpu to an extra
+    raise ImportError(f"ONNX Runtime is not installed ({e}); pip install 'dnd-sdk[cpu]', or 'dnd-sdk[gpu]' on an "
+                      "NVIDIA machine (never both: they install the same module)") from None
 from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as OrtNotImplemented
 
 from ..errors import BackendUnavailableError
