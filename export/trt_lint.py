@@ -3,6 +3,7 @@
     findings = lint_folder("out/model")    # every graph dnd-build turns into an engine
     findings = lint_graph("stage0.onnx")   # [] when the graph keeps to the rules below
     print(findings[0])                     # stage0: Gather node '/Gather_2': index -1 on axis 1 ...
+    python -m dnd_export.trt_lint out/model   # the same from a shell: one line per finding, exit 1 on any
 
 The TensorRT path runs on no CPU test machine, and ONNX Runtime accepts every graph below,
 so these rules are the only check a graph gets before it meets a GPU. Each rule cites its
@@ -21,6 +22,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper, shape_inference
 
+from dnd_sdk.errors import DndError
 from dnd_sdk.manifest import load_manifest
 
 # [ops] header: the opsets TensorRT 10.0, the oldest version the gpu extra admits, parses
@@ -181,3 +183,20 @@ class _Graph:
         if node is None or node.attribute[0].name != "value":
             return None
         return np.asarray(numpy_helper.to_array(node.attribute[0].t))
+
+
+def main(argv=None) -> int:
+    import sys
+    try:
+        findings = [f for folder in (sys.argv[1:] if argv is None else argv) for f in lint_folder(folder)]
+    except DndError as e:  # not an exported folder
+        print(e)
+        return 1
+    for f in findings:
+        print(f)
+    print(f"TensorRT lint: {len(findings)} finding(s)" if findings else "TensorRT lint: no findings")
+    return 1 if findings else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
