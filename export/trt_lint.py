@@ -84,6 +84,7 @@ def lint_graph(path) -> list:
 
 
 def lint_model(model: onnx.ModelProto, name: str) -> list:
+    """Findings for a loaded model; `name` (the graph's) starts each finding's text."""
     graph = _Graph(model)
     findings = []
     for opset in model.opset_import:
@@ -114,8 +115,9 @@ def _node_problems(graph: "_Graph", node: onnx.NodeProto) -> list:
     dtype = graph.dtype((node.input if kind == "input" else node.output)[index])
     if dtype is not None and dtype not in SUPPORTED_TYPES[node.op_type]:
         problems.append(f"{node.op_type} on {dtype}: TensorRT 10 supports it for {sorted(SUPPORTED_TYPES[node.op_type])}")
-    if node.op_type == "Cast" and graph.dtype(node.input[0]) not in SUPPORTED_TYPES["Cast"]:
-        problems.append(f"Cast from {graph.dtype(node.input[0])} is not supported")
+    source = graph.dtype(node.input[0]) if node.op_type == "Cast" else None  # a Cast's input counts too
+    if source is not None and source not in SUPPORTED_TYPES["Cast"]:
+        problems.append(f"Cast from {source}: TensorRT 10 supports it for {sorted(SUPPORTED_TYPES['Cast'])}")
     constant_input = CONSTANT_INPUTS.get(node.op_type)
     if constant_input is not None and len(node.input) > constant_input and node.input[constant_input] \
             and graph.constant(node.input[constant_input]) is None:
