@@ -6,7 +6,15 @@ class DndError(Exception):
 
 
 class InvalidInputError(DndError, ValueError):
-    """An argument or input array is invalid (bad label, temperature, dtype...)."""
+    """An argument or input array is invalid (bad label, temperature, dtype...).
+
+    `names` lists the Python argument names the message mentions, so that a command line can
+    show its own flags instead (`num` -> `--num`); see dnd_sdk.cli.flags.
+    """
+
+    def __init__(self, message: str, names=()):
+        super().__init__(message)
+        self.names = tuple(names)
 
 
 class ManifestError(DndError):
@@ -19,3 +27,7 @@ class CheckpointError(DndError):
 
 class BackendUnavailableError(DndError):
     """The requested backend (TensorRT, ONNX Runtime CUDA...) cannot run here."""
+
+
+class OutputError(DndError):
+    """Writing results failed (disk full, read-only folder...); what is on disk stays consistent."""

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from dnd_sdk.errors import CheckpointError
-from dnd_sdk.folders import usual_mode
+from dnd_sdk.folders import fsync_folder, usual_mode
 from dnd_sdk.manifest import SAMPLER_KEYS
 from dnd_sdk.sampler import SamplingParams
 from .model import ModelArgs, Transformer
@@ -64,7 +64,10 @@ def atomic_torch_save(obj, path) -> None:
     try:
         usual_mode(tmp)
         torch.save(obj, tmp)
+        with open(tmp, "rb") as f:  # on disk before the rename, so a power loss never leaves half a file
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_folder(path.parent)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
