@@ -182,8 +182,10 @@ def _shard_lock(out: Path, tag: str, shard: tuple):
         if not held:
             raise OutputError(f"another `dnd generate` is writing shard {shard[0]}/{shard[1]} of {out} now; let it "
                               "finish, then rerun this command to resume or confirm the run.")
-        yield
-        os.unlink(path)
+        try:
+            yield
+        finally:
+            os.unlink(path)  # while still held: the next writer locks a fresh file
     finally:
         os.close(fd)  # closing releases the lock
 
@@ -213,7 +215,7 @@ def _write_errors(out: Path):
     except OSError as e:
         raise OutputError(f"writing {out} failed ({e.strerror or e}); the images written so far are kept. Free "
                           "disk space or fix the folder's permissions and rerun the same command to resume, or "
-                          "choose another out folder.") from e
+                          "choose another out folder.", ["out"]) from e
 
 
 def _write_aggregates(gen, out: Path, job: BatchJob, req, sampling: dict, tag: str) -> None:

@@ -2,19 +2,19 @@
 
 
 class DndError(Exception):
-    """Base of every error this SDK raises on purpose; the CLI prints its message only."""
-
-
-class InvalidInputError(DndError, ValueError):
-    """An argument or input array is invalid (bad label, temperature, dtype...).
+    """Base of every error this SDK raises on purpose; the CLI prints its message only.
 
     `names` lists the Python argument names the message mentions, so that a command line can
     show its own flags instead (`num` -> `--num`); see dnd_sdk.cli.flags.
     """
 
-    def __init__(self, message: str, names=()):
+    def __init__(self, message: str = "", names=()):
         super().__init__(message)
         self.names = tuple(names)
+
+
+class InvalidInputError(DndError, ValueError):
+    """An argument or input array is invalid (bad label, temperature, dtype...)."""
 
 
 class ManifestError(DndError):

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from .errors import ManifestError
-from .model_files import RERUN as _RERUN, inside, verify as verify_file
+from .model_files import RERUN as _RERUN, inside, verify as verify_file, verify_graph
 
 FORMAT, VERSION = "dnd-model", 1
 MANIFEST_NAME = "manifest.json"
@@ -210,8 +210,10 @@ def load_manifest(model_dir: Union[str, Path], verify: bool = True) -> Manifest:
     manifest.model_dir = model_dir
     if verify:
         for entry in manifest.files.values():
-            for ref in _refs(entry):
-                verify_file(inside(model_dir, ref.file), ref)
+            if entry.inputs is not None:  # a graph: its external-data references are checked too
+                verify_graph(model_dir, entry)
+            else:
+                verify_file(inside(model_dir, entry.file), entry)
     return manifest
 
 

@@ -101,10 +101,10 @@ def load_embeddings(manifest) -> tuple:
     return tables["tok_embeddings"], tables["cls_embedding"]
 
 
-def graph_session(manifest, name: str, open_session):
-    """open_session(model_bytes, folder) on the verified bytes of graph `name`, after checking that every
-    external-data file the graph reads is listed in the manifest and matches its sha256."""
-    entry, path, folder = manifest.files[name], manifest.file_path(name), Path(manifest.model_dir)
+def verify_graph(folder, entry) -> tuple:
+    """(the graph's verified bytes, {external-data path: its stat}) after checking that every
+    external-data file the graph reads is listed in `entry` and matches its sha256."""
+    path = inside(folder, entry.file)
     model = read_verified(path, entry)
     try:
         reads = onnx_external_files(model)
@@ -118,9 +118,17 @@ def graph_session(manifest, name: str, open_session):
     for ref in entry.external_data:
         data_path = inside(folder, ref.file)
         held[data_path] = verify(data_path, ref)
+    return model, held
+
+
+def graph_session(manifest, name: str, open_session):
+    """open_session(model_bytes, folder) on the verified bytes of graph `name` (see verify_graph); its
+    external data must be the files that were hashed, unchanged."""
+    folder = Path(manifest.model_dir)
+    model, held = verify_graph(folder, manifest.files[name])
     session = open_session(model, folder)
     changed = [p.name for p, st in held.items() if not unchanged(p, st)]
     if changed:
-        raise ManifestError(f"{changed} changed while {path.name} was loading; load the model again once "
-                            "nothing writes to its folder.")
+        raise ManifestError(f"{changed} changed while {manifest.files[name].file} was loading; load the model again "
+                            "once nothing writes to its folder.")
     return session
