@@ -15,7 +15,7 @@ from typing import Optional
 
 from .errors import ManifestError
 from .manifest import FileRef, read_json, sha256_file
-from .model_files import inside, verify
+from .model_files import inside, verify as verify_file
 
 FORMAT, VERSION = "dnd-engines", 1
 ENGINES_NAME = "engines.json"
@@ -61,5 +61,5 @@ def load_engine_index(folder, graphs=(), verify: bool = True) -> Optional[Engine
         raise ManifestError(f"{path}: no engine for {missing}. {_REBUILD}")
     if verify:
         for ref in index.files.values():
-            verify(inside(folder, ref.file, ENGINES_NAME, _REBUILD), ref, ENGINES_NAME, _REBUILD)
+            verify_file(inside(folder, ref.file, ENGINES_NAME, _REBUILD), ref, ENGINES_NAME, _REBUILD)
     return index

@@ -203,3 +203,10 @@ def test_a_checkpoint_given_as_model_says_how_to_export_it(tiny_checkpoint, tmp_
         assert result.output == (f"Error: {tiny_checkpoint}: this is a checkpoint; export it with "
                                  "`dnd-export FILE -o DIR`, then point at DIR.\n")
     assert not (tmp_path / "out").exists()
+
+
+def test_every_exported_file_follows_the_umask(external_model_dir):
+    from dnd_sdk.folders import UMASK
+    modes = {p.name: p.stat().st_mode & 0o777 for p in external_model_dir.iterdir()}
+    assert "stage0.onnx.data" in modes  # onnx writes external data 0600 on its own
+    assert set(modes.values()) == {0o666 & ~UMASK}, modes
