@@ -147,3 +147,17 @@ def test_grid_captions_follow_the_option(gen, tmp_path):
     assert np.array_equal(captioned[:18], plain[:18])  # same cells, captions only below them
     strip = captioned[18:18 + 13, 2:34]
     assert (strip < 128).any() and (strip == 255).mean() > 0.5  # dark text on white
+
+
+def test_shards_written_to_separate_folders_combine_as_the_readme_says(gen, reference, tmp_path):
+    parts = [tmp_path / f"part{i}" for i in range(3)]
+    for i, part in enumerate(parts):
+        summary = run_batch(gen, part, BatchJob(**{**JOB.__dict__, "shard": (i, 3)}), progress=False)
+        assert not summary.complete
+    merged = tmp_path / "samples"
+    merged.mkdir()
+    for path in [*(p for part in parts for p in part.glob("[0-9]*.png")), parts[0] / "run.json"]:
+        (merged / path.name).write_bytes(path.read_bytes())
+    summary = run_batch(gen, merged, JOB, progress=False)
+    assert summary.made == 0 and summary.complete
+    assert tree(merged) == tree(reference)

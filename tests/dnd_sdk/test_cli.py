@@ -107,3 +107,15 @@ def test_concurrent_shards_in_one_folder_equal_a_single_run(tiny_model_dir, tmp_
     assert [p.returncode for p in procs] == [0, 0]
     assert all("12 made" in o for o in outputs)
     assert tree(out) == tree(reference)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--num", "4", "--labels", "cat,,dog"], "Invalid value for '--labels': empty entry in 'cat,,dog'"),
+    (["--num", "4", "--labels", "cat,"], "empty entry"),
+    (["--num", "1e13"], "Invalid value for '--num': '1e13' is not a valid integer"),
+])
+def test_malformed_flags_are_usage_errors_that_write_nothing(tiny_model_dir, tmp_path, args, fragment):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["generate", str(tiny_model_dir), "--out", str(out), "--quiet", *args])
+    assert result.exit_code == 2 and fragment in result.output and "Traceback" not in result.output
+    assert not out.exists()
