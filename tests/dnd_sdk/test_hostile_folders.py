@@ -210,3 +210,17 @@ def test_every_exported_file_follows_the_umask(external_model_dir):
     modes = {p.name: p.stat().st_mode & 0o777 for p in external_model_dir.iterdir()}
     assert "stage0.onnx.data" in modes  # onnx writes external data 0600 on its own
     assert set(modes.values()) == {0o666 & ~UMASK}, modes
+
+
+def test_image_dims_must_match_what_the_decoder_graph_makes(tiny_model_dir, tmp_path):
+    folder = copy_model(tiny_model_dir, tmp_path / "model")
+
+    def wider(d):  # consistent inside the manifest, but the graph still makes 32-pixel-wide images
+        d["image"]["width"] = 64
+        d["files"]["decoder"]["outputs"][0]["shape"][2] = 64
+    rewrite(folder, wider)
+    with pytest.raises(ManifestError, match=r"decoder.onnx: the graph's outputs .*'image': \['batch_size', 16, 32, 3\]"
+                                            r".* differ from manifest.json's .*\['batch_size', 16, 64, 3\]"):
+        Generator(folder, threads=1)
+    result = CliRunner().invoke(cli, ["generate", str(folder), "--num", "1", "--npz", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and not (tmp_path / "o").exists()
