@@ -79,7 +79,8 @@ def _count(job: BatchJob, num_classes: int) -> int:
         return per_class * num_classes
     if job.num is None:
         if not job.labels:
-            raise InvalidInputError("say how many images: give num, labels or per_class", ["num", "labels", "per_class"])
+            raise InvalidInputError("say how many images: give num, labels or per_class",
+                                    ["num", "labels", "per_class"])
         return len(job.labels)
     return job.num
 
@@ -96,7 +97,8 @@ def _claim(out: Path, identity: dict, tag: str) -> None:
     run_file = out / RUN_FILE
     if not run_file.is_file():
         # another shard starting at the same moment may have its temporary or finished run.json there
-        ours = lambda p: p.name == RUN_FILE or (p.name.startswith(".") and p.name.endswith((TMP_SUFFIX, LOCK_SUFFIX)))  # noqa: E731
+        ours = lambda p: p.name == RUN_FILE or (  # noqa: E731
+            p.name.startswith(".") and p.name.endswith((TMP_SUFFIX, LOCK_SUFFIX)))
         if out.exists() and (not out.is_dir() or not all(ours(p) for p in out.iterdir())):
             raise InvalidInputError(f"{out} exists and was not made by `dnd generate` (no {RUN_FILE}); "
                                     "choose a new or empty out folder.", ["out"])

@@ -96,8 +96,8 @@ class Generator:
         if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)):
             raise InvalidInputError(f"a label is a class name or an int class id, got {label!r}", ["labels"])
         if not 0 <= label < self.num_classes:
-            raise InvalidInputError(f"class id {label} is out of range; this model has classes 0..{self.num_classes - 1}",
-                                    ["labels"])
+            raise InvalidInputError(f"class id {label} is out of range; this model has classes "
+                                    f"0..{self.num_classes - 1}", ["labels"])
         return int(label)
 
     def _given_labels(self, labels) -> list:
@@ -120,8 +120,8 @@ class Generator:
             indices = np.asarray(image_indices)
             if indices.ndim != 1 or not 0 < len(indices) <= MAX_IMAGES or indices.dtype.kind not in "iu" \
                     or (indices < 0).any() or (indices > MAX_INDEX).any():
-                raise InvalidInputError(f"image_indices must be a non-empty 1-D list of ints >= 0, got {image_indices!r}",
-                                        ["image_indices"])
+                raise InvalidInputError("image_indices must be a non-empty 1-D list of ints >= 0, "
+                                        f"got {image_indices!r}", ["image_indices"])
             if num is not None and len(indices) != integer(num, "num", 1, MAX_IMAGES):
                 raise InvalidInputError(f"num={num} but {len(indices)} image_indices were given", ["num"])
             return indices.astype(np.int64)

@@ -88,7 +88,8 @@ def _stage_problems(m) -> list:
                          "I/O specs")
     codes, image = _io(m.files["decoder"], "inputs").get("codes"), _io(m.files["decoder"], "outputs").get("image")
     lat, img = m.latent, m.image
-    if codes != ["batch_size", lat["h"], lat["w"], lat["depth"]] or image != ["batch_size", img["height"], img["width"], 3]:
+    if codes != ["batch_size", lat["h"], lat["w"], lat["depth"]] \
+            or image != ["batch_size", img["height"], img["width"], 3]:
         found.append(f"decoder codes {codes} / image {image} do not match latent {lat} and image {img}")
     return found
 

@@ -183,7 +183,8 @@ def load_checkpoint(path) -> Checkpoint:
         with torch.device("meta"):
             model, tokenizer = Transformer(model_args), RQTokenizer(tok_args)
     except (RuntimeError, ValueError, AssertionError, TypeError, ZeroDivisionError) as e:
-        raise CheckpointError(f"{path}: its config does not describe a buildable model ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{path}: its config does not describe a buildable model "
+                              f"({type(e).__name__}: {e})") from None
     _check_weights("model", model, ckpt.model)
     _check_weights("tokenizer", tokenizer, ckpt.tokenizer)
     return ckpt
