@@ -9,8 +9,11 @@ the run's arguments (stored in run.json) and of the PNGs, and is rebuilt once ev
 exists: metadata.jsonl, and on request samples.npz (`arr_0`, uint8 NHWC) and grid.png.
 Shards share the output folder; whichever finishes last writes those files.
 """
+import contextlib
+import fcntl
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +23,13 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .errors import InvalidInputError
+from .arguments import MAX_IMAGES, integer
+from .errors import InvalidInputError, OutputError
 from .images import TMP_SUFFIX, atomic_write, contact_sheet, save_png, write_npz
 
 RUN_FILE, METADATA_FILE, NPZ_FILE, GRID_FILE = "run.json", "metadata.jsonl", "samples.npz", "grid.png"
 GRID_MAX = 256  # images on the contact sheet; it is a preview, not the data set
+LOCK_SUFFIX = ".lock"
 
 
 @dataclass
@@ -45,6 +50,7 @@ class BatchJob:
     shard: tuple = (0, 1)
     npz: bool = False
     grid: bool = False
+    captions: Optional[bool] = None  # label under each grid cell; None: when the model has more than one class
 
 
 @dataclass
@@ -61,18 +67,20 @@ def png_name(index: int) -> str:
 
 
 def _count(job: BatchJob, num_classes: int) -> int:
+    if job.labels is not None and not isinstance(job.labels, (list, tuple)):
+        raise InvalidInputError(f"labels must be a list of class names or ids, got {job.labels!r}", ["labels"])
     if job.labels is not None and job.per_class is not None:
-        raise InvalidInputError("give labels or per_class, not both")
+        raise InvalidInputError("give labels or per_class, not both", ["labels", "per_class"])
     if job.per_class is not None:
-        if isinstance(job.per_class, bool) or not isinstance(job.per_class, int) or job.per_class < 1:
-            raise InvalidInputError(f"per_class must be an integer >= 1, got {job.per_class!r}")
-        if job.num is not None and job.num != job.per_class * num_classes:
-            raise InvalidInputError(f"num={job.num} contradicts per_class={job.per_class} x {num_classes} classes; "
-                                    "give only one of them")
-        return job.per_class * num_classes
+        per_class = integer(job.per_class, "per_class", 1, MAX_IMAGES // num_classes)
+        if job.num is not None and job.num != per_class * num_classes:
+            raise InvalidInputError(f"num={job.num} contradicts per_class={per_class} x {num_classes} classes; "
+                                    "give only one of them", ["num", "per_class"])
+        return per_class * num_classes
     if job.num is None:
         if not job.labels:
-            raise InvalidInputError("say how many images: give num, labels or per_class")
+            raise InvalidInputError("say how many images: give num, labels or per_class",
+                                    ["num", "labels", "per_class"])
         return len(job.labels)
     return job.num
 
@@ -80,7 +88,7 @@ def _count(job: BatchJob, num_classes: int) -> int:
 def _shard_range(shard, num: int) -> range:
     i, n = shard
     if not (isinstance(i, int) and isinstance(n, int) and 0 <= i < n):
-        raise InvalidInputError(f"shard must be I/N with 0 <= I < N, got {i}/{n}")
+        raise InvalidInputError(f"shard must be I/N with 0 <= I < N, got {i}/{n}", ["shard"])
     return range(i * num // n, (i + 1) * num // n)
 
 
@@ -89,19 +97,24 @@ def _claim(out: Path, identity: dict, tag: str) -> None:
     run_file = out / RUN_FILE
     if not run_file.is_file():
         # another shard starting at the same moment may have its temporary or finished run.json there
-        ours = lambda p: p.name == RUN_FILE or (p.name.startswith(".") and p.name.endswith(TMP_SUFFIX))  # noqa: E731
+        ours = lambda p: p.name == RUN_FILE or (  # noqa: E731
+            p.name.startswith(".") and p.name.endswith((TMP_SUFFIX, LOCK_SUFFIX)))
         if out.exists() and (not out.is_dir() or not all(ours(p) for p in out.iterdir())):
             raise InvalidInputError(f"{out} exists and was not made by `dnd generate` (no {RUN_FILE}); "
-                                    "choose a new or empty output folder.")
+                                    "choose a new or empty out folder.", ["out"])
         out.mkdir(parents=True, exist_ok=True)
         # the first shard's run.json stays: every later one, simultaneous or not, is checked against it
         atomic_write(run_file, lambda f: f.write((json.dumps(identity, indent=2) + "\n").encode()), tag,
                      keep_existing=True)
-    stored = json.loads(run_file.read_text())
+    try:
+        stored = json.loads(run_file.read_text())
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise InvalidInputError(f"{run_file} is not a run file of `dnd generate`; choose a new out folder.",
+                                ["out"]) from None
     diff = [f"{k}: {stored.get(k)!r} there, {identity[k]!r} now" for k in identity if stored.get(k) != identity[k]]
     if diff:
         raise InvalidInputError(f"{out} holds a run made with different arguments ({'; '.join(diff)}). "
-                                "Rerun with the original arguments to resume it, or choose a new output folder.")
+                                "Rerun with the original arguments to resume it, or choose a new out folder.", ["out"])
 
 
 def run_batch(gen, out, job: BatchJob, progress: bool = True) -> BatchSummary:
@@ -131,23 +144,80 @@ def run_batch(gen, out, job: BatchJob, progress: bool = True) -> BatchSummary:
                 "num": num, "labels": None if labels is None else [int(x) for x in req.labels[:len(labels)]],
                 "seed": req.seed, "sampling": {k: list(v) if isinstance(v, tuple) else v for k, v in sampling.items()}}
     tag = f"shard{job.shard[0]}of{job.shard[1]}-"
-    _claim(out, identity, tag)
-    for stale in out.glob(f".{tag}*{TMP_SUFFIX}"):  # left by a killed run of this shard
-        stale.unlink()
-    done = {p.name for p in out.glob("*.png")}
-    todo = [i for i in mine if png_name(i) not in done]
-    with tqdm(total=len(mine), initial=len(mine) - len(todo), unit="img", disable=not progress) as bar:
-        for lo in range(0, len(todo), job.batch_size):
-            chunk = todo[lo:lo + job.batch_size]
-            images = gen.sample(req.labels[chunk], image_indices=chunk, seed=req.seed, batch_size=len(chunk),
-                                **{k: v for k, v in sampling.items() if v is not None})
-            for i, im in zip(chunk, images):
-                save_png(im, out / png_name(i), tmp_tag=tag)
-            bar.update(len(chunk))
-    complete = all((out / png_name(i)).is_file() for i in range(num))
-    if complete:
-        _write_aggregates(gen, out, job, req, sampling, tag)
+    with _write_errors(out):
+        _claim(out, identity, tag)
+        with _shard_lock(out, tag, job.shard):
+            for stale in out.glob(f".{tag}*{TMP_SUFFIX}"):  # left by a killed run of this shard: its lock is ours now
+                stale.unlink()
+            size = (int(gen.manifest.image["width"]), int(gen.manifest.image["height"]))
+            todo = [i for i in mine if not _on_disk(out / png_name(i), size)]
+            with tqdm(total=len(mine), initial=len(mine) - len(todo), unit="img", disable=not progress) as bar:
+                for lo in range(0, len(todo), job.batch_size):
+                    chunk = todo[lo:lo + job.batch_size]
+                    images = gen.sample(req.labels[chunk], image_indices=chunk, seed=req.seed, batch_size=len(chunk),
+                                        **{k: v for k, v in sampling.items() if v is not None})
+                    for i, im in zip(chunk, images):
+                        save_png(im, out / png_name(i), tmp_tag=tag)
+                    bar.update(len(chunk))
+            complete = all(_on_disk(out / png_name(i), size) for i in range(num))
+            if complete:
+                _write_aggregates(gen, out, job, req, sampling, tag)
     return BatchSummary(out, len(todo), len(mine) - len(todo), complete, time.perf_counter() - t0)
+
+
+# --- what may share a run folder: this run's PNGs, its writers' locks, nothing foreign -----------------
+
+@contextlib.contextmanager
+def _shard_lock(out: Path, tag: str, shard: tuple):
+    """Hold shard `tag`'s lock on `out` for the block. A second writer of the same shard is refused, so
+    the stale temporary files a run deletes at start can only be those of a dead writer. The kernel
+    drops the lock when its process dies, however it dies."""
+    path = out / f".{tag}writer{LOCK_SUFFIX}"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # the holder unlinks the file as it finishes: a lock on an unlinked file guards nothing
+            held = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except (BlockingIOError, FileNotFoundError):
+            held = False
+        if not held:
+            raise OutputError(f"another `dnd generate` is writing shard {shard[0]}/{shard[1]} of {out} now; let it "
+                              "finish, then rerun this command to resume or confirm the run.")
+        try:
+            yield
+        finally:
+            os.unlink(path)  # while still held: the next writer locks a fresh file
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _on_disk(path: Path, size: tuple) -> bool:
+    """Whether image `path` exists; a file there that this run cannot have written is refused by name."""
+    try:
+        with Image.open(path) as im:
+            if im.format == "PNG" and im.mode == "RGB" and im.size == size:
+                return True
+            found = f"a {im.format} {im.mode} image of {im.size[0]}x{im.size[1]}"
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        found = f"unreadable as an image ({type(e).__name__})"
+    raise InvalidInputError(f"{path} is {found}, not an image of this run (PNG RGB {size[0]}x{size[1]}): "
+                            "it was changed outside `dnd generate`. Delete it and rerun the same command to "
+                            "make it again.")
+
+
+@contextlib.contextmanager
+def _write_errors(out: Path):
+    """A failed write (disk full, read-only folder...) as one clean error; the files already in place are
+    complete, so the same command resumes once the cause is fixed."""
+    try:
+        yield
+    except OSError as e:
+        raise OutputError(f"writing {out} failed ({e.strerror or e}); the images written so far are kept. Free "
+                          "disk space or fix the folder's permissions and rerun the same command to resume, or "
+                          "choose another out folder.", ["out"]) from e
 
 
 def _write_aggregates(gen, out: Path, job: BatchJob, req, sampling: dict, tag: str) -> None:
@@ -158,9 +228,21 @@ def _write_aggregates(gen, out: Path, job: BatchJob, req, sampling: dict, tag: s
     atomic_write(out / METADATA_FILE, lambda f: f.write("".join(lines).encode()), tag)
     if job.npz:
         height, width = int(gen.manifest.image["height"]), int(gen.manifest.image["width"])
-        arrays = (np.asarray(Image.open(out / png_name(i)).convert("RGB")) for i in range(num))
+        arrays = (_pixels(out / png_name(i)) for i in range(num))
         write_npz(out / NPZ_FILE, arrays, (num, height, width, 3), tag)
     if job.grid:
-        shown = [Image.open(out / png_name(i)).convert("RGB") for i in range(min(num, GRID_MAX))]
+        shown = [_pixels(out / png_name(i)) for i in range(min(num, GRID_MAX))]
         cols = min(gen.num_classes, 16) if job.labels is None else math.ceil(math.sqrt(len(shown)))
-        save_png(contact_sheet(shown, cols), out / GRID_FILE, tmp_tag=tag)
+        captions = gen.num_classes > 1 if job.captions is None else job.captions
+        names = [gen.labels[x] for x in req.labels[:len(shown)]] if captions else None
+        save_png(contact_sheet([Image.fromarray(a) for a in shown], cols, captions=names), out / GRID_FILE, tmp_tag=tag)
+
+
+def _pixels(path: Path) -> np.ndarray:
+    """uint8 [H, W, 3] of one of the run's PNGs; one damaged after its header was checked is refused by name."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError, SyntaxError) as e:
+        raise InvalidInputError(f"{path} cannot be decoded ({e}): it was changed outside `dnd generate`. Delete it "
+                                "and rerun the same command to make it again.") from None

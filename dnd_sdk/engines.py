@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import BackendUnavailableError, ManifestError
-from .manifest import FileRef, sha256_file, verify_file
+from .manifest import FileRef, read_json, sha256_file
+from .model_files import inside, verify as verify_file
 
 FORMAT, VERSION = "dnd-engines", 1
 ENGINES_NAME = "engines.json"
@@ -65,8 +66,8 @@ def load_engine_index(folder, graphs=(), verify: bool = True) -> Optional[Engine
     path = Path(folder) / ENGINES_NAME
     if not path.is_file():
         return None
+    raw = read_json(path, 16 << 20, _REBUILD)
     try:
-        raw = json.loads(path.read_text())
         if raw.get("format") != FORMAT or raw.get("version") != VERSION:
             raise ManifestError(f"{path}: not a {FORMAT} v{VERSION} index. {_REBUILD}")
         index = EngineIndex(**{**raw, "files": {k: FileRef(**v) for k, v in raw["files"].items()}})
@@ -77,5 +78,5 @@ def load_engine_index(folder, graphs=(), verify: bool = True) -> Optional[Engine
         raise ManifestError(f"{path}: no engine for {missing}. {_REBUILD}")
     if verify:
         for ref in index.files.values():
-            verify_file(Path(folder) / ref.file, ref, ENGINES_NAME, _REBUILD)
+            verify_file(inside(folder, ref.file, ENGINES_NAME, _REBUILD), ref, ENGINES_NAME, _REBUILD)
     return index

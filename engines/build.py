@@ -105,7 +105,7 @@ def _copy_model_folder(manifest, model_dir: Path, tmp: Path) -> None:
     names = [ref.file for entry in manifest.files.values() for ref in (entry, *entry.external_data)]
     for name in [MANIFEST_NAME, *names]:
         (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(model_dir / name, tmp / name)
+        shutil.copyfile(model_dir / name, tmp / name)  # contents only: modes follow the umask
 
 
 def _build_engine(trt, builder, logger, onnx_path: Path, manifest_dtype: str, shapes: dict, config: BuildConfig,

@@ -13,6 +13,7 @@ import onnx
 import torch
 from torch.onnx import symbolic_helper
 
+from dnd_sdk.folders import usual_mode
 from dnd_sdk.manifest import DIM_NAMES, TensorSpec
 
 # protobuf cannot serialise a message past 2 GiB; stay clear of it with the graph structure on top
@@ -44,6 +45,7 @@ def export_graph(module, args, path: Path, input_names, output_names, dynamic_ax
         extra = [path.name + ".data"]
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=extra[0], size_threshold=1024)
+        usual_mode(path.parent / extra[0])  # onnx creates it 0600: a server running as another user could not read it
     else:
         onnx.save_model(model, str(path))
     onnx.checker.check_model(str(path), full_check=True)  # by path: works past 2 GB too

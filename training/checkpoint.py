@@ -17,13 +17,14 @@ from pathlib import Path
 import torch
 
 from dnd_sdk.errors import CheckpointError
-from dnd_sdk.folders import usual_mode
+from dnd_sdk.folders import fsync_folder, usual_mode
 from dnd_sdk.manifest import SAMPLER_KEYS
 from dnd_sdk.sampler import SamplingParams
 from .model import ModelArgs, Transformer
 from .tokenizer import RQTokenizer, TokenizerConfig, code_weights_differ
 
 FORMAT, VERSION = "dnd-checkpoint", 1
+MAX_CONFIG_INT = 1 << 20  # no count in a config (dims, layers, vocabulary, image side) comes near this
 REQUIRED_KEYS = ("format", "version", "model_config", "tokenizer_config", "model", "tokenizer", "labels", "meta")
 
 
@@ -64,7 +65,10 @@ def atomic_torch_save(obj, path) -> None:
     try:
         usual_mode(tmp)
         torch.save(obj, tmp)
+        with open(tmp, "rb") as f:  # on disk before the rename, so a power loss never leaves half a file
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_folder(path.parent)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -87,15 +91,20 @@ def save_checkpoint(path, model: Transformer, tokenizer: RQTokenizer, labels, me
 
 def read_torch_file(path: Path):
     """torch.load with weights_only=True; every way the file can be unreadable becomes a CheckpointError."""
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
+        raise CheckpointError(f"{path}: not a complete file written by torch.save (a text file, or truncated or "
+                              "corrupt?). Pass a checkpoint.pt written by `dnd train`.")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # weights_only refuses any global it does not know: a file that would run code lands here
+        refused = [line for line in str(e).splitlines() if "GLOBAL" in line or "Unsupported global" in line]
+        if not refused:
+            raise CheckpointError(f"{path}: not a readable torch file (corrupt?): {str(e).splitlines()[0]}") from None
         raise CheckpointError(
             f"{path}: refused to load, the file holds Python objects that a dnd file must not contain "
-            f"(loading it could run code). Re-save it with the dnd training code. Detail: {str(e).splitlines()[0]}"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+            f"(loading it could run code). Re-save it with the dnd training code. Detail: {refused[0]}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, KeyError, ValueError) as e:
         raise CheckpointError(f"{path}: not a readable torch file (truncated or corrupt?): {e}") from None
 
 
@@ -105,7 +114,22 @@ def _read(path: Path) -> dict:
     return read_torch_file(path)
 
 
-def _check_shapes(name: str, module: torch.nn.Module, state: dict) -> None:
+def _check_config(path: Path, name: str, config) -> None:
+    """Every count in a config is a positive int of a sane size: a negative or absurd one would fail
+    deep inside torch, or ask for terabytes, instead of naming the field."""
+    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        # a list holds layer positions or multipliers (0 allowed); a single int is a count (>= 1)
+        bad = (any(is_int(v) and not 0 <= v <= MAX_CONFIG_INT for v in value) if isinstance(value, list)
+               else is_int(value) and not 1 <= value <= MAX_CONFIG_INT)
+        if bad:
+            raise CheckpointError(f"{path}: {name}.{f.name} = {value!r} is out of range (1..{MAX_CONFIG_INT})")
+
+
+def _check_weights(name: str, module: torch.nn.Module, state: dict) -> None:
+    """The state dict has exactly the module's tensors, with their shapes, float where the module's are
+    float, and finite."""
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -115,6 +139,12 @@ def _check_shapes(name: str, module: torch.nn.Module, state: dict) -> None:
         if not isinstance(state[key], torch.Tensor) or tuple(state[key].shape) != tuple(ref.shape):
             got = tuple(state[key].shape) if isinstance(state[key], torch.Tensor) else type(state[key]).__name__
             raise CheckpointError(f"{name} weight {key!r} has shape {got}, its config implies {tuple(ref.shape)}")
+        tensor = state[key]
+        if ref.is_floating_point() and not tensor.is_floating_point():
+            raise CheckpointError(f"{name} weight {key!r} is {tensor.dtype}, expected floating point")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{name} weight {key!r} holds NaN or infinite values; the training run diverged "
+                                  "or the file is damaged. Use an earlier checkpoint.")
 
 
 def load_checkpoint(path) -> Checkpoint:
@@ -132,8 +162,14 @@ def load_checkpoint(path) -> Checkpoint:
     ckpt = Checkpoint(**{k: raw[k] for k in REQUIRED_KEYS[2:]})
     try:
         model_args, tok_args = ckpt.model_args, ckpt.tokenizer_args
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, AssertionError, ZeroDivisionError) as e:
         raise CheckpointError(f"{path}: invalid config: {e}") from None
+    _check_config(path, "model_config", model_args)
+    _check_config(path, "tokenizer_config", tok_args)
+    if not isinstance(ckpt.labels, list) or not all(isinstance(x, str) and x for x in ckpt.labels):
+        raise CheckpointError(f"{path}: labels must be a list of non-empty strings, got {type(ckpt.labels).__name__}")
+    if not isinstance(ckpt.model, dict) or not isinstance(ckpt.tokenizer, dict):
+        raise CheckpointError(f"{path}: model and tokenizer must be state dicts of tensors")
     if len(ckpt.labels) != model_args.num_classes:
         raise CheckpointError(f"{path}: {len(ckpt.labels)} labels but num_classes={model_args.num_classes}")
     if model_args.vocab_size != tok_args.codebook_size or model_args.num_pred_heads != tok_args.depth:
@@ -143,9 +179,14 @@ def load_checkpoint(path) -> Checkpoint:
     if (model_args.grid_h, model_args.grid_w) != (tok_args.grid_h, tok_args.grid_w):
         raise CheckpointError(f"{path}: transformer grid {model_args.grid_h}x{model_args.grid_w} "
                               f"!= tokenizer grid {tok_args.grid_h}x{tok_args.grid_w}")
-    with torch.device("meta"):
-        _check_shapes("model", Transformer(model_args), ckpt.model)
-        _check_shapes("tokenizer", RQTokenizer(tok_args), ckpt.tokenizer)
+    try:
+        with torch.device("meta"):
+            model, tokenizer = Transformer(model_args), RQTokenizer(tok_args)
+    except (RuntimeError, ValueError, AssertionError, TypeError, ZeroDivisionError) as e:
+        raise CheckpointError(f"{path}: its config does not describe a buildable model "
+                              f"({type(e).__name__}: {e})") from None
+    _check_weights("model", model, ckpt.model)
+    _check_weights("tokenizer", tokenizer, ckpt.tokenizer)
     return ckpt
 
 

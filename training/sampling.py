@@ -8,7 +8,7 @@ names as `dnd_sdk.sampler`, whose numpy code it mirrors.
 import numpy as np
 import torch
 
-from dnd_sdk.sampler import SamplingParams, image_uniforms
+from dnd_sdk.sampler import GREEDY_TEMPERATURE, SamplingParams, image_uniforms
 
 
 def logits_to_probs(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
@@ -36,7 +36,7 @@ def _softmax(x, keep):
 
 def sample(logits: torch.Tensor, u: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0):
     """One token per row of [B, V] logits, using the row's uniform u [B] (float64)."""
-    if temperature == 0:
+    if temperature < GREEDY_TEMPERATURE:
         return logits.argmax(-1)
     probs = logits_to_probs(logits, temperature, top_k, top_p)
     token = (torch.cumsum(probs, -1) <= u[:, None]).sum(-1)

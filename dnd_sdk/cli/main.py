@@ -9,6 +9,7 @@ import logging
 import click
 
 from ..errors import DndError
+from .flags import in_flags
 
 # name: ("module:attribute", one-line help, extra that installs its dependencies)
 COMMANDS = {
@@ -53,7 +54,8 @@ class CommandRegistry(click.Group):
         try:
             return super().invoke(ctx)
         except DndError as e:  # a user error: its message, exit 1, no traceback
-            raise click.ClickException(str(e)) from None
+            command = self.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
+            raise click.ClickException(in_flags(e, command) if command else str(e)) from None
 
 
 @click.group(cls=CommandRegistry, context_settings={"help_option_names": ["-h", "--help"]})
