@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from .errors import ManifestError
+from .labels import label_problem
 
 FORMAT, VERSION = "dnd-model", 1
 MANIFEST_NAME = "manifest.json"
@@ -174,6 +175,8 @@ class Manifest:
         absent = [n for n in needed if n not in self.files]
         if absent:
             problems.append(f"files lacks entries {absent}")
+        if label_problem(self.labels):
+            problems.append(label_problem(self.labels))
         if problems:
             raise ManifestError("manifest.json is invalid: " + "; ".join(problems) + f". {_RERUN}")
 

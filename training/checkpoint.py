@@ -18,10 +18,11 @@ import torch
 
 from dnd_sdk.errors import CheckpointError
 from dnd_sdk.folders import usual_mode
+from dnd_sdk.labels import label_problem
 from dnd_sdk.manifest import SAMPLER_KEYS
 from dnd_sdk.sampler import SamplingParams
 from .model import ModelArgs, Transformer
-from .tokenizer import RQTokenizer, TokenizerConfig, code_weights_differ
+from .tokenizer import RQTokenizer, TokenizerConfig, code_weights_differ, migrate_codebook_keys
 
 FORMAT, VERSION = "dnd-checkpoint", 1
 REQUIRED_KEYS = ("format", "version", "model_config", "tokenizer_config", "model", "tokenizer", "labels", "meta")
@@ -49,6 +50,20 @@ class Checkpoint:
         model.load_state_dict(self.model)
         return model.to(dtype).eval()
 
+    def stream_model(self, dtype=torch.float32) -> Transformer:
+        """The model for export, holding one copy of the weights: built on the meta device, it takes over the
+        loaded tensors (mmap-backed with `load_checkpoint(mmap=True)`), casts them one at a time and empties
+        `self.model` as it goes. The Checkpoint has no transformer weights afterwards."""
+        with torch.device("meta"):
+            model = Transformer(self.model_args)
+        model.load_state_dict(self.model, assign=True)
+        self.model = {}
+        for module in model.modules():
+            for name, p in list(module.named_parameters(recurse=False)):
+                if p.dtype != dtype:  # the old tensor is dropped before the next one is cast
+                    setattr(module, name, torch.nn.Parameter(p.detach().to(dtype), requires_grad=False))
+        return model.eval()
+
     def build_tokenizer(self) -> RQTokenizer:
         tokenizer = RQTokenizer(self.tokenizer_args)
         tokenizer.load_state_dict(self.tokenizer)
@@ -74,6 +89,8 @@ def save_checkpoint(path, model: Transformer, tokenizer: RQTokenizer, labels, me
     labels = [str(x) for x in labels]
     if len(labels) != model.args.num_classes:
         raise CheckpointError(f"{len(labels)} labels for a model with num_classes={model.args.num_classes}")
+    if label_problem(labels):
+        raise CheckpointError(label_problem(labels))
     atomic_torch_save({
         "format": FORMAT, "version": VERSION,
         "model_config": dataclasses.asdict(model.args),
@@ -85,10 +102,11 @@ def save_checkpoint(path, model: Transformer, tokenizer: RQTokenizer, labels, me
     }, path)
 
 
-def read_torch_file(path: Path):
-    """torch.load with weights_only=True; every way the file can be unreadable becomes a CheckpointError."""
+def read_torch_file(path: Path, mmap: bool = False):
+    """torch.load with weights_only=True; every way the file can be unreadable becomes a CheckpointError.
+    mmap: tensors stay in the file's pages until touched (the way to open a multi-GB checkpoint)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         # weights_only refuses any global it does not know: a file that would run code lands here
         raise CheckpointError(
@@ -99,10 +117,10 @@ def read_torch_file(path: Path):
         raise CheckpointError(f"{path}: not a readable torch file (truncated or corrupt?): {e}") from None
 
 
-def _read(path: Path) -> dict:
+def _read(path: Path, mmap: bool = False) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file. Train one with `dnd train` or pass the right path.")
-    return read_torch_file(path)
+    return read_torch_file(path, mmap)
 
 
 def _check_shapes(name: str, module: torch.nn.Module, state: dict) -> None:
@@ -117,10 +135,11 @@ def _check_shapes(name: str, module: torch.nn.Module, state: dict) -> None:
             raise CheckpointError(f"{name} weight {key!r} has shape {got}, its config implies {tuple(ref.shape)}")
 
 
-def load_checkpoint(path) -> Checkpoint:
-    """Load and validate a checkpoint; every problem raises CheckpointError naming it."""
+def load_checkpoint(path, mmap: bool = False) -> Checkpoint:
+    """Load and validate a checkpoint; every problem raises CheckpointError naming it.
+    mmap: leave the tensors in the file's pages until used (see Checkpoint.stream_model)."""
     path = Path(path)
-    raw = _read(path)
+    raw = _read(path, mmap)
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         got = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
         raise CheckpointError(f"{path}: format is {got!r}, expected {FORMAT!r}. Is this a dnd-sdk checkpoint?")
@@ -136,6 +155,9 @@ def load_checkpoint(path) -> Checkpoint:
         raise CheckpointError(f"{path}: invalid config: {e}") from None
     if len(ckpt.labels) != model_args.num_classes:
         raise CheckpointError(f"{path}: {len(ckpt.labels)} labels but num_classes={model_args.num_classes}")
+    if label_problem(ckpt.labels):
+        raise CheckpointError(f"{path}: {label_problem(ckpt.labels)}; fix the labels and save the checkpoint again")
+    migrate_codebook_keys(ckpt.tokenizer, tok_args.depth)  # files written before the published codebook layout
     if model_args.vocab_size != tok_args.codebook_size or model_args.num_pred_heads != tok_args.depth:
         raise CheckpointError(
             f"{path}: transformer (vocab {model_args.vocab_size}, depth {model_args.num_pred_heads}) does not match "
