@@ -13,7 +13,7 @@ setup(
     python_requires=">=3.10",
     packages=[
         "dnd_sdk", "dnd_sdk.backends", "dnd_sdk.cli",
-        "dnd_training", "dnd_export", "dnd_engines",
+        "dnd_training", "dnd_training.importers", "dnd_export", "dnd_engines",
     ],
     package_dir={
         "dnd_sdk": "dnd_sdk",
@@ -21,7 +21,7 @@ setup(
         "dnd_export": "export",
         "dnd_engines": "engines",
     },
-    package_data={"dnd_training": ["words.txt"]},
+    package_data={"dnd_training": ["words.txt"], "dnd_training.importers": ["imagenet_classes.txt"]},
     install_requires=["numpy", "pillow", "click>=8", "onnxruntime", "tqdm"],
     extras_require={
         "train": ["torch>=2.4", "onnx", "onnxscript", "polygraphy", "pyyaml"],
