@@ -6,12 +6,15 @@
     set_sampler_defaults("checkpoint.pt", cfg_scale=1.5, temperature=0.3)   # what `dnd generate` uses
     set_tokenizer("checkpoint.pt", "runs/tok-decoder/tokenizer.pt")          # a decoder fine-tuned later
 """
+import ctypes
 import dataclasses
 import os
 import pickle
+import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
+from mmap import PAGESIZE
 from pathlib import Path
 
 import torch
@@ -36,6 +39,7 @@ class Checkpoint:
     tokenizer: dict
     labels: list
     meta: dict
+    mapped: bool = False  # tensors read through mmap (load_checkpoint(mmap=True))
 
     @property
     def model_args(self) -> ModelArgs:
@@ -60,14 +64,30 @@ class Checkpoint:
         self.model = {}
         for module in model.modules():
             for name, p in list(module.named_parameters(recurse=False)):
-                if p.dtype != dtype:  # the old tensor is dropped before the next one is cast
+                if p.dtype != dtype:
                     setattr(module, name, torch.nn.Parameter(p.detach().to(dtype), requires_grad=False))
+                    if self.mapped:
+                        release_pages(p)
         return model.eval()
 
     def build_tokenizer(self) -> RQTokenizer:
         tokenizer = RQTokenizer(self.tokenizer_args)
         tokenizer.load_state_dict(self.tokenizer)
         return tokenizer.eval()
+
+
+def release_pages(t: torch.Tensor) -> None:
+    """Drop the resident pages of a tensor read through a private, unwritten file mmap once it is no longer
+    needed: reading it faulted them into this process, and the file's mapping lives as long as any tensor of
+    the file does, so casting a whole model would otherwise hold both copies. The data stays in the file (and
+    the page cache); a later read faults it back in. Only the pages wholly inside the tensor are dropped."""
+    if not sys.platform.startswith("linux"):
+        return
+    storage, page = t.untyped_storage(), PAGESIZE
+    lo = (storage.data_ptr() + page - 1) // page * page
+    hi = (storage.data_ptr() + storage.nbytes()) // page * page
+    if hi > lo:
+        ctypes.CDLL(None).madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), 4)  # 4 = MADV_DONTNEED
 
 
 def atomic_torch_save(obj, path) -> None:
@@ -148,7 +168,7 @@ def load_checkpoint(path, mmap: bool = False) -> Checkpoint:
     missing = [k for k in REQUIRED_KEYS if k not in raw]
     if missing:
         raise CheckpointError(f"{path}: missing required key(s) {missing}")
-    ckpt = Checkpoint(**{k: raw[k] for k in REQUIRED_KEYS[2:]})
+    ckpt = Checkpoint(**{k: raw[k] for k in REQUIRED_KEYS[2:]}, mapped=mmap)
     try:
         model_args, tok_args = ckpt.model_args, ckpt.tokenizer_args
     except (TypeError, ValueError) as e:
