@@ -364,6 +364,7 @@ def import_official(gpt_path, tokenizer_path, out_path, settings: ImportSettings
     yaml_path = Path(settings.tokenizer_config or tokenizer_path.parent / "config.yaml")
     tok_cfg = tokenizer_config(read_tokenizer_yaml(yaml_path), tok_state, image_size, yaml_path)
     tokenizer = build_tokenizer(tok_cfg, tok_state, tokenizer_path)
+    del tok_state  # copied into the tokenizer
 
     # mmap: the GPT tensors stay in the file's pages and go to the output one storage at a time
     gpt_state = gpt_state_dict(load_untrusted(gpt_path, mmap=True), gpt_path)
