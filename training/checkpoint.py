@@ -143,7 +143,7 @@ def _read(path: Path, mmap: bool = False) -> dict:
     return read_torch_file(path, mmap)
 
 
-def _check_shapes(name: str, module: torch.nn.Module, state: dict) -> None:
+def check_shapes(name: str, module: torch.nn.Module, state: dict) -> None:
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -186,8 +186,8 @@ def load_checkpoint(path, mmap: bool = False) -> Checkpoint:
         raise CheckpointError(f"{path}: transformer grid {model_args.grid_h}x{model_args.grid_w} "
                               f"!= tokenizer grid {tok_args.grid_h}x{tok_args.grid_w}")
     with torch.device("meta"):
-        _check_shapes("model", Transformer(model_args), ckpt.model)
-        _check_shapes("tokenizer", RQTokenizer(tok_args), ckpt.tokenizer)
+        check_shapes("model", Transformer(model_args), ckpt.model)
+        check_shapes("tokenizer", RQTokenizer(tok_args), ckpt.tokenizer)
     return ckpt
 
 

@@ -269,7 +269,7 @@ def _run(args):
 
 
 @pytest.mark.parametrize("case", ["swapped", "swapped-reverse", "disagree", "no-config", "truncated", "not-torch",
-                                  "no-heads"])
+                                  "no-heads", "t2i"])
 def test_bad_input_is_one_line_exit_1_nothing_written(own_files, tmp_path, case):
     tmp, tok, model, state, tok_file = own_files
     gpt = tmp_path / "gpt.pt"
@@ -296,12 +296,15 @@ def test_bad_input_is_one_line_exit_1_nothing_written(own_files, tmp_path, case)
         gpt.write_text("hello")
     elif case == "no-heads":
         extra = ["--num-classes", "3"]
+    elif case == "t2i":
+        (tmp_path / "t2i.json").write_text(json.dumps({**GPT_ARGS, "model_type": "t2i"}))
+        extra = ["--gpt-args", tmp_path / "t2i.json"]
     code, output = _run([gpt_in, tok_in, "-o", out, *extra])
     assert code == 1 and len(output.splitlines()) == 1 and "Traceback" not in output, output
-    assert not out.exists() and not out.parent.exists() or not any(out.parent.iterdir())
+    assert not out.parent.exists()  # refused before anything was written
     expected = {"swapped": "GPT file first", "swapped-reverse": "GPT file first", "disagree": "dim",
                 "no-config": "config.yaml", "truncated": "not a readable torch file",
-                "not-torch": "not a readable torch file", "no-heads": "n_head"}[case]
+                "not-torch": "not a readable torch file", "no-heads": "n_head", "t2i": "t2i"}[case]
     assert expected in output, output
     if case == "disagree":
         assert "48" in output and "32" in output and "tok_embeddings.weight" in output

@@ -22,7 +22,7 @@ import yaml
 
 from dnd_sdk.errors import CheckpointError, InvalidInputError
 from dnd_sdk.labels import label_problem
-from ..checkpoint import FORMAT, VERSION, _check_shapes, atomic_torch_save
+from ..checkpoint import FORMAT, VERSION, check_shapes, atomic_torch_save
 from ..model import ModelArgs, Transformer
 from ..tokenizer import RQTokenizer, TokenizerConfig
 from .safe_load import load_untrusted
@@ -233,7 +233,7 @@ def dnd_model_state(state: dict, args: ModelArgs) -> dict:
     with torch.device("meta"):
         reference = Transformer(args)
     out = {k: v for k, v in state.items() if k in reference.state_dict()}
-    _check_shapes("GPT", reference, out)
+    check_shapes("GPT", reference, out)
     return out
 
 
@@ -242,8 +242,8 @@ def dnd_model_state(state: dict, args: ModelArgs) -> dict:
 def tokenizer_state_dict(raw, path) -> dict:
     state = raw.get("state_dict") if isinstance(raw, dict) else None
     if not isinstance(state, dict):
-        looks_gpt = isinstance(raw, dict) and any("tok_embeddings.weight" in str(k) for d in [raw, *[
-            v for v in raw.values() if isinstance(v, dict)]] for k in d)
+        inner = [raw, *(v for v in raw.values() if isinstance(v, dict))] if isinstance(raw, dict) else []
+        looks_gpt = any(str(k).endswith("tok_embeddings.weight") for d in inner for k in d)
         hint = " It looks like the GPT file: give the GPT file first, the tokenizer second." if looks_gpt else ""
         raise CheckpointError(f"{path}: not a published RQ-VAE tokenizer file (no state_dict entry).{hint}")
     if "encoder.conv_in.weight" not in state or "quantizer.codebooks.0.weight" not in state:
@@ -323,7 +323,7 @@ def build_tokenizer(cfg: TokenizerConfig, state: dict, path) -> RQTokenizer:
     if missing or unexpected:
         raise CheckpointError(f"{path}: not the published RQ-VAE layout for its config: missing {missing[:8]}, "
                               f"unexpected {unexpected[:8]}")
-    _check_shapes("tokenizer", tokenizer, state)
+    check_shapes("tokenizer", tokenizer, state)
     tokenizer.load_state_dict(state)
     return tokenizer.eval()
 
