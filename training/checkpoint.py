@@ -73,6 +73,9 @@ class Checkpoint:
     def build_tokenizer(self) -> RQTokenizer:
         tokenizer = RQTokenizer(self.tokenizer_args)
         tokenizer.load_state_dict(self.tokenizer)
+        if self.mapped:  # copied: the file's pages need not stay in memory beside the mapped transformer
+            for t in self.tokenizer.values():
+                release_pages(t)
         return tokenizer.eval()
 
 
