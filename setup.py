@@ -13,7 +13,7 @@ setup(
     python_requires=">=3.10",
     packages=[
         "dnd_sdk", "dnd_sdk.backends", "dnd_sdk.cli",
-        "dnd_training", "dnd_export", "dnd_engines",
+        "dnd_training", "dnd_training.importers", "dnd_export", "dnd_engines",
     ],
     package_dir={
         "dnd_sdk": "dnd_sdk",
@@ -21,7 +21,7 @@ setup(
         "dnd_export": "export",
         "dnd_engines": "engines",
     },
-    package_data={"dnd_training": ["words.txt"]},
+    package_data={"dnd_training": ["words.txt"], "dnd_training.importers": ["imagenet_classes.txt"]},
     # ONNX Runtime comes from an extra: onnxruntime and onnxruntime-gpu install the same module and
     # must never meet in one environment, so choose exactly one of cpu, gpu and gpu-cu12
     install_requires=["numpy", "pillow", "click>=8", "tqdm"],

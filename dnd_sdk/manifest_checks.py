@@ -3,6 +3,7 @@ with the graphs' I/O specs. `problems(manifest)` lists what is wrong; Manifest r
 when the list is not empty, so the runtime never allocates from a number it has not checked.
 """
 from .errors import InvalidInputError
+from .labels import label_problem
 from .manifest import DTYPES, KV_TEMPLATES, SAMPLER_KEYS
 from .sampler import SamplingParams
 
@@ -47,6 +48,7 @@ def problems(m) -> list:
                      and all(isinstance(x, str) and x for x in m.labels),
                      "labels must be a non-empty list of non-empty strings")
     if labels_ok:
+        need(label_problem(m.labels) is None, str(label_problem(m.labels)))
         need(m.null_class is None or _int_in(m.null_class, len(m.labels), len(m.labels)),
              f"null_class must be null or {len(m.labels)} (the number of labels), got {m.null_class!r}")
     need(isinstance(m.kv, dict) and set(m.kv) == set(KV_TEMPLATES) and all(_kv_template(t) for t in m.kv.values()),

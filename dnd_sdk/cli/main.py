@@ -17,6 +17,7 @@ COMMANDS = {
     "info": ("dnd_sdk.cli.info:info", "Print the summary of a model folder's manifest.", None),
     "train": ("dnd_training.cli:train", "Train a tokenizer, extract codes, train a transformer.", "train"),
     "export": ("dnd_export.cli:main", "Export a checkpoint.pt to an ONNX model folder (same as dnd-export).", "export"),
+    "import": ("dnd_training.importers.cli:import_group", "Turn published checkpoints into a dnd checkpoint.pt.", "train"),
     "eval": ("dnd_training.eval_cli:evaluate", "Judge models, tokenizers, images or the dataset with OCR.", "eval"),
     "bench": ("dnd_export.bench_cli:bench", "Images/s of the runtime vs the PyTorch reference, as JSON.", "export"),
 }
