@@ -11,7 +11,7 @@ $(VENV)/.installed: setup.py
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[train,eval,dev,ray]"
+	$(PY) -m pip install -q -e ".[train,cpu,eval,dev,ray]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -24,11 +24,12 @@ system-deps:
 	  else echo "install tesseract-ocr and fonts-dejavu-core with your package manager"; fi; \
 	fi
 
+# the demo writes only its own folders: out/model is where the README puts the user's exports
 demo: setup
-	rm -rf $(OUT)/model $(OUT)/samples
-	$(VENV)/bin/dnd-export $(MODEL)/checkpoint.pt -o $(OUT)/model
-	$(VENV)/bin/dnd generate $(OUT)/model --per-class 2 --out $(OUT)/samples --grid
-	@echo "Wrote $(OUT)/samples/grid.png"
+	rm -rf $(OUT)/demo-model $(OUT)/demo-samples
+	$(VENV)/bin/dnd-export $(MODEL)/checkpoint.pt -o $(OUT)/demo-model
+	$(VENV)/bin/dnd generate $(OUT)/demo-model --per-class 2 --out $(OUT)/demo-samples --grid
+	@echo "Wrote $(OUT)/demo-samples/grid.png"
 
 test: setup system-deps
 	$(PY) -m pytest tests -q

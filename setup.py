@@ -13,7 +13,7 @@ setup(
     python_requires=">=3.10",
     packages=[
         "dnd_sdk", "dnd_sdk.backends", "dnd_sdk.cli",
-        "dnd_training", "dnd_export", "dnd_engines",
+        "dnd_training", "dnd_training.importers", "dnd_export", "dnd_engines",
     ],
     package_dir={
         "dnd_sdk": "dnd_sdk",
@@ -21,12 +21,19 @@ setup(
         "dnd_export": "export",
         "dnd_engines": "engines",
     },
-    package_data={"dnd_training": ["words.txt"]},
-    install_requires=["numpy", "pillow", "click>=8", "onnxruntime", "tqdm"],
+    package_data={"dnd_training": ["words.txt"], "dnd_training.importers": ["imagenet_classes.txt"]},
+    # ONNX Runtime comes from an extra: onnxruntime and onnxruntime-gpu install the same module and
+    # must never meet in one environment, so choose exactly one of cpu, gpu and gpu-cu12
+    install_requires=["numpy", "pillow", "click>=8", "tqdm"],
     extras_require={
+        "cpu": ["onnxruntime"],
+        # TensorRT 10 and 11 (the API dnd-build and the backend follow); their plain `tensorrt` wheels
+        # are CUDA 13 builds fetched from https://pypi.nvidia.com and need driver r580+ (README)
+        "gpu": ["onnxruntime-gpu", "tensorrt>=10,<12", "cuda-python>=12.6.1"],
+        # the CUDA 12 builds, for drivers r535+; cuda-python 13 would need a CUDA 13 driver
+        "gpu-cu12": ["onnxruntime-gpu", "tensorrt-cu12>=10,<12", "cuda-python>=12.6.1,<13"],
         "train": ["torch>=2.4", "onnx", "onnxscript", "polygraphy", "pyyaml"],
         "export": ["torch>=2.4", "onnx", "onnxscript", "polygraphy"],
-        "gpu": ["onnxruntime-gpu", "tensorrt", "polygraphy"],
         "eval": ["pytesseract"],
         "ray": ["ray>=2.60,<3"],
         "dev": ["pytest", "hypothesis"],

@@ -12,8 +12,11 @@ Shards share the output folder; whichever finishes last writes those files.
 run_batch is plan_run, open_run, then sample_chunk and write_chunk per chunk, then finish_run;
 `dnd_sdk.ray_batch` runs the same steps with sample_chunk on Ray workers.
 """
+import contextlib
+import fcntl
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +26,13 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .errors import InvalidInputError
+from .arguments import MAX_IMAGES, integer
+from .errors import InvalidInputError, OutputError
 from .images import TMP_SUFFIX, atomic_write, contact_sheet, save_png, write_npz
 
 RUN_FILE, METADATA_FILE, NPZ_FILE, GRID_FILE = "run.json", "metadata.jsonl", "samples.npz", "grid.png"
 GRID_MAX = 256  # images on the contact sheet; it is a preview, not the data set
+LOCK_SUFFIX = ".lock"
 
 
 @dataclass
@@ -48,6 +53,7 @@ class BatchJob:
     shard: tuple = (0, 1)
     npz: bool = False
     grid: bool = False
+    captions: Optional[bool] = None  # label under each grid cell; None: when the model has more than one class
 
 
 @dataclass
@@ -64,18 +70,20 @@ def png_name(index: int) -> str:
 
 
 def _count(job: BatchJob, num_classes: int) -> int:
+    if job.labels is not None and not isinstance(job.labels, (list, tuple)):
+        raise InvalidInputError(f"labels must be a list of class names or ids, got {job.labels!r}", ["labels"])
     if job.labels is not None and job.per_class is not None:
-        raise InvalidInputError("give labels or per_class, not both")
+        raise InvalidInputError("give labels or per_class, not both", ["labels", "per_class"])
     if job.per_class is not None:
-        if isinstance(job.per_class, bool) or not isinstance(job.per_class, int) or job.per_class < 1:
-            raise InvalidInputError(f"per_class must be an integer >= 1, got {job.per_class!r}")
-        if job.num is not None and job.num != job.per_class * num_classes:
-            raise InvalidInputError(f"num={job.num} contradicts per_class={job.per_class} x {num_classes} classes; "
-                                    "give only one of them")
-        return job.per_class * num_classes
+        per_class = integer(job.per_class, "per_class", 1, MAX_IMAGES // num_classes)
+        if job.num is not None and job.num != per_class * num_classes:
+            raise InvalidInputError(f"num={job.num} contradicts per_class={per_class} x {num_classes} classes; "
+                                    "give only one of them", ["num", "per_class"])
+        return per_class * num_classes
     if job.num is None:
         if not job.labels:
-            raise InvalidInputError("say how many images: give num, labels or per_class")
+            raise InvalidInputError("say how many images: give num, labels or per_class",
+                                    ["num", "labels", "per_class"])
         return len(job.labels)
     return job.num
 
@@ -83,7 +91,7 @@ def _count(job: BatchJob, num_classes: int) -> int:
 def _shard_range(shard, num: int) -> range:
     i, n = shard
     if not (isinstance(i, int) and isinstance(n, int) and 0 <= i < n):
-        raise InvalidInputError(f"shard must be I/N with 0 <= I < N, got {i}/{n}")
+        raise InvalidInputError(f"shard must be I/N with 0 <= I < N, got {i}/{n}", ["shard"])
     return range(i * num // n, (i + 1) * num // n)
 
 
@@ -92,19 +100,24 @@ def _claim(out: Path, identity: dict, tag: str) -> None:
     run_file = out / RUN_FILE
     if not run_file.is_file():
         # another shard starting at the same moment may have its temporary or finished run.json there
-        ours = lambda p: p.name == RUN_FILE or (p.name.startswith(".") and p.name.endswith(TMP_SUFFIX))  # noqa: E731
+        ours = lambda p: p.name == RUN_FILE or (  # noqa: E731
+            p.name.startswith(".") and p.name.endswith((TMP_SUFFIX, LOCK_SUFFIX)))
         if out.exists() and (not out.is_dir() or not all(ours(p) for p in out.iterdir())):
             raise InvalidInputError(f"{out} exists and was not made by `dnd generate` (no {RUN_FILE}); "
-                                    "choose a new or empty output folder.")
+                                    "choose a new or empty out folder.", ["out"])
         out.mkdir(parents=True, exist_ok=True)
         # the first shard's run.json stays: every later one, simultaneous or not, is checked against it
         atomic_write(run_file, lambda f: f.write((json.dumps(identity, indent=2) + "\n").encode()), tag,
                      keep_existing=True)
-    stored = json.loads(run_file.read_text())
+    try:
+        stored = json.loads(run_file.read_text())
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise InvalidInputError(f"{run_file} is not a run file of `dnd generate`; choose a new out folder.",
+                                ["out"]) from None
     diff = [f"{k}: {stored.get(k)!r} there, {identity[k]!r} now" for k in identity if stored.get(k) != identity[k]]
     if diff:
         raise InvalidInputError(f"{out} holds a run made with different arguments ({'; '.join(diff)}). "
-                                "Rerun with the original arguments to resume it, or choose a new output folder.")
+                                "Rerun with the original arguments to resume it, or choose a new out folder.", ["out"])
 
 
 @dataclass(frozen=True)
@@ -115,11 +128,11 @@ class RunPlan:
     labels: np.ndarray   # class id of every index of the run
     seed: int
     sampling: dict       # the resolved sampling settings (None where unset)
+    shard: tuple
     mine: range          # this shard's indices
-    tag: str             # prefix of this shard's temporary files
+    tag: str             # prefix of this shard's temporary files and lock
     label_names: tuple
-    image_size: tuple    # (height, width)
-    grid_cols: int
+    image_size: tuple    # (width, height)
 
 
 def plan_run(gen, job: BatchJob) -> RunPlan:
@@ -134,20 +147,22 @@ def plan_run(gen, job: BatchJob) -> RunPlan:
                 "model_sha256": {name: e.sha256 for name, e in sorted(gen.manifest.files.items())},
                 "num": num, "labels": None if labels is None else [int(x) for x in req.labels[:len(labels)]],
                 "seed": req.seed, "sampling": {k: list(v) if isinstance(v, tuple) else v for k, v in sampling.items()}}
-    shown = min(num, GRID_MAX)
-    return RunPlan(identity, req.labels, req.seed, sampling, mine, f"shard{job.shard[0]}of{job.shard[1]}-",
-                   tuple(gen.labels), (int(gen.manifest.image["height"]), int(gen.manifest.image["width"])),
-                   min(gen.num_classes, 16) if job.labels is None else math.ceil(math.sqrt(shown)))
+    return RunPlan(identity, req.labels, req.seed, sampling, tuple(job.shard), mine,
+                   f"shard{job.shard[0]}of{job.shard[1]}-", tuple(gen.labels),
+                   (int(gen.manifest.image["width"]), int(gen.manifest.image["height"])))
 
 
-def open_run(out: Path, plan: RunPlan) -> list:
-    """Claim `out` for the run (or check that it holds this run), remove this shard's leftover
-    temporary files, and return this shard's indices that have no PNG yet."""
-    _claim(out, plan.identity, plan.tag)
-    for stale in out.glob(f".{plan.tag}*{TMP_SUFFIX}"):  # left by a killed run of this shard
-        stale.unlink()
-    done = {p.name for p in out.glob("*.png")}
-    return [i for i in plan.mine if png_name(i) not in done]
+@contextlib.contextmanager
+def open_run(out: Path, plan: RunPlan):
+    """Hold `out` for this shard while the block writes: claim the folder (or check that it holds this
+    run), take the shard's writer lock and remove its leftover temporary files. Yields this shard's
+    indices without a PNG. A failed write in the block becomes one OutputError."""
+    with _write_errors(out):
+        _claim(out, plan.identity, plan.tag)
+        with _shard_lock(out, plan.tag, plan.shard):
+            for stale in out.glob(f".{plan.tag}*{TMP_SUFFIX}"):  # a killed writer's: its lock is ours now
+                stale.unlink()
+            yield [i for i in plan.mine if not _on_disk(out / png_name(i), plan.image_size)]
 
 
 def sample_chunk(gen, plan: RunPlan, chunk: list) -> list:
@@ -163,7 +178,7 @@ def write_chunk(out: Path, plan: RunPlan, chunk: list, images: list) -> None:
 
 def finish_run(out: Path, plan: RunPlan, job: BatchJob) -> bool:
     """Write the aggregate files if every index of the run has its PNG; returns whether it has."""
-    complete = all((out / png_name(i)).is_file() for i in range(len(plan.labels)))
+    complete = all(_on_disk(out / png_name(i), plan.image_size) for i in range(len(plan.labels)))
     if complete:
         _write_aggregates(out, plan, job)
     return complete
@@ -186,27 +201,96 @@ def run_batch(gen, out, job: BatchJob, progress: bool = True) -> BatchSummary:
     """
     t0, out = time.perf_counter(), Path(out)
     plan = plan_run(gen, job)
-    todo = open_run(out, plan)
     mine = plan.mine
-    with tqdm(total=len(mine), initial=len(mine) - len(todo), unit="img", disable=not progress) as bar:
-        for lo in range(0, len(todo), job.batch_size):
-            chunk = todo[lo:lo + job.batch_size]
-            write_chunk(out, plan, chunk, sample_chunk(gen, plan, chunk))
-            bar.update(len(chunk))
-    complete = finish_run(out, plan, job)
+    with open_run(out, plan) as todo:
+        with tqdm(total=len(mine), initial=len(mine) - len(todo), unit="img", disable=not progress) as bar:
+            for lo in range(0, len(todo), job.batch_size):
+                chunk = todo[lo:lo + job.batch_size]
+                write_chunk(out, plan, chunk, sample_chunk(gen, plan, chunk))
+                bar.update(len(chunk))
+        complete = finish_run(out, plan, job)
     return BatchSummary(out, len(todo), len(mine) - len(todo), complete, time.perf_counter() - t0)
 
 
+# --- what may share a run folder: this run's PNGs, its writers' locks, nothing foreign -----------------
+
+@contextlib.contextmanager
+def _shard_lock(out: Path, tag: str, shard: tuple):
+    """Hold shard `tag`'s lock on `out` for the block. A second writer of the same shard is refused, so
+    the stale temporary files a run deletes at start can only be those of a dead writer. The kernel
+    drops the lock when its process dies, however it dies."""
+    path = out / f".{tag}writer{LOCK_SUFFIX}"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # the holder unlinks the file as it finishes: a lock on an unlinked file guards nothing
+            held = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except (BlockingIOError, FileNotFoundError):
+            held = False
+        if not held:
+            raise OutputError(f"another `dnd generate` is writing shard {shard[0]}/{shard[1]} of {out} now; let it "
+                              "finish, then rerun this command to resume or confirm the run.")
+        try:
+            yield
+        finally:
+            os.unlink(path)  # while still held: the next writer locks a fresh file
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _on_disk(path: Path, size: tuple) -> bool:
+    """Whether image `path` exists; a file there that this run cannot have written is refused by name."""
+    try:
+        with Image.open(path) as im:
+            if im.format == "PNG" and im.mode == "RGB" and im.size == size:
+                return True
+            found = f"a {im.format} {im.mode} image of {im.size[0]}x{im.size[1]}"
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        found = f"unreadable as an image ({type(e).__name__})"
+    raise InvalidInputError(f"{path} is {found}, not an image of this run (PNG RGB {size[0]}x{size[1]}): "
+                            "it was changed outside `dnd generate`. Delete it and rerun the same command to "
+                            "make it again.")
+
+
+@contextlib.contextmanager
+def _write_errors(out: Path):
+    """A failed write (disk full, read-only folder...) as one clean error; the files already in place are
+    complete, so the same command resumes once the cause is fixed."""
+    try:
+        yield
+    except OSError as e:
+        raise OutputError(f"writing {out} failed ({e.strerror or e}); the images written so far are kept. Free "
+                          "disk space or fix the folder's permissions and rerun the same command to resume, or "
+                          "choose another out folder.", ["out"]) from e
+
+
 def _write_aggregates(out: Path, plan: RunPlan, job: BatchJob) -> None:
-    num, tag, sampling = len(plan.labels), plan.tag, plan.sampling
+    num, tag, names = len(plan.labels), plan.tag, plan.label_names
     lines = [json.dumps({"index": i, "file": png_name(i), "label": int(plan.labels[i]),
-                         "label_name": plan.label_names[plan.labels[i]], "seed": plan.seed, **sampling}) + "\n"
+                         "label_name": names[plan.labels[i]], "seed": plan.seed, **plan.sampling}) + "\n"
              for i in range(num)]
     atomic_write(out / METADATA_FILE, lambda f: f.write("".join(lines).encode()), tag)
     if job.npz:
-        height, width = plan.image_size
-        arrays = (np.asarray(Image.open(out / png_name(i)).convert("RGB")) for i in range(num))
+        width, height = plan.image_size
+        arrays = (_pixels(out / png_name(i)) for i in range(num))
         write_npz(out / NPZ_FILE, arrays, (num, height, width, 3), tag)
     if job.grid:
-        shown = [Image.open(out / png_name(i)).convert("RGB") for i in range(min(num, GRID_MAX))]
-        save_png(contact_sheet(shown, plan.grid_cols), out / GRID_FILE, tmp_tag=tag)
+        shown = [_pixels(out / png_name(i)) for i in range(min(num, GRID_MAX))]
+        cols = min(len(names), 16) if job.labels is None else math.ceil(math.sqrt(len(shown)))
+        captions = len(names) > 1 if job.captions is None else job.captions
+        captioned = [names[x] for x in plan.labels[:len(shown)]] if captions else None
+        save_png(contact_sheet([Image.fromarray(a) for a in shown], cols, captions=captioned), out / GRID_FILE,
+                 tmp_tag=tag)
+
+
+def _pixels(path: Path) -> np.ndarray:
+    """uint8 [H, W, 3] of one of the run's PNGs; one damaged after its header was checked is refused by name."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError, SyntaxError) as e:
+        raise InvalidInputError(f"{path} cannot be decoded ({e}): it was changed outside `dnd generate`. Delete it "
+                                "and rerun the same command to make it again.") from None

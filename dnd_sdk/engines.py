@@ -13,12 +13,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .errors import ManifestError
-from .manifest import FileRef, sha256_file, verify_file
+from .errors import BackendUnavailableError, ManifestError
+from .manifest import FileRef, read_json, sha256_file
+from .model_files import inside, verify as verify_file
 
 FORMAT, VERSION = "dnd-engines", 1
 ENGINES_NAME = "engines.json"
 _REBUILD = "Rebuild them with `dnd-build MODEL_DIR -o ENGINE_DIR`."
+# the TensorRT major versions dnd-build and the TensorRT backend are written for (the gpu extras' pin)
+TENSORRT_MAJORS = (10, 11)
+
+
+def tensorrt_major(version: str) -> int:
+    """The major version of a TensorRT version string ("10.16.1.11" -> 10); raises BackendUnavailableError
+    outside TENSORRT_MAJORS. By number rather than by probing for an API: the probes move between versions
+    (STRONGLY_TYPED, for one, is deprecated in 11 and ignored there)."""
+    try:
+        major = int(str(version).split(".")[0])
+    except ValueError:
+        major = None
+    if major not in TENSORRT_MAJORS:
+        raise BackendUnavailableError(
+            f"TensorRT {version} is not supported: dnd-sdk follows the TensorRT {TENSORRT_MAJORS[0]} and "
+            f"{TENSORRT_MAJORS[-1]} API. Install one of those: pip install 'dnd-sdk[gpu]' (README, 'GPU install')")
+    return major
 
 
 @dataclass
@@ -48,8 +66,8 @@ def load_engine_index(folder, graphs=(), verify: bool = True) -> Optional[Engine
     path = Path(folder) / ENGINES_NAME
     if not path.is_file():
         return None
+    raw = read_json(path, 16 << 20, _REBUILD)
     try:
-        raw = json.loads(path.read_text())
         if raw.get("format") != FORMAT or raw.get("version") != VERSION:
             raise ManifestError(f"{path}: not a {FORMAT} v{VERSION} index. {_REBUILD}")
         index = EngineIndex(**{**raw, "files": {k: FileRef(**v) for k, v in raw["files"].items()}})
@@ -60,5 +78,5 @@ def load_engine_index(folder, graphs=(), verify: bool = True) -> Optional[Engine
         raise ManifestError(f"{path}: no engine for {missing}. {_REBUILD}")
     if verify:
         for ref in index.files.values():
-            verify_file(Path(folder) / ref.file, ref, ENGINES_NAME, _REBUILD)
+            verify_file(inside(folder, ref.file, ENGINES_NAME, _REBUILD), ref, ENGINES_NAME, _REBUILD)
     return index

@@ -2,7 +2,15 @@
 
 
 class DndError(Exception):
-    """Base of every error this SDK raises on purpose; the CLI prints its message only."""
+    """Base of every error this SDK raises on purpose; the CLI prints its message only.
+
+    `names` lists the Python argument names the message mentions, so that a command line can
+    show its own flags instead (`num` -> `--num`); see dnd_sdk.cli.flags.
+    """
+
+    def __init__(self, message: str = "", names=()):
+        super().__init__(message)
+        self.names = tuple(names)
 
 
 class InvalidInputError(DndError, ValueError):
@@ -19,6 +27,10 @@ class CheckpointError(DndError):
 
 class BackendUnavailableError(DndError):
     """The requested backend (TensorRT, ONNX Runtime CUDA...) cannot run here."""
+
+
+class OutputError(DndError):
+    """Writing results failed (disk full, read-only folder...); what is on disk stays consistent."""
 
 
 class ClusterError(DndError):

@@ -1,9 +1,13 @@
-"""Output folders that appear whole or not at all: written under a temporary name beside the
-target, then moved into place.
+"""Files and output folders that appear whole or not at all: written under a temporary name
+beside the target, flushed to disk, then moved into place.
 
-    check_target(out_dir, force)            # fail fast, before any slow work
+    atomic_write(path, lambda f: f.write(data))   # one file
+    check_target(out_dir, force)                  # fail fast, before any slow work
     with staged_folder(out_dir, force) as tmp:
-        ...write into tmp...                # an exception (or Ctrl-C) leaves nothing behind
+        ...write into tmp...                      # an exception (or Ctrl-C) leaves nothing behind
+
+Both fsync what they wrote and then the folder that names it, so a result reported as written
+survives a power loss.
 """
 import contextlib
 import os
@@ -12,6 +16,8 @@ import tempfile
 from pathlib import Path
 
 from .errors import InvalidInputError
+
+TMP_SUFFIX = ".tmp"
 
 
 def _read_umask() -> int:
@@ -29,13 +35,63 @@ def usual_mode(path, directory: bool = False) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~UMASK)
 
 
+def atomic_write(path, write, tmp_tag: str = "", keep_existing: bool = False) -> None:
+    """Call write(file) on a temporary file beside `path`, then rename it into place.
+
+    A reader (or a resumed run) sees either the whole file or none. Temporary files are named
+    `.{tmp_tag}{name}.*.tmp`, so a restarted job can find and delete only its own leftovers.
+    With keep_existing, a file already at `path` wins, even one that appears while this one
+    is written (os.link never replaces).
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{tmp_tag}{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    try:
+        usual_mode(tmp)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        if not keep_existing:
+            os.replace(tmp, path)
+        elif not path.exists():
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+        fsync_folder(path.parent)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def fsync_folder(folder) -> None:
+    """Make the names in `folder` (a rename into it, a new file) durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder: Path) -> None:
+    """fsync every file under `folder`, then every folder, deepest first."""
+    for root, dirs, files in os.walk(folder, topdown=False):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_folder(root)
+
+
 def check_target(out_dir: Path, force: bool) -> None:
     """Refuse a target that is a file, or a non-empty folder unless `force`."""
     if out_dir.exists() and not out_dir.is_dir():
-        raise InvalidInputError(f"{out_dir} exists and is not a folder; choose another output folder with -o")
+        raise InvalidInputError(f"{out_dir} exists and is not a folder; choose another out_dir", ["out_dir"])
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise InvalidInputError(f"{out_dir} exists and is not empty; pass --force (force=True) to replace it, "
-                                "or choose another output folder with -o")
+        raise InvalidInputError(f"{out_dir} exists and is not empty; pass force=True to replace it, "
+                                "or choose another out_dir", ["force", "out_dir"])
 
 
 def _missing_ancestor(folder: Path):
@@ -75,7 +131,9 @@ def staged_folder(out_dir: Path, force: bool = False):
     try:
         usual_mode(tmp, directory=True)
         yield tmp
+        fsync_tree(tmp)
         _replace_folder(tmp, out_dir)
+        fsync_folder(out_dir.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if created is not None:

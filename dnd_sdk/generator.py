@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from .backends import open_backend
+from .arguments import MAX_IMAGES, MAX_INDEX, integer
 from .errors import InvalidInputError
 from .images import to_pil
 from .manifest import load_manifest
+from .model_files import load_embeddings
 from .sampler import SamplingParams, decode_n_tokens, image_uniforms
 
 log = logging.getLogger(__name__)
@@ -40,12 +42,6 @@ def _float32_table(table: np.ndarray) -> np.ndarray:
     return table.astype(np.float32)
 
 
-def _int(value, what: str, minimum: int) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise InvalidInputError(f"{what} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 class Generator:
     """Samples images from an exported model folder (see docs/architecture.md, "Exported model folder").
 
@@ -62,10 +58,11 @@ class Generator:
 
     def __init__(self, path, backend: str = "auto", *, threads=None):
         self.path = Path(path)
-        self.manifest = m = load_manifest(self.path)
-        with np.load(m.file_path("embeddings")) as tables:
-            self.tok_embeddings = _float32_table(tables["tok_embeddings"])  # [V, d]
-            self.cls_embedding = _float32_table(tables["cls_embedding"])    # [num_classes (+1 null), d]
+        # each file is checked against its sha256 as it is read (embeddings here, graphs by the backend)
+        self.manifest = m = load_manifest(self.path, verify=False)
+        tok, cls = load_embeddings(m)
+        self.tok_embeddings = _float32_table(tok)  # [V, d]
+        self.cls_embedding = _float32_table(cls)   # [num_classes (+1 null), d]
         self.labels = [str(x) for x in m.labels]
         self.num_classes = len(self.labels)
         self.vocab_size = int(m.model_config["vocab_size"])
@@ -94,33 +91,44 @@ class Generator:
             if not label.strip().isdecimal():
                 known = ", ".join(self.labels[:8]) + (", ..." if self.num_classes > 8 else "")
                 raise InvalidInputError(f"unknown label {label!r}; this model knows {self.num_classes} labels "
-                                        f"({known}) or class ids 0..{self.num_classes - 1}")
+                                        f"({known}) or class ids 0..{self.num_classes - 1}", ["labels"])
             label = int(label)
         if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)):
-            raise InvalidInputError(f"a label is a class name or an int class id, got {label!r}")
+            raise InvalidInputError(f"a label is a class name or an int class id, got {label!r}", ["labels"])
         if not 0 <= label < self.num_classes:
-            raise InvalidInputError(f"class id {label} is out of range; this model has classes 0..{self.num_classes - 1}")
+            raise InvalidInputError(f"class id {label} is out of range; this model has classes "
+                                    f"0..{self.num_classes - 1}", ["labels"])
         return int(label)
 
     def _given_labels(self, labels) -> list:
-        given = [labels] if isinstance(labels, (str, int, np.integer)) else list(labels)
-        if not given:
-            raise InvalidInputError("labels is empty; pass at least one class name or id, or None")
+        if isinstance(labels, (str, int, np.integer)):
+            given = [labels]
+        elif isinstance(labels, (list, tuple, range, np.ndarray)):
+            given = list(np.asarray(labels).ravel()) if isinstance(labels, np.ndarray) else list(labels)
+        else:
+            raise InvalidInputError(f"labels must be a class name, an int class id or a list of them, got {labels!r}",
+                                    ["labels"])
+        if not given or len(given) > MAX_IMAGES:
+            raise InvalidInputError(f"labels must hold 1..{MAX_IMAGES:,} class names or ids, got {len(given)}; "
+                                    "or pass None", ["labels"])
         return [self._class_id(x) for x in given]
 
     def _indices(self, given, num, image_indices, start) -> np.ndarray:
         if image_indices is not None:
             if start:
-                raise InvalidInputError("give image_indices or start, not both")
+                raise InvalidInputError("give image_indices or start, not both", ["image_indices", "start"])
             indices = np.asarray(image_indices)
-            if indices.ndim != 1 or not len(indices) or indices.dtype.kind not in "iu" or (indices < 0).any():
-                raise InvalidInputError(f"image_indices must be a non-empty 1-D list of ints >= 0, got {image_indices!r}")
-            if num is not None and len(indices) != _int(num, "num", 1):
-                raise InvalidInputError(f"num={num} but {len(indices)} image_indices were given")
-            return indices
+            if indices.ndim != 1 or not 0 < len(indices) <= MAX_IMAGES or indices.dtype.kind not in "iu" \
+                    or (indices < 0).any() or (indices > MAX_INDEX).any():
+                raise InvalidInputError("image_indices must be a non-empty 1-D list of ints >= 0, "
+                                        f"got {image_indices!r}", ["image_indices"])
+            if num is not None and len(indices) != integer(num, "num", 1, MAX_IMAGES):
+                raise InvalidInputError(f"num={num} but {len(indices)} image_indices were given", ["num"])
+            return indices.astype(np.int64)
         if num is None:
             num = self.num_classes if given is None else len(given)  # default: one image per class or label
-        return np.arange(_int(num, "num", 1)) + _int(start, "start", 0)
+        num = integer(num, "num", 1, MAX_IMAGES)
+        return np.arange(num, dtype=np.int64) + integer(start, "start", 0, MAX_INDEX - num)
 
     def request(self, labels=None, num=None, *, seed=0, cfg_scale=None, temperature=None, top_k=None,
                 top_p=None, head_temperatures=None, batch_size=16, image_indices=None, start=0) -> Request:
@@ -141,15 +149,15 @@ class Generator:
         params = SamplingParams(pick(cfg_scale, "cfg_scale"), pick(temperature, "temperature"), pick(top_k, "top_k"),
                                 pick(top_p, "top_p"), head_temperatures)
         params = params.validate(self.vocab_size, self.latent_shape[2], self.manifest.null_class is not None)
-        batch_size = _int(batch_size, "batch_size", 1)
+        batch_size = integer(batch_size, "batch_size", 1, MAX_IMAGES)
         rows = min(batch_size, len(ids)) * (2 if params.guided else 1)
         limit = self.backend.max_batch
         if limit is not None and rows > limit:
             raise InvalidInputError(
                 f"batch_size {batch_size} needs {rows} rows{' (guidance doubles them)' if params.guided else ''}, but "
                 f"{self.backend_name} was built for at most {limit}; use batch_size <= "
-                f"{limit // 2 if params.guided else limit}")
-        return Request(ids.astype(np.int64), indices.astype(np.int64), _int(seed, "seed", 0), params, batch_size)
+                f"{limit // 2 if params.guided else limit}", ["batch_size"])
+        return Request(ids.astype(np.int64), indices.astype(np.int64), integer(seed, "seed"), params, batch_size)
 
     def sample_codes(self, labels=None, num=None, **kwargs) -> np.ndarray:
         """Sample latent codes; arguments as in `sample`. Returns int64 [n, h, w, D]."""
@@ -206,6 +214,6 @@ class Generator:
     def decode(self, codes, batch_size: int = 16) -> list:
         """Decode codes [n, h, w, D] (any integer dtype) into n RGB PIL images."""
         codes = self.check_codes(codes)
-        batch_size = min(_int(batch_size, "batch_size", 1), self.backend.max_batch or batch_size)
+        batch_size = min(integer(batch_size, "batch_size", 1), self.backend.max_batch or batch_size)
         return [im for lo in range(0, len(codes), batch_size)
                 for im in to_pil(self.backend.run("decoder", {"codes": codes[lo:lo + batch_size]})["image"])]

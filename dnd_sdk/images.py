@@ -1,16 +1,11 @@
 """Image files: atomic PNG writes, contact sheets and the `arr_0` npz that FID evaluators read."""
 import math
-import os
-import tempfile
 import zipfile
-from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
-from .folders import usual_mode
-
-TMP_SUFFIX = ".tmp"
+from .folders import TMP_SUFFIX, atomic_write  # noqa: F401 (TMP_SUFFIX: batch.py finds leftovers by it)
 
 
 def to_pil(images: np.ndarray) -> list:
@@ -18,43 +13,34 @@ def to_pil(images: np.ndarray) -> list:
     return [Image.fromarray(np.ascontiguousarray(im), mode="RGB") for im in images]
 
 
-def atomic_write(path, write, tmp_tag: str = "", keep_existing: bool = False) -> None:
-    """Call write(file) on a temporary file beside `path`, then rename it into place.
-
-    A reader (or a resumed run) sees either the whole file or none. Temporary files are named
-    `.{tmp_tag}{name}.*.tmp`, so a restarted job can find and delete only its own leftovers.
-    With keep_existing, a file already at `path` wins, even one that appears while this one
-    is written (os.link never replaces).
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{tmp_tag}{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
-    try:
-        usual_mode(tmp)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        if not keep_existing:
-            os.replace(tmp, path)
-        elif not path.exists():
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                pass
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def save_png(image: Image.Image, path, tmp_tag: str = "") -> None:
     atomic_write(path, lambda f: image.save(f, format="PNG"), tmp_tag)
 
 
-def contact_sheet(images: list, cols: int, pad: int = 2) -> Image.Image:
-    """Images of one size laid out row by row, `cols` per row, on a white background."""
+def _font(size: int):
+    """DejaVu Sans where it is installed, else Pillow's built-in font: captions never need a font package."""
+    try:
+        return ImageFont.truetype("DejaVuSans.ttf", size)
+    except OSError:
+        return ImageFont.load_default()
+
+
+def contact_sheet(images: list, cols: int, pad: int = 2, captions=None) -> Image.Image:
+    """Images of one size laid out row by row, `cols` per row, on a white background; with `captions`
+    (one string per image), each cell gets its caption in a strip below it, clipped to the cell's width."""
     w, h = images[0].size
+    font_size = max(9, min(14, w // 8))
+    strip = font_size + 4 if captions else 0
     rows = math.ceil(len(images) / cols)
-    sheet = Image.new("RGB", (cols * (w + pad) + pad, rows * (h + pad) + pad), "white")
+    sheet = Image.new("RGB", (cols * (w + pad) + pad, rows * (h + strip + pad) + pad), "white")
+    font = _font(font_size) if captions else None
     for i, im in enumerate(images):
-        sheet.paste(im, (pad + (i % cols) * (w + pad), pad + (i // cols) * (h + pad)))
+        x, y = pad + (i % cols) * (w + pad), pad + (i // cols) * (h + strip + pad)
+        sheet.paste(im, (x, y))
+        if captions:
+            label = Image.new("RGB", (w, strip), "white")
+            ImageDraw.Draw(label).text((1, 1), str(captions[i]), fill="black", font=font)
+            sheet.paste(label, (x, y + h))
     return sheet
 
 

@@ -17,11 +17,13 @@ import dataclasses
 import hashlib
 import json
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
 from .errors import ManifestError
+from .model_files import RERUN as _RERUN, inside, verify as verify_file, verify_graph
 
 FORMAT, VERSION = "dnd-model", 1
 MANIFEST_NAME = "manifest.json"
@@ -31,7 +33,7 @@ DIM_NAMES = ("batch_size", "sequence_length", "past_sequence_length", "total_seq
 SAMPLER_KEYS = ("cfg_scale", "temperature", "top_k", "top_p")
 KV_TEMPLATES = {"past_key": "past_key_values.%d.key", "past_value": "past_key_values.%d.value",
                 "present_key": "present.%d.key", "present_value": "present.%d.value"}
-_RERUN = "Re-export the model with `dnd-export CHECKPOINT -o DIR --force`."
+MAX_MANIFEST_BYTES = 16 << 20  # a real one is a few kB
 
 
 @dataclass
@@ -112,7 +114,7 @@ class Manifest:
     def file_path(self, name: str) -> Path:
         if name not in self.files:
             raise ManifestError(f"manifest.json has no file entry {name!r} (has {sorted(self.files)}). {_RERUN}")
-        return Path(self.model_dir or ".") / self.files[name].file
+        return inside(self.model_dir or ".", self.files[name].file)
 
     graph_path = file_path
 
@@ -159,23 +161,10 @@ class Manifest:
         return m
 
     def _validate(self) -> None:
-        problems = []
-        if self.dtype not in DTYPES:
-            problems.append(f"dtype {self.dtype!r} is not one of {DTYPES}")
-        if not {"h", "w", "depth"} <= set(self.latent) or not {"height", "width"} <= set(self.image):
-            problems.append("latent needs {h, w, depth} and image needs {height, width}")
-        elif len(self.stages) != self.depth or [s.head for s in self.stages] != list(range(self.depth)):
-            problems.append(f"{len(self.stages)} stages for depth {self.depth}, heads must be 0..{self.depth - 1}")
-        if [k for k in SAMPLER_KEYS if k not in self.sampler_defaults]:
-            problems.append(f"sampler_defaults needs {SAMPLER_KEYS}, has {sorted(self.sampler_defaults)}")
-        if set(self.kv) != set(KV_TEMPLATES):
-            problems.append(f"kv needs the keys {sorted(KV_TEMPLATES)}")
-        needed = self.stage_names + ["decoder", "embeddings"]
-        absent = [n for n in needed if n not in self.files]
-        if absent:
-            problems.append(f"files lacks entries {absent}")
-        if problems:
-            raise ManifestError("manifest.json is invalid: " + "; ".join(problems) + f". {_RERUN}")
+        from .manifest_checks import problems  # it reads this module's constants
+        found = problems(self)
+        if found:
+            raise ManifestError("manifest.json is invalid: " + "; ".join(found) + f". {_RERUN}")
 
 
 def sha256_file(path) -> str:
@@ -197,9 +186,7 @@ def write_manifest(model_dir, manifest: Manifest) -> Manifest:
     manifest._validate()
     for entry in manifest.files.values():
         for ref in _refs(entry):
-            path = model_dir / ref.file
-            if not path.is_file():
-                raise ManifestError(f"{path}: listed in the manifest but not written")
+            path = inside(model_dir, ref.file)
             ref.sha256, ref.bytes = sha256_file(path), path.stat().st_size
     tmp = model_dir / f".{MANIFEST_NAME}.tmp"
     tmp.write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
@@ -211,27 +198,30 @@ def load_manifest(model_dir: Union[str, Path], verify: bool = True) -> Manifest:
     """Read and validate model_dir/manifest.json; with verify, check size and sha256 of every file."""
     model_dir = Path(model_dir)
     path = model_dir / MANIFEST_NAME
+    if model_dir.is_file():
+        kind = ("this is a checkpoint; export it with `dnd-export FILE -o DIR`" if zipfile.is_zipfile(model_dir)
+                else "this is a file, not a model folder")
+        raise ManifestError(f"{model_dir}: {kind}, then point at DIR.")
     if not path.is_file():
         raise ManifestError(f"{model_dir}: no {MANIFEST_NAME} here. Point at a folder written by "
                             "`dnd-export CHECKPOINT -o DIR`.")
-    try:
-        raw = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ManifestError(f"{path}: not valid JSON ({e}). {_RERUN}") from None
+    raw = read_json(path, MAX_MANIFEST_BYTES, _RERUN)
     manifest = Manifest.from_dict(raw)
     manifest.model_dir = model_dir
     if verify:
         for entry in manifest.files.values():
-            for ref in _refs(entry):
-                verify_file(model_dir / ref.file, ref)
+            if entry.inputs is not None:  # a graph: its external-data references are checked too
+                verify_graph(model_dir, entry)
+            else:
+                verify_file(inside(model_dir, entry.file), entry)
     return manifest
 
 
-def verify_file(path: Path, ref, listed_in: str = MANIFEST_NAME, remedy: str = _RERUN) -> None:
-    """Raise ManifestError unless `path` exists with the size and sha256 that `ref` records."""
-    if not path.is_file():
-        raise ManifestError(f"{path.name}: listed in {listed_in} but missing from {path.parent}. {remedy}")
-    size = path.stat().st_size
-    if size != ref.bytes or sha256_file(path) != ref.sha256:
-        raise ManifestError(f"{path.name}: contents do not match {listed_in} (sha256/size differ, "
-                            f"{size} bytes vs {ref.bytes} expected); the file was modified or truncated. {remedy}")
+def read_json(path: Path, max_bytes: int, remedy: str):
+    """Parse a small JSON file; oversized, malformed or absurdly nested content is a ManifestError."""
+    if path.stat().st_size > max_bytes:
+        raise ManifestError(f"{path}: {path.stat().st_size} bytes, far more than any {path.name} needs. {remedy}")
+    try:
+        return json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise ManifestError(f"{path}: not valid JSON ({type(e).__name__}: {str(e)[:100]}). {remedy}") from None

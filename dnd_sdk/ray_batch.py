@@ -95,7 +95,7 @@ def run_batch_ray(model, out, job: BatchJob, options: Optional[RayOptions] = Non
 
     Raises:
         ClusterError: ray missing, cluster unreachable or too small for the workers, every worker dead.
-        InvalidInputError, ManifestError, BackendUnavailableError: as run_batch and Generator.
+        InvalidInputError, OutputError, ManifestError, BackendUnavailableError: as run_batch and Generator.
     """
     t0, model, out = time.perf_counter(), Path(model), Path(out)
     options = options or RayOptions()
@@ -108,21 +108,22 @@ def run_batch_ray(model, out, job: BatchJob, options: Optional[RayOptions] = Non
         _check_room(ray, options)
         pool = _Pool(ray, model, options)
         plan = pool.plan(job)
-        todo, mine = open_run(out, plan), plan.mine
-        queue = deque(todo[lo:lo + job.batch_size] for lo in range(0, len(todo), job.batch_size))
-        plan_ref, t1 = ray.put(plan), time.perf_counter()
-        with tqdm(total=len(mine), initial=len(mine) - len(todo), unit="img", disable=not progress) as bar:
-            while queue or pool.chunks_in_flight():
-                pool.feed(queue, plan_ref)
-                done = pool.next_chunk(queue)
-                if done is not None:
-                    worker, chunk, images = done
-                    write_chunk(out, plan, chunk, to_pil(images))
-                    bar.update(len(chunk))
-                    if on_chunk is not None:
-                        on_chunk(worker, bar.n, len(mine))
-        sampling_seconds = time.perf_counter() - t1
-        complete = finish_run(out, plan, job)
+        mine = plan.mine
+        with open_run(out, plan) as todo:
+            queue = deque(todo[lo:lo + job.batch_size] for lo in range(0, len(todo), job.batch_size))
+            plan_ref, t1 = ray.put(plan), time.perf_counter()
+            with tqdm(total=len(mine), initial=len(mine) - len(todo), unit="img", disable=not progress) as bar:
+                while queue or pool.chunks_in_flight():
+                    pool.feed(queue, plan_ref)
+                    done = pool.next_chunk(queue)
+                    if done is not None:
+                        worker, chunk, images = done
+                        write_chunk(out, plan, chunk, to_pil(images))
+                        bar.update(len(chunk))
+                        if on_chunk is not None:
+                            on_chunk(worker, bar.n, len(mine))
+            sampling_seconds = time.perf_counter() - t1
+            complete = finish_run(out, plan, job)
         pool.close()
         return RayBatchSummary(out, len(todo), len(mine) - len(todo), complete, time.perf_counter() - t0,
                                pool.stats, pool.lost, sampling_seconds)

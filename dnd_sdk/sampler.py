@@ -8,7 +8,14 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .arguments import integer, number
 from .errors import InvalidInputError
+
+# Dividing logits by a temperature this small overflows float64 (1e-320 turns every row into
+# NaN), and long before that the distribution is one-hot: below it, sampling is greedy.
+GREEDY_TEMPERATURE = 1e-6
+# Guidance past this scale overflows float32 logits (inf - inf = NaN); useful scales are below 10.
+MAX_CFG_SCALE = 100.0
 
 
 @dataclass(frozen=True)
@@ -28,24 +35,32 @@ class SamplingParams:
         return float(self.head_temperatures[head]) if self.head_temperatures else float(self.temperature)
 
     def validate(self, vocab_size: int, depth: int, has_null_class: bool) -> "SamplingParams":
-        """Raise InvalidInputError for any bad value; return self with normalised types."""
-        temps = list(self.head_temperatures) if self.head_temperatures else [self.temperature]
-        if any(not np.isfinite(t) or t < 0 for t in temps):
-            raise InvalidInputError(f"temperature must be >= 0 (0 = greedy), got {temps}")
-        if self.head_temperatures is not None and len(temps) != depth:
-            raise InvalidInputError(f"head_temperatures needs one value per depth ({depth}), got {len(temps)}")
-        if not 0 <= int(self.top_k) <= vocab_size:
-            raise InvalidInputError(f"top_k must be in [0, {vocab_size}] (0 = off), got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise InvalidInputError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
-        if not np.isfinite(self.cfg_scale) or self.cfg_scale < 0:
-            raise InvalidInputError(f"cfg_scale must be >= 0 (1 = no guidance), got {self.cfg_scale}")
-        if self.guided and not has_null_class:
+        """Raise InvalidInputError for any bad value or type; return self with normalised types."""
+        cfg_scale, temperature = number(self.cfg_scale, "cfg_scale"), number(self.temperature, "temperature")
+        temps = [temperature] if self.head_temperatures is None else self._head_temperatures(depth)
+        if any(t < 0 for t in temps):
+            name = "temperature" if self.head_temperatures is None else "head_temperatures"
+            raise InvalidInputError(f"{name} must be >= 0 (0 = greedy), got {min(temps)}", [name])
+        top_k = integer(self.top_k, "top_k", 0, vocab_size)
+        top_p = number(self.top_p, "top_p")
+        if not 0 < top_p <= 1:
+            raise InvalidInputError(f"top_p must be in (0, 1] (1 = off), got {top_p}", ["top_p"])
+        if not 0 <= cfg_scale <= MAX_CFG_SCALE:
+            raise InvalidInputError(f"cfg_scale must be in [0, {MAX_CFG_SCALE:g}] (1 = no guidance), got {cfg_scale}",
+                                    ["cfg_scale"])
+        if cfg_scale != 1.0 and not has_null_class:
             raise InvalidInputError(
-                f"cfg_scale={self.cfg_scale} needs guidance, but this model was trained without a null class "
-                "(class_dropout_prob = 0); use cfg_scale=1")
-        return replace(self, top_k=int(self.top_k), top_p=float(self.top_p), cfg_scale=float(self.cfg_scale),
-                       head_temperatures=tuple(temps) if self.head_temperatures is not None else None)
+                f"cfg_scale={cfg_scale} needs guidance, but this model was trained without a null class "
+                "(class_dropout_prob = 0); use cfg_scale=1", ["cfg_scale"])
+        return replace(self, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p,
+                       head_temperatures=None if self.head_temperatures is None else tuple(temps))
+
+    def _head_temperatures(self, depth: int) -> list:
+        given = self.head_temperatures
+        if isinstance(given, (str, bytes)) or not isinstance(given, (Sequence, np.ndarray)) or len(given) != depth:
+            raise InvalidInputError(f"head_temperatures must be a list of {depth} numbers (one per depth), "
+                                    f"got {given!r}", ["head_temperatures"])
+        return [number(t, "head_temperatures") for t in given]
 
 
 def image_uniforms(seed: int, index: int, count: int) -> np.ndarray:
@@ -86,7 +101,7 @@ def _softmax(x: np.ndarray, keep: np.ndarray) -> np.ndarray:
 
 def sample(logits: np.ndarray, u: np.ndarray, temperature: float, top_k: int = 0, top_p: float = 1.0) -> np.ndarray:
     """One token per row of [B, V] float32 logits, using the row's uniform u [B]."""
-    if temperature == 0:
+    if temperature < GREEDY_TEMPERATURE:
         return logits.argmax(axis=-1)
     probs = logits_to_probs(logits, temperature, top_k, top_p)
     cdf = np.cumsum(probs, axis=-1)

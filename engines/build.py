@@ -6,7 +6,8 @@
 The engine folder is a copy of the exported folder plus engines/{stage0..,decoder}.plan and
 engines.json, written under a temporary name and moved into place when every engine is
 built. Networks are strongly typed: each engine keeps the precision the graphs were
-exported in (`dnd-export --dtype`), as TensorRT 10+ prefers to builder precision flags.
+exported in (`dnd-export --dtype`), as TensorRT 10 prefers to builder precision flags and
+TensorRT 11 requires (its 10.x-to-11.x migration guide: weak typing is removed).
 """
 import logging
 import os
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from dnd_sdk.engines import EngineIndex, write_engine_index
+from dnd_sdk.engines import EngineIndex, tensorrt_major, write_engine_index
 from dnd_sdk.errors import BackendUnavailableError, DndError, InvalidInputError
 from dnd_sdk.folders import check_target, staged_folder
 from dnd_sdk.manifest import MANIFEST_NAME, FileRef, load_manifest
@@ -42,9 +43,26 @@ def _import_tensorrt():
     except ImportError as e:
         raise BackendUnavailableError(
             f"dnd-build needs TensorRT ({e}). On a machine with an NVIDIA GPU: pip install 'dnd-sdk[gpu]'") from None
-    if not hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
-        raise BackendUnavailableError(f"TensorRT {trt.__version__} is too old; dnd-build needs TensorRT 10 or newer")
+    tensorrt_major(trt.__version__)  # BackendUnavailableError outside TensorRT 10 and 11
     return trt
+
+
+def network_flags(trt) -> int:
+    """create_network flags: strong typing, opted into on TensorRT 10. TensorRT 11 types every network
+    strongly and ignores the flag, which it deprecates (10.x-to-11.x migration guide), so none are set there."""
+    if tensorrt_major(trt.__version__) == 10:
+        return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    return 0
+
+
+def _new_builder(trt, logger):
+    # trt.Builder raises (pybind's "factory function returned nullptr") when TensorRT finds no usable
+    # GPU or driver; the builder is the first object that needs one
+    try:
+        return trt.Builder(logger)
+    except (TypeError, RuntimeError) as e:
+        raise BackendUnavailableError(f"TensorRT {trt.__version__} could not start: no usable NVIDIA GPU or driver "
+                                      f"here ({e}). Run dnd-build on the machine the engines are for.") from None
 
 
 def build_engines(model_dir, out_dir, config: BuildConfig = BuildConfig(), force: bool = False) -> Path:
@@ -60,7 +78,7 @@ def build_engines(model_dir, out_dir, config: BuildConfig = BuildConfig(), force
     max_rows = config.max_batch * (2 if manifest.null_class is not None else 1)
     shapes = profile_shapes(manifest, max_rows)
     logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
+    builder = _new_builder(trt, logger)
     cache_path = Path(config.timing_cache) if config.timing_cache else None
     cache = builder.create_builder_config().create_timing_cache(
         cache_path.read_bytes() if cache_path and cache_path.is_file() else b"")
@@ -87,12 +105,12 @@ def _copy_model_folder(manifest, model_dir: Path, tmp: Path) -> None:
     names = [ref.file for entry in manifest.files.values() for ref in (entry, *entry.external_data)]
     for name in [MANIFEST_NAME, *names]:
         (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(model_dir / name, tmp / name)
+        shutil.copyfile(model_dir / name, tmp / name)  # contents only: modes follow the umask
 
 
 def _build_engine(trt, builder, logger, onnx_path: Path, manifest_dtype: str, shapes: dict, config: BuildConfig,
                   cache) -> bytes:
-    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    network = builder.create_network(network_flags(trt))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):  # reads external data beside the file too
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -104,12 +122,25 @@ def _build_engine(trt, builder, logger, onnx_path: Path, manifest_dtype: str, sh
         build_config.clear_flag(trt.BuilderFlag.TF32)
     if not build_config.set_timing_cache(cache, ignore_mismatch=False):
         log.warning("the timing cache comes from another GPU or TensorRT; it is not used for %s", onnx_path.name)
-    profile = builder.create_optimization_profile()
-    for name, (lo, opt, hi) in shapes.items():
-        profile.set_shape(name, lo, opt, hi)
-    build_config.add_optimization_profile(profile)
+    build_config.add_optimization_profile(_profile(builder, network, shapes, onnx_path.name))
     plan = builder.build_serialized_network(network, build_config)
     if plan is None:
         raise EngineBuildError(f"TensorRT {trt.__version__} could not build an engine for {onnx_path.name}; "
                                "its log above says why (often too little --workspace-gib)")
     return bytes(plan)
+
+
+def _profile(builder, network, shapes: dict, graph: str):
+    """The optimization profile of `shapes`; EngineBuildError when it does not fit the parsed network."""
+    inputs = sorted(network.get_input(i).name for i in range(network.num_inputs))
+    if inputs != sorted(shapes):
+        raise EngineBuildError(f"{graph} has the inputs {inputs} but its manifest lists {sorted(shapes)}; "
+                               "re-export the folder with dnd-export")
+    profile = builder.create_optimization_profile()
+    for name, (lo, opt, hi) in shapes.items():
+        try:  # TensorRT raises RuntimeError on shapes that contradict each other or the network
+            profile.set_shape(name, lo, opt, hi)
+        except RuntimeError as e:
+            raise EngineBuildError(f"{graph}: TensorRT refused the shapes of {name!r} (min {lo}, opt {opt}, max {hi}): "
+                                   f"{e}. The manifest does not match the graph; re-export the folder") from None
+    return profile

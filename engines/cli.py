@@ -1,10 +1,11 @@
-"""`dnd-build MODEL_DIR -o ENGINE_DIR [--max-batch N] [--timing-cache FILE] [--force]`."""
+"""`dnd-build MODEL_DIR -o OUT [--max-batch N] [--timing-cache FILE] [--force]`."""
 import logging
 import sys
 import time
 
 import click
 
+from dnd_sdk.cli.flags import in_flags
 from dnd_sdk.errors import DndError
 
 
@@ -16,7 +17,7 @@ from dnd_sdk.errors import DndError
 @click.option("--timing-cache", type=click.Path(dir_okay=False),
               help="TensorRT timing cache file: read if present, updated after the build.")
 @click.option("--workspace-gib", type=float, default=8.0, show_default=True, help="Builder scratch memory limit.")
-@click.option("--force", is_flag=True, help="Replace ENGINE_DIR if it exists and is not empty.")
+@click.option("--force", is_flag=True, help="Replace the --out folder if it exists and is not empty.")
 def main(model_dir, out_dir, max_batch, timing_cache, workspace_gib, force):
     """Build TensorRT engines for the exported model in MODEL_DIR (a `dnd-export` folder)."""
     from .build import BuildConfig, build_engines
@@ -27,7 +28,7 @@ def main(model_dir, out_dir, max_batch, timing_cache, workspace_gib, force):
     try:
         path = build_engines(model_dir, out_dir, config, force=force)
     except DndError as e:
-        raise click.ClickException(str(e)) from None
+        raise click.ClickException(in_flags(e, main)) from None
     click.echo(f"Wrote {path} (up to {max_batch} images per call) in {time.perf_counter() - start:.1f}s")
 
 

@@ -2,11 +2,12 @@
 
     dnd bench                                                   # random "tiny" model, exported to a temp dir
     dnd bench --checkpoint ckpt.pt --model out/model --batch 1 --batch 16 --threads 2 -o bench.json
-    dnd bench --checkpoint ckpt.pt --model out/engines --backend tensorrt      # GPU runtime vs CPU reference
+    dnd bench --checkpoint ckpt.pt --model out/engines --backend tensorrt --reference-device cuda   # both on the GPU
 
 Both sides sample the same codes (cfg_scale 2, temperature 1 by default) and decode them to uint8
 images: the runtime with its decoder graph, the reference with the RQ tokenizer in eager PyTorch.
-The JSON holds images/s per batch size for each side and their ratio (runtime / reference).
+The JSON holds images/s per batch size for each side, their ratio (runtime / reference) and the
+device the reference ran on, so that a ratio always says what it is compared against.
 """
 import tempfile
 import time
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from dnd_sdk.errors import InvalidInputError
 
 
 def tiny_checkpoint(folder: Path) -> Path:
@@ -44,14 +47,17 @@ def _rate(fn, num: int, repeats: int) -> float:
 
 
 def bench(checkpoint, model_dir, batches, num_batches: int, threads: int, repeats: int, sampling: dict,
-          backend: str = "onnxruntime-cpu") -> dict:
+          backend: str = "onnxruntime-cpu", reference_device: str = "cpu") -> dict:
     from dnd_sdk import Generator
     from dnd_training.checkpoint import load_checkpoint
     from dnd_training.sampling import generate
 
+    if reference_device == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError(f"--reference-device cuda needs a GPU and a torch build with CUDA; this torch "
+                                f"({torch.__version__}) sees none. Compare with the CPU reference instead.")
     torch.set_num_threads(threads)
     ckpt = load_checkpoint(checkpoint)
-    model, tokenizer = ckpt.build_model(), ckpt.build_tokenizer()
+    model, tokenizer = ckpt.build_model().to(reference_device), ckpt.build_tokenizer().to(reference_device)
     gen = Generator(model_dir, backend=backend, threads=threads)
     rows = []
     for batch in batches:
@@ -63,18 +69,18 @@ def bench(checkpoint, model_dir, batches, num_batches: int, threads: int, repeat
             for lo in range(0, num, batch):
                 codes = generate(model, labels[lo:lo + batch], seed=0, image_indices=range(lo, lo + batch), **sampling)
                 x = tokenizer.decode(codes)
-                (255 * (x * 0.5 + 0.5).clamp(0, 1)).floor().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+                (255 * (x * 0.5 + 0.5).clamp(0, 1)).floor().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
         runtime = lambda: gen.sample(labels, seed=0, batch_size=batch, **sampling)  # noqa: E731
         ours, ref = _rate(runtime, num, repeats), _rate(reference, num, repeats)
         rows.append({"batch_size": batch, "images": num, "runtime_images_per_s": round(ours, 2),
                      "reference_images_per_s": round(ref, 2), "ratio": round(ours / ref, 2)})
-    return {"model": str(model_dir), "backend": gen.backend_name, "threads": threads, "sampling": sampling,
-            "torch": torch.__version__, "results": rows}
+    return {"model": str(model_dir), "backend": gen.backend_name, "reference": f"PyTorch on {reference_device}",
+            "threads": threads, "sampling": sampling, "torch": torch.__version__, "results": rows}
 
 
 def bench_command(checkpoint, model_dir, batches, num_batches=4, threads=1, repeats=3, sampling=None,
-                  backend: str = "onnxruntime-cpu") -> dict:
+                  backend: str = "onnxruntime-cpu", reference_device: str = "cpu") -> dict:
     """`bench` with defaults filled in: without a checkpoint, a random tiny model exported to a temp dir."""
     sampling = sampling or {"cfg_scale": 2.0, "temperature": 1.0}
     with tempfile.TemporaryDirectory() as tmp:
@@ -82,4 +88,4 @@ def bench_command(checkpoint, model_dir, batches, num_batches=4, threads=1, repe
         if model_dir is None:
             from .export import export_model
             model_dir = export_model(checkpoint, Path(tmp) / "model", dtype="fp32")
-        return bench(checkpoint, model_dir, batches, num_batches, threads, repeats, sampling, backend)
+        return bench(checkpoint, model_dir, batches, num_batches, threads, repeats, sampling, backend, reference_device)

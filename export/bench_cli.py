@@ -15,15 +15,18 @@ from dnd_sdk.backends import BACKEND_CHOICES
 @click.option("--repeats", type=int, default=3, show_default=True, help="Timed runs per setting; the best counts.")
 @click.option("--threads", type=int, default=1, show_default=True, help="CPU threads for both sides.")
 @click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="onnxruntime-cpu", show_default=True,
-              help="The runtime's backend (the reference always runs in PyTorch on the CPU).")
+              help="The runtime's backend.")
+@click.option("--reference-device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where the PyTorch reference runs; cuda compares a GPU backend with PyTorch on the same GPU.")
 @click.option("--cfg-scale", type=float, default=2.0, show_default=True)
 @click.option("--temperature", type=float, default=1.0, show_default=True)
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the JSON here.")
-def bench(checkpoint, model_dir, batches, num_batches, repeats, threads, backend, cfg_scale, temperature, out):
+def bench(checkpoint, model_dir, batches, num_batches, repeats, threads, backend, reference_device, cfg_scale,
+          temperature, out):
     """Benchmark the exported runtime against the PyTorch reference sampler (ratio in the same run)."""
     from .bench import bench_command
     result = bench_command(checkpoint, model_dir, list(batches), num_batches, threads, repeats,
-                           {"cfg_scale": cfg_scale, "temperature": temperature}, backend)
+                           {"cfg_scale": cfg_scale, "temperature": temperature}, backend, reference_device)
     text = json.dumps(result, indent=2)
     if out:
         out.write_text(text + "\n")

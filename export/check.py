@@ -1,10 +1,14 @@
-"""`dnd-export --check`: compare the exported graphs with the PyTorch model using Polygraphy.
+"""`dnd-export --check`: lint the graphs for TensorRT, then compare them with the PyTorch model (Polygraphy).
+
+The TensorRT lint (`trt_lint`) runs first: ONNX Runtime would run a graph TensorRT cannot, so
+the comparison below says nothing about the TensorRT path, and any finding fails the check.
 
 Each stage graph is fed exactly what the runtime would feed it: a prefill step (condition
 token, empty cache) and `decode_steps` one-position steps whose caches are the PyTorch
 model's own presents. ONNX Runtime (CPU) and the PyTorch wrapper see identical feeds, so
 the error measured is the export's alone, not an accumulation over steps.
 """
+import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +22,7 @@ from polygraphy.logger import G_LOGGER
 from dnd_sdk.manifest import load_manifest
 from .errors import ExportCheckError
 from .stages import DecoderWrapper, StageWrapper
+from .trt_lint import lint_folder
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +49,21 @@ class OutputError:
 
 
 def check_export(model_dir, model, tokenizer, decode_steps: int = 3, batch: int = 2, seed: int = 0) -> list:
-    """Compare every graph with PyTorch; log one row per output, raise ExportCheckError past tolerance."""
+    """Lint every graph for TensorRT and compare it with PyTorch; log one row per output.
+
+    Raises ExportCheckError on any lint finding or on an output past tolerance.
+    """
     manifest = load_manifest(model_dir, verify=False)
     assert manifest.dtype in CHECKABLE, f"{manifest.dtype} graphs cannot run in ONNX Runtime on CPU"
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise ExportCheckError("--check runs the graphs in ONNX Runtime, which is not installed; "
+                               "pip install 'dnd-sdk[cpu]' (or 'dnd-sdk[gpu]'), or export without --check")
+    findings = lint_folder(model_dir)
+    if findings:
+        raise ExportCheckError(f"{len(findings)} TensorRT lint finding(s), so dnd-build would fail or build wrong "
+                               "engines: " + "; ".join(map(str, findings)) + ". Nothing was written; this is a bug "
+                               "of the exporter, report it with the checkpoint's config.")
+    log.info("TensorRT lint: no findings in %d graphs", len(manifest.stage_names) + 1)
     atol, rtol = TOLERANCES[manifest.dtype]
     g = torch.Generator().manual_seed(seed)
     rows = []

@@ -5,6 +5,7 @@ import time
 
 import click
 
+from dnd_sdk.cli.flags import in_flags
 from dnd_sdk.errors import DndError
 
 
@@ -29,7 +30,7 @@ def main(checkpoint, out_dir, dtype, opset, check, force):
     try:
         path = export_model(checkpoint, out_dir, dtype=dtype, opset=opset, check=check, force=force)
     except DndError as e:
-        raise click.ClickException(str(e)) from None
+        raise click.ClickException(in_flags(e, main)) from None
     finally:
         log.removeHandler(handler)
         log.setLevel(level)

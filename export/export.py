@@ -50,20 +50,24 @@ def export_model(checkpoint_path, out_dir, dtype: str = "fp32", opset: int = DEF
                                 "check an fp16 or fp32 export, or validate bf16 engines with dnd-build")
     out_dir = Path(out_dir)
     check_target(out_dir, force)
-    ckpt = load_checkpoint(checkpoint_path)  # CheckpointError names what is wrong
+    # mmap: the weights stay in the file until used, so the export holds one copy of them in its dtype
+    ckpt = load_checkpoint(checkpoint_path, mmap=True)  # CheckpointError names what is wrong
     _check_supported(ckpt.model_args)
     sampler_defaults = _sampler_defaults(ckpt.meta)
     # defaults the runtime would refuse must fail here, not at every later sample() call
     SamplingParams(**sampler_defaults).validate(ckpt.model_args.vocab_size, ckpt.model_args.num_pred_heads,
                                                 ckpt.model_args.has_null_class)
-    model, tokenizer = ckpt.build_model(DTYPES[dtype]), ckpt.build_tokenizer().to(DECODER_DTYPES[dtype])
+    tokenizer = ckpt.build_tokenizer().to(DECODER_DTYPES[dtype])
+    model = ckpt.stream_model(DTYPES[dtype])
+    labels = list(ckpt.labels)
+    del ckpt  # its last tensors hold the file's mapping
 
     try:
         with staged_folder(out_dir, force) as tmp:
             files, stages = _write_graphs(tmp, model, tokenizer, int(opset), external_threshold)
             manifest = Manifest(
                 dtype=dtype, opset=int(opset), model_config=dataclasses.asdict(model.args),
-                tokenizer_config=dataclasses.asdict(tokenizer.config), labels=list(ckpt.labels),
+                tokenizer_config=dataclasses.asdict(tokenizer.config), labels=labels,
                 latent={"h": model.args.grid_h, "w": model.args.grid_w, "depth": model.args.num_pred_heads},
                 image={"height": tokenizer.config.image_height, "width": tokenizer.config.image_width},
                 null_class=model.args.num_classes if model.args.has_null_class else None,

@@ -13,6 +13,7 @@ import onnx
 import torch
 from torch.onnx import symbolic_helper
 
+from dnd_sdk.folders import usual_mode
 from dnd_sdk.manifest import DIM_NAMES, TensorSpec
 
 # protobuf cannot serialise a message past 2 GiB; stay clear of it with the graph structure on top
@@ -35,19 +36,42 @@ def export_graph(module, args, path: Path, input_names, output_names, dynamic_ax
             torch.onnx.export(module, args, str(scratch / path.name), dynamo=False, opset_version=opset,
                               input_names=list(input_names), output_names=list(output_names),
                               dynamic_axes=dynamic_axes, do_constant_folding=True)
-        model = onnx.load(str(scratch / path.name))
+        # the graph without the spilled weights: they are copied over one tensor at a time
+        model = onnx.load(str(scratch / path.name), load_external_data=False)
+        extra = _save(model, scratch, path, external_threshold)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    weight_bytes = sum(len(t.raw_data) for t in model.graph.initializer)
-    extra = []
-    if weight_bytes > external_threshold:
-        extra = [path.name + ".data"]
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=extra[0], size_threshold=1024)
-    else:
-        onnx.save_model(model, str(path))
     onnx.checker.check_model(str(path), full_check=True)  # by path: works past 2 GB too
     return [_spec(v) for v in model.graph.input], [_spec(v) for v in model.graph.output], extra
+
+
+def _save(model: onnx.ModelProto, scratch: Path, path: Path, threshold: int) -> list:
+    """Write `model` to `path`; weights over `threshold` bytes go to one `path.data` file. Returns the
+    external file names. Spilled weights are streamed from the scratch files, never all held at once."""
+    spilled = [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    if not spilled:
+        if sum(len(t.raw_data) for t in model.graph.initializer) <= threshold:
+            onnx.save_model(model, str(path))
+            return []
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=path.name + ".data", size_threshold=1024)
+        usual_mode(path.parent / (path.name + ".data"))  # onnx creates it 0600: another user could not read it
+        return [path.name + ".data"]
+    data = path.name + ".data"
+    with open(path.parent / data, "wb") as out:
+        for tensor in spilled:
+            info = {e.key: e.value for e in tensor.external_data}
+            with open(scratch / info["location"], "rb") as f:
+                f.seek(int(info.get("offset", 0)))
+                blob = f.read(int(info["length"])) if "length" in info else f.read()
+            offset = out.tell()
+            out.write(blob)
+            del tensor.external_data[:]
+            for key, value in (("location", data), ("offset", str(offset)), ("length", str(len(blob)))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, value
+    onnx.save_model(model, str(path))
+    return [data]
 
 
 def _spec(value: onnx.ValueInfoProto) -> TensorSpec:

@@ -51,9 +51,12 @@ class StageWrapper(nn.Module):
     def forward(self, hidden, *past_flat):
         past = list(zip(past_flat[0::2], past_flat[1::2]))
         logits, h, present = self.model.stage_forward(self.k, hidden.to(self.dtype), past)
-        # only the last position is sampled; slicing here keeps the [B, S, V] tensor out of the graph outputs
+        # only the last position is sampled; slicing here keeps the [B, S, V] tensor out of the graph outputs.
+        # Not logits[:, -1]: that exports as Gather(-1) on the dynamic sequence axis, which TensorRT leaves
+        # undefined (export/trt_lint.py). Slice resolves -1 against the runtime length, and index 0 of the
+        # one position left is always in range (squeeze(1) would export an If node instead)
         flat = [t for kv in present for t in kv]
-        return (logits[:, -1].float(), h.float(), *flat)
+        return (logits[:, -1:][:, 0].float(), h.float(), *flat)
 
     def example_inputs(self, batch: int = 2, seq: int = 2, past: int = 3) -> tuple:
         # non-zero past and seq > 1 so the tracer cannot specialise either length to a constant

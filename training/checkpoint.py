@@ -6,24 +6,29 @@
     set_sampler_defaults("checkpoint.pt", cfg_scale=1.5, temperature=0.3)   # what `dnd generate` uses
     set_tokenizer("checkpoint.pt", "runs/tok-decoder/tokenizer.pt")          # a decoder fine-tuned later
 """
+import ctypes
 import dataclasses
 import os
 import pickle
+import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
+from mmap import PAGESIZE
 from pathlib import Path
 
 import torch
 
 from dnd_sdk.errors import CheckpointError
-from dnd_sdk.folders import usual_mode
+from dnd_sdk.folders import fsync_folder, usual_mode
+from dnd_sdk.labels import label_problem
 from dnd_sdk.manifest import SAMPLER_KEYS
 from dnd_sdk.sampler import SamplingParams
 from .model import ModelArgs, Transformer
-from .tokenizer import RQTokenizer, TokenizerConfig, code_weights_differ
+from .tokenizer import RQTokenizer, TokenizerConfig, code_weights_differ, migrate_codebook_keys
 
 FORMAT, VERSION = "dnd-checkpoint", 1
+MAX_CONFIG_INT = 1 << 20  # no count in a config (dims, layers, vocabulary, image side) comes near this
 REQUIRED_KEYS = ("format", "version", "model_config", "tokenizer_config", "model", "tokenizer", "labels", "meta")
 
 
@@ -35,6 +40,7 @@ class Checkpoint:
     tokenizer: dict
     labels: list
     meta: dict
+    mapped: bool = False  # tensors read through mmap (load_checkpoint(mmap=True))
 
     @property
     def model_args(self) -> ModelArgs:
@@ -49,10 +55,43 @@ class Checkpoint:
         model.load_state_dict(self.model)
         return model.to(dtype).eval()
 
+    def stream_model(self, dtype=torch.float32) -> Transformer:
+        """The model for export, holding one copy of the weights: built on the meta device, it takes over the
+        loaded tensors (mmap-backed with `load_checkpoint(mmap=True)`), casts them one at a time and empties
+        `self.model` as it goes. The Checkpoint has no transformer weights afterwards."""
+        with torch.device("meta"):
+            model = Transformer(self.model_args)
+        model.load_state_dict(self.model, assign=True)
+        self.model = {}
+        for module in model.modules():
+            for name, p in list(module.named_parameters(recurse=False)):
+                if p.dtype != dtype:
+                    setattr(module, name, torch.nn.Parameter(p.detach().to(dtype), requires_grad=False))
+                    if self.mapped:
+                        release_pages(p)
+        return model.eval()
+
     def build_tokenizer(self) -> RQTokenizer:
         tokenizer = RQTokenizer(self.tokenizer_args)
         tokenizer.load_state_dict(self.tokenizer)
+        if self.mapped:  # copied: the file's pages need not stay in memory beside the mapped transformer
+            for t in self.tokenizer.values():
+                release_pages(t)
         return tokenizer.eval()
+
+
+def release_pages(t: torch.Tensor) -> None:
+    """Drop the resident pages of a tensor read through a private, unwritten file mmap once it is no longer
+    needed: reading it faulted them into this process, and the file's mapping lives as long as any tensor of
+    the file does, so casting a whole model would otherwise hold both copies. The data stays in the file (and
+    the page cache); a later read faults it back in. Only the pages wholly inside the tensor are dropped."""
+    if not sys.platform.startswith("linux"):
+        return
+    storage, page = t.untyped_storage(), PAGESIZE
+    lo = (storage.data_ptr() + page - 1) // page * page
+    hi = (storage.data_ptr() + storage.nbytes()) // page * page
+    if hi > lo:
+        ctypes.CDLL(None).madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), 4)  # 4 = MADV_DONTNEED
 
 
 def atomic_torch_save(obj, path) -> None:
@@ -64,7 +103,10 @@ def atomic_torch_save(obj, path) -> None:
     try:
         usual_mode(tmp)
         torch.save(obj, tmp)
+        with open(tmp, "rb") as f:  # on disk before the rename, so a power loss never leaves half a file
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_folder(path.parent)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -74,6 +116,8 @@ def save_checkpoint(path, model: Transformer, tokenizer: RQTokenizer, labels, me
     labels = [str(x) for x in labels]
     if len(labels) != model.args.num_classes:
         raise CheckpointError(f"{len(labels)} labels for a model with num_classes={model.args.num_classes}")
+    if label_problem(labels):
+        raise CheckpointError(label_problem(labels))
     atomic_torch_save({
         "format": FORMAT, "version": VERSION,
         "model_config": dataclasses.asdict(model.args),
@@ -85,27 +129,49 @@ def save_checkpoint(path, model: Transformer, tokenizer: RQTokenizer, labels, me
     }, path)
 
 
-def read_torch_file(path: Path):
-    """torch.load with weights_only=True; every way the file can be unreadable becomes a CheckpointError."""
+def read_torch_file(path: Path, mmap: bool = False):
+    """torch.load with weights_only=True; every way the file can be unreadable becomes a CheckpointError.
+    mmap: tensors stay in the file's pages until touched (the way to open a multi-GB checkpoint)."""
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
+        raise CheckpointError(f"{path}: not a complete file written by torch.save (a text file, or truncated or "
+                              "corrupt?). Pass a checkpoint.pt written by `dnd train`.")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         # weights_only refuses any global it does not know: a file that would run code lands here
+        refused = [line for line in str(e).splitlines() if "GLOBAL" in line or "Unsupported global" in line]
+        if not refused:
+            raise CheckpointError(f"{path}: not a readable torch file (corrupt?): {str(e).splitlines()[0]}") from None
         raise CheckpointError(
             f"{path}: refused to load, the file holds Python objects that a dnd file must not contain "
-            f"(loading it could run code). Re-save it with the dnd training code. Detail: {str(e).splitlines()[0]}"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+            f"(loading it could run code). Re-save it with the dnd training code. Detail: {refused[0]}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, KeyError, ValueError) as e:
         raise CheckpointError(f"{path}: not a readable torch file (truncated or corrupt?): {e}") from None
 
 
-def _read(path: Path) -> dict:
+def _read(path: Path, mmap: bool = False) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file. Train one with `dnd train` or pass the right path.")
-    return read_torch_file(path)
+    return read_torch_file(path, mmap)
 
 
-def _check_shapes(name: str, module: torch.nn.Module, state: dict) -> None:
+def _check_config(path: Path, name: str, config) -> None:
+    """Every count in a config is a positive int of a sane size: a negative or absurd one would fail
+    deep inside torch, or ask for terabytes, instead of naming the field."""
+    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        # a list holds layer positions or multipliers (0 allowed); a single int is a count (>= 1)
+        bad = (any(is_int(v) and not 0 <= v <= MAX_CONFIG_INT for v in value) if isinstance(value, list)
+               else is_int(value) and not 1 <= value <= MAX_CONFIG_INT)
+        if bad:
+            raise CheckpointError(f"{path}: {name}.{f.name} = {value!r} is out of range (1..{MAX_CONFIG_INT})")
+
+
+def check_weights(name: str, module: torch.nn.Module, state: dict, mapped: bool = False) -> None:
+    """The state dict has exactly the module's tensors, with their shapes, float where the module's are
+    float, and finite. mapped: the tensors are file-backed (mmap), so each one's pages are handed back
+    after its finite check instead of all staying resident."""
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -115,12 +181,21 @@ def _check_shapes(name: str, module: torch.nn.Module, state: dict) -> None:
         if not isinstance(state[key], torch.Tensor) or tuple(state[key].shape) != tuple(ref.shape):
             got = tuple(state[key].shape) if isinstance(state[key], torch.Tensor) else type(state[key]).__name__
             raise CheckpointError(f"{name} weight {key!r} has shape {got}, its config implies {tuple(ref.shape)}")
+        tensor = state[key]
+        if ref.is_floating_point() and not tensor.is_floating_point():
+            raise CheckpointError(f"{name} weight {key!r} is {tensor.dtype}, expected floating point")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{name} weight {key!r} holds NaN or infinite values; the training run diverged "
+                                  "or the file is damaged. Use an earlier checkpoint.")
+        if mapped:
+            release_pages(tensor)
 
 
-def load_checkpoint(path) -> Checkpoint:
-    """Load and validate a checkpoint; every problem raises CheckpointError naming it."""
+def load_checkpoint(path, mmap: bool = False) -> Checkpoint:
+    """Load and validate a checkpoint; every problem raises CheckpointError naming it.
+    mmap: leave the tensors in the file's pages until used (see Checkpoint.stream_model)."""
     path = Path(path)
-    raw = _read(path)
+    raw = _read(path, mmap)
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         got = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
         raise CheckpointError(f"{path}: format is {got!r}, expected {FORMAT!r}. Is this a dnd-sdk checkpoint?")
@@ -129,13 +204,22 @@ def load_checkpoint(path) -> Checkpoint:
     missing = [k for k in REQUIRED_KEYS if k not in raw]
     if missing:
         raise CheckpointError(f"{path}: missing required key(s) {missing}")
-    ckpt = Checkpoint(**{k: raw[k] for k in REQUIRED_KEYS[2:]})
+    ckpt = Checkpoint(**{k: raw[k] for k in REQUIRED_KEYS[2:]}, mapped=mmap)
     try:
         model_args, tok_args = ckpt.model_args, ckpt.tokenizer_args
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, AssertionError, ZeroDivisionError) as e:
         raise CheckpointError(f"{path}: invalid config: {e}") from None
+    _check_config(path, "model_config", model_args)
+    _check_config(path, "tokenizer_config", tok_args)
+    if not isinstance(ckpt.labels, list) or not all(isinstance(x, str) and x for x in ckpt.labels):
+        raise CheckpointError(f"{path}: labels must be a list of non-empty strings, got {type(ckpt.labels).__name__}")
+    if not isinstance(ckpt.model, dict) or not isinstance(ckpt.tokenizer, dict):
+        raise CheckpointError(f"{path}: model and tokenizer must be state dicts of tensors")
     if len(ckpt.labels) != model_args.num_classes:
         raise CheckpointError(f"{path}: {len(ckpt.labels)} labels but num_classes={model_args.num_classes}")
+    if label_problem(ckpt.labels):
+        raise CheckpointError(f"{path}: {label_problem(ckpt.labels)}; fix the labels and save the checkpoint again")
+    migrate_codebook_keys(ckpt.tokenizer, tok_args.depth)  # files written before the published codebook layout
     if model_args.vocab_size != tok_args.codebook_size or model_args.num_pred_heads != tok_args.depth:
         raise CheckpointError(
             f"{path}: transformer (vocab {model_args.vocab_size}, depth {model_args.num_pred_heads}) does not match "
@@ -143,9 +227,14 @@ def load_checkpoint(path) -> Checkpoint:
     if (model_args.grid_h, model_args.grid_w) != (tok_args.grid_h, tok_args.grid_w):
         raise CheckpointError(f"{path}: transformer grid {model_args.grid_h}x{model_args.grid_w} "
                               f"!= tokenizer grid {tok_args.grid_h}x{tok_args.grid_w}")
-    with torch.device("meta"):
-        _check_shapes("model", Transformer(model_args), ckpt.model)
-        _check_shapes("tokenizer", RQTokenizer(tok_args), ckpt.tokenizer)
+    try:
+        with torch.device("meta"):
+            model, tokenizer = Transformer(model_args), RQTokenizer(tok_args)
+    except (RuntimeError, ValueError, AssertionError, TypeError, ZeroDivisionError) as e:
+        raise CheckpointError(f"{path}: its config does not describe a buildable model "
+                              f"({type(e).__name__}: {e})") from None
+    check_weights("model", model, ckpt.model, mmap)
+    check_weights("tokenizer", tokenizer, ckpt.tokenizer, mmap)
     return ckpt
 
 

@@ -24,32 +24,39 @@ def evaluate():
 @click.option("--cfg-scale", type=float, help="Model: guidance scale [default: the model's].")
 @click.option("--temperature", type=float, help="Model: temperature [default: the model's].")
 @click.option("--threads", type=int, help="Model: ONNX Runtime threads.")
-@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the JSON here.")
-def ocr(target, dataset, per_class, num_classes, seed, depth, cfg_scale, temperature, threads, out):
-    """TARGET: an exported model folder, a `dnd generate` folder, or a tokenizer.pt / checkpoint.pt."""
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the full result here as JSON, with the per-image list (index, label, OCR text, PNG).")
+@click.option("--save-images", type=click.Path(file_okay=False, path_type=Path),
+              help="Model: also save the judged images here, so the per-image list points at them.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def ocr(target, dataset, per_class, num_classes, seed, depth, cfg_scale, temperature, threads, out, save_images,
+        quiet):
+    """TARGET: an exported model folder, a `dnd generate` folder, or a tokenizer.pt / checkpoint.pt.
+
+    Prints a summary; -o FILE keeps every image's result."""
     from . import evaluate as ev
     from .data import load_words
+    progress = not quiet
     sampling = {k: v for k, v in (("cfg_scale", cfg_scale), ("temperature", temperature)) if v is not None}
     if dataset:
-        result = ev.eval_dataset(num_classes=32 if num_classes is None else num_classes, per_class=per_class, seed=seed)
+        result = ev.eval_dataset(num_classes=32 if num_classes is None else num_classes, per_class=per_class, seed=seed,
+                                 progress=progress)
     elif target is None:
         raise InvalidInputError("give a TARGET (model folder, image folder, tokenizer.pt) or --dataset")
     elif target.is_dir() and num_classes is not None:
         raise InvalidInputError("--num-classes applies to --dataset and tokenizers; a model or image folder "
                                 "is judged on its own classes")
     elif (target / "manifest.json").is_file():
-        result = ev.eval_model(target, per_class, seed, sampling, threads)
+        result = ev.eval_model(target, per_class, seed, sampling, threads, save_images, progress)
     elif target.is_dir():
-        result = ev.eval_images(target)
+        result = ev.eval_images(target, progress)
     else:
         labels = None if num_classes is None else load_words(num_classes=num_classes)
-        result = ev.eval_tokenizer(target, labels, per_class=per_class, seed=seed, depth=depth)
-    text = json.dumps(result, indent=2)
+        result = ev.eval_tokenizer(target, labels, per_class=per_class, seed=seed, depth=depth, progress=progress)
     if out:
-        out.write_text(text + "\n")
-    click.echo(text)
-    click.echo(f"{result['kind']}: exact match {result['accuracy']:.1%} of {result['count']}, CER {result['cer']:.3f}"
-               + (f", PSNR {result['psnr']:.2f} dB" if "psnr" in result else ""), err=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+    click.echo(ev.summary(result))
+    click.echo(f"per-image results: {out}" if out else "(-o FILE writes the per-image results)")
 
 
 @evaluate.command("sweep")

@@ -18,21 +18,42 @@ from .data import WordImageDataset, load_words, to_image, to_tensor
 from .ocr import read_words, score
 
 
-def _report(kind: str, images, truths, **extra) -> dict:
-    predictions = read_words(images)
+def _report(kind: str, images, truths, pngs=None, progress: bool = False, **extra) -> dict:
+    """Scores plus the per-image list: index, label, what OCR read, and the PNG it read (None when the
+    image was judged in memory). progress: a tqdm bar while tesseract reads."""
+    predictions = read_words(images, progress=progress)
     result = {"kind": kind, **score(predictions, truths).as_dict(), **extra}
-    result["examples"] = [{"truth": t, "read": p} for t, p in list(zip(truths, predictions))[:16]]
+    pngs = pngs or [None] * len(images)
+    result["images"] = [{"index": i, "label": t, "read": p, "png": None if f is None else str(f)}
+                        for i, (t, p, f) in enumerate(zip(truths, predictions, pngs))]
     return result
 
 
-def eval_model(model_dir, per_class: int = 4, seed: int = 1000, sampling=None, threads=None) -> dict:
-    """Generate `per_class` images of every class with the model's defaults (or `sampling`) and read them."""
+def summary(result: dict) -> str:
+    """Two lines for a terminal: the scores, and the weakest classes."""
+    line = (f"{result['kind']}: exact match {result['accuracy']:.1%} of {result['count']}, CER {result['cer']:.3f}"
+            + (f", PSNR {result['psnr']:.2f} dB" if "psnr" in result else ""))
+    weakest = sorted(result["per_class"].items(), key=lambda kv: kv[1])[:5]
+    return line + "\nweakest:  " + ", ".join(f"{word} {acc:.0%}" for word, acc in weakest)
+
+
+def eval_model(model_dir, per_class: int = 4, seed: int = 1000, sampling=None, threads=None, image_dir=None,
+               progress: bool = False) -> dict:
+    """Generate `per_class` images of every class with the model's defaults (or `sampling`) and read them;
+    with image_dir, the judged images are also saved there (000000.png ...)."""
     from dnd_sdk import Generator
+    from dnd_sdk.images import save_png
     with Generator(model_dir, threads=threads) as gen:
         labels = [c for c in range(gen.num_classes) for _ in range(per_class)]
         images = gen.sample(labels=labels, seed=seed, **(sampling or {}))
         defaults = dict(gen.manifest.sampler_defaults)
-    return _report("generated", images, [gen.labels[c] for c in labels], seed=seed,
+    pngs = None
+    if image_dir is not None:
+        Path(image_dir).mkdir(parents=True, exist_ok=True)
+        pngs = [Path(image_dir) / f"{i:06d}.png" for i in range(len(images))]
+        for im, path in zip(images, pngs):
+            save_png(im, path)
+    return _report("generated", images, [gen.labels[c] for c in labels], pngs, progress, seed=seed,
                    sampling={**defaults, **(sampling or {})})
 
 
@@ -43,17 +64,17 @@ def sweep_model(model_dir, cfg_scales, temperatures, per_class: int = 4, seed: i
     return sorted(results, key=lambda r: (-r["accuracy"], r["cer"]))
 
 
-def eval_images(folder) -> dict:
+def eval_images(folder, progress: bool = False) -> dict:
     """Read a `dnd generate` output folder; the truth of each PNG comes from metadata.jsonl."""
     meta = Path(folder) / "metadata.jsonl"
     if not meta.is_file():
         raise InvalidInputError(f"{folder}: no metadata.jsonl; give a finished `dnd generate` output folder")
     rows = [json.loads(line) for line in meta.read_text().splitlines() if line.strip()]
-    images = []
-    for r in rows:
-        with Image.open(Path(folder) / f"{r['index']:06d}.png") as im:
+    images, pngs = [], [Path(folder) / f"{r['index']:06d}.png" for r in rows]
+    for path in pngs:
+        with Image.open(path) as im:
             images.append(im.convert("RGB"))  # loaded now, so the file closes
-    return _report("images", images, [r["label_name"] for r in rows])
+    return _report("images", images, [r["label_name"] for r in rows], pngs, progress)
 
 
 def _dataset(labels, per_class: int, seed: int, preset: str) -> WordImageDataset:
@@ -68,7 +89,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @torch.no_grad()
 def eval_tokenizer(tokenizer_path, labels=None, per_class: int = 4, seed: int = 1000, preset: str = "clean",
-                   depth=None) -> dict:
+                   depth=None, progress: bool = False) -> dict:
     """rOCR and PSNR: render held-out words, encode, decode with the first `depth` codes, read."""
     from .tokenizer_file import load_tokenizer
     tokenizer, meta = load_tokenizer(tokenizer_path)
@@ -83,13 +104,14 @@ def eval_tokenizer(tokenizer_path, labels=None, per_class: int = 4, seed: int = 
     images = [to_image(x) for x in recon]
     # PSNR of the uint8 images the user sees
     seen = torch.stack([to_tensor(im) for im in images])
-    return _report("reconstructed", images, [ds.labels[ds.label_of(i)] for i in range(len(ds))],
+    return _report("reconstructed", images, [ds.labels[ds.label_of(i)] for i in range(len(ds))], None, progress,
                    psnr=psnr(seen, originals), depth=depth, seed=seed)
 
 
-def eval_dataset(labels=None, num_classes: int = 32, per_class: int = 4, seed: int = 1000, preset: str = "clean") -> dict:
+def eval_dataset(labels=None, num_classes: int = 32, per_class: int = 4, seed: int = 1000, preset: str = "clean",
+                 progress: bool = False) -> dict:
     """The OCR ceiling: how often tesseract reads the rendered training words themselves."""
     labels = list(labels or load_words(num_classes=num_classes))
     ds = _dataset(labels, per_class, seed, preset)
     return _report("dataset", [ds.render(i) for i in range(len(ds))],
-                   [ds.labels[ds.label_of(i)] for i in range(len(ds))], seed=seed)
+                   [ds.labels[ds.label_of(i)] for i in range(len(ds))], None, progress, seed=seed)

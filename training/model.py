@@ -118,9 +118,12 @@ def rope_angles(args: ModelArgs, positions: torch.Tensor) -> tuple:
     """
     quarter = args.head_dim // 4
     theta = args.rope_base ** (-torch.arange(quarter, dtype=torch.float32) * 4 / args.head_dim)
-    cell = (positions - args.cls_token_num).clamp(min=0)
-    row = torch.div(cell, args.grid_w, rounding_mode="floor").to(torch.float32)
-    col = (cell % args.grid_w).to(torch.float32)
+    # integer ops TensorRT 10 parses (export/trt_lint.py): Max rather than clamp (Clip takes no
+    # int64), and, since cell >= 0, truncating division and a subtraction rather than floor and %
+    cell = torch.maximum(positions - args.cls_token_num, torch.zeros_like(positions))
+    row = torch.div(cell, args.grid_w, rounding_mode="trunc")
+    col = (cell - row * args.grid_w).to(torch.float32)
+    row = row.to(torch.float32)
     angles = torch.cat([row[:, None] * theta, col[:, None] * theta], dim=-1)  # [S, hd/2]
     is_latent = (positions >= args.cls_token_num).to(torch.float32)[:, None]
     return torch.cos(angles) * is_latent, torch.sin(angles) * is_latent

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from PIL import Image
+from tqdm import tqdm
 
 from dnd_sdk.errors import DndError
 
@@ -22,8 +23,9 @@ def _require_tesseract():
     return pytesseract
 
 
-def read_words(images, threads: int = 2) -> list:
-    """OCR each PIL image (one word per image); returns the stripped texts in order."""
+def read_words(images, threads: int = 2, progress: bool = False) -> list:
+    """OCR each PIL image (one word per image); returns the stripped texts in order. With progress,
+    a tqdm bar on stderr (a few hundred images take tens of seconds)."""
     pytesseract = _require_tesseract()
 
     def read(img: Image.Image) -> str:
@@ -31,7 +33,7 @@ def read_words(images, threads: int = 2) -> list:
         return pytesseract.image_to_string(big, config="--psm 7").strip()
 
     with ThreadPoolExecutor(threads) as pool:  # each call is a tesseract process
-        return list(pool.map(read, images))
+        return list(tqdm(pool.map(read, images), total=len(images), unit="img", desc="OCR", disable=not progress))
 
 
 def edit_distance(a: str, b: str) -> int:

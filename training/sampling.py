@@ -8,7 +8,7 @@ names as `dnd_sdk.sampler`, whose numpy code it mirrors.
 import numpy as np
 import torch
 
-from dnd_sdk.sampler import SamplingParams, image_uniforms
+from dnd_sdk.sampler import GREEDY_TEMPERATURE, SamplingParams, image_uniforms
 
 
 def logits_to_probs(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
@@ -36,7 +36,7 @@ def _softmax(x, keep):
 
 def sample(logits: torch.Tensor, u: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0):
     """One token per row of [B, V] logits, using the row's uniform u [B] (float64)."""
-    if temperature == 0:
+    if temperature < GREEDY_TEMPERATURE:
         return logits.argmax(-1)
     probs = logits_to_probs(logits, temperature, top_k, top_p)
     token = (torch.cumsum(probs, -1) <= u[:, None]).sum(-1)
@@ -69,11 +69,12 @@ def generate(model, labels, *, seed: int, cfg_scale: float = 1.0, temperature: f
     a = model.args
     params = SamplingParams(cfg_scale, temperature, top_k, top_p, head_temperatures).validate(
         a.vocab_size, a.num_pred_heads, a.has_null_class)
-    labels = torch.as_tensor(labels, dtype=torch.long)
+    device = next(model.parameters()).device  # the model's device: CPU, or a GPU for `dnd bench --reference-device`
+    labels = torch.as_tensor(labels, dtype=torch.long, device=device)
     n = labels.shape[0]
     indices = range(n) if image_indices is None else image_indices
     u = torch.from_numpy(np.stack([image_uniforms(seed, int(i), a.seq_len * a.num_pred_heads) for i in indices]))
-    u = u.view(n, a.seq_len, a.num_pred_heads)
+    u = u.view(n, a.seq_len, a.num_pred_heads).to(device)
     if params.guided:
         labels = torch.cat([labels, torch.full_like(labels, a.num_classes)])
     caches = [model.empty_cache(labels.shape[0], model.stage_layers(k)) for k in range(a.num_pred_heads)]

@@ -1,11 +1,13 @@
-"""RQ-VAE image tokenizer: conv encoder/decoder around a residual quantizer with one shared codebook.
+"""RQ-VAE image tokenizer: conv encoder/decoder around a residual quantizer (one codebook shared by all
+depths, or one per depth).
 
     tok = RQTokenizer(TokenizerConfig(image_height=32, image_width=128, depth=4))
     recon, codes, losses = tok(images)     # training step; images [B, 3, H, W] in [-1, 1]
     codes = tok.encode(images)             # [B, h, w, D] int64, never updates the codebook
     images = tok.decode(codes[..., :2])    # partial depth: sum of the first d codebook rows
 
-Module and state_dict names follow the taming/RQ-VAE layout (encoder.down.{i}.block.{j}, mid.block_1, ...).
+Module and state_dict names follow the taming/RQ-VAE layout (encoder.down.{i}.block.{j}, mid.block_1, ...,
+quantizer.codebooks.{k}.weight with a zero padding row), so the published RQ-VAE loads into this class as it is.
 """
 import math
 from dataclasses import dataclass, field
@@ -27,11 +29,13 @@ class TokenizerConfig:
     ch_mult: list = field(default_factory=lambda: [1, 2, 2, 4])  # one level per entry; 2**(len-1) downsampling
     num_res_blocks: int = 1
     attn_in_mid: bool = False
+    attn_levels: list = field(default_factory=list)  # levels (0 = full size) with attention after each block
     norm_groups: int = 32  # GroupNorm groups (gcd with the channel count)
     z_channels: Optional[int] = None  # encoder output channels; None = embed_dim
     embed_dim: int = 32
     codebook_size: int = 512  # K
     depth: int = 4  # D
+    shared_codebook: bool = True  # False: depth k has a table of its own
     decay: float = 0.99
     commitment_weight: float = 0.25
     restart_unused_codes: bool = True
@@ -41,6 +45,7 @@ class TokenizerConfig:
 
     def __post_init__(self):
         self.ch_mult = [int(m) for m in self.ch_mult]
+        self.attn_levels = sorted(int(i) for i in self.attn_levels)
         if self.z_channels is None:
             self.z_channels = self.embed_dim
         problems = []
@@ -49,6 +54,8 @@ class TokenizerConfig:
         elif self.image_height % self.downsample or self.image_width % self.downsample or min(self.image_height, self.image_width) < 1:
             problems.append(f"image size {self.image_height}x{self.image_width} is not a positive multiple of "
                             f"the downsampling factor {self.downsample} (from {len(self.ch_mult)} ch_mult levels)")
+        if any(not 0 <= i < len(self.ch_mult) for i in self.attn_levels):
+            problems.append(f"attn_levels {self.attn_levels} must be level indices 0..{len(self.ch_mult) - 1}")
         for name in ("in_channels", "ch", "num_res_blocks", "z_channels", "embed_dim", "codebook_size", "depth",
                      "norm_groups"):
             if getattr(self, name) < 1:
@@ -129,8 +136,9 @@ def _mid(c: int, cfg) -> nn.Module:
 
 def _run_levels(levels, h, resample: str):
     for level in levels:
-        for block in level.block:
+        for j, block in enumerate(level.block):
             h = block(h)
+            h = level.attn[j](h) if hasattr(level, "attn") else h
         h = getattr(level, resample)(h) if hasattr(level, resample) else h
     return h
 
@@ -146,6 +154,8 @@ class Encoder(nn.Module):
             level = nn.Module()
             level.block = nn.ModuleList(ResnetBlock(cin if j == 0 else c, c, cfg.norm_groups)
                                         for j in range(cfg.num_res_blocks))
+            if i in cfg.attn_levels:
+                level.attn = nn.ModuleList(AttnBlock(c, cfg.norm_groups) for _ in range(cfg.num_res_blocks))
             if i < len(chans) - 1:
                 level.downsample = Resample(c, up=False)
             self.down.append(level)
@@ -171,6 +181,8 @@ class Decoder(nn.Module):
             level = nn.Module()
             level.block = nn.ModuleList(ResnetBlock(cin if j == 0 else chans[i], chans[i], cfg.norm_groups)
                                         for j in range(cfg.num_res_blocks + 1))
+            if i in cfg.attn_levels:
+                level.attn = nn.ModuleList(AttnBlock(chans[i], cfg.norm_groups) for _ in range(cfg.num_res_blocks + 1))
             if i > 0:
                 level.upsample = Resample(chans[i], up=True)
             levels.insert(0, level)  # up[i] is resolution level i (0 = full size), run from coarse to fine
@@ -185,20 +197,45 @@ class Decoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))  # not clamped: about [-1, 1]
 
 
+class Codebook(nn.Module):
+    """K codes of size E plus a zero padding row (index K, never chosen), and the EMA statistics that move
+    them. Names and shapes are the published RQ-VAE's (VQEmbedding), so its tables load as they are."""
+
+    def __init__(self, K: int, E: int):
+        super().__init__()
+        codes = torch.randn(K, E)
+        # buffers, not parameters: the codebook is moved by EMA statistics, never by the optimizer
+        self.register_buffer("weight", torch.cat([codes, torch.zeros(1, E)]))
+        self.register_buffer("cluster_size_ema", torch.ones(K))  # starts consistent: codes = embed_ema / size
+        self.register_buffer("embed_ema", codes.clone())
+
+    @property
+    def codes(self):  # [K, E], a view: writes go into the table
+        return self.weight[:-1]
+
+
 class ResidualQuantizer(nn.Module):
-    """Greedy residual quantization with one EMA codebook shared by all D depths."""
+    """Greedy residual quantization over D depths with EMA codebooks: one shared by all depths, or one per depth."""
 
     def __init__(self, cfg: TokenizerConfig):
         super().__init__()
         self.cfg = cfg
         K, E = cfg.codebook_size, cfg.embed_dim
-        # buffers, not parameters: the codebook is moved by EMA statistics, never by the optimizer
-        self.register_buffer("codebook", torch.randn(K, E))
-        self.register_buffer("cluster_size_ema", torch.ones(K))  # starts consistent: codebook = embed_ema / size
-        self.register_buffer("embed_ema", self.codebook.clone())
+        # a shared table sits at every index, so state_dict() lists it under each codebooks.{k}, as published
+        books = [Codebook(K, E)] * cfg.depth if cfg.shared_codebook else [Codebook(K, E) for _ in range(cfg.depth)]
+        self.codebooks = nn.ModuleList(books)
+        self._register_load_state_dict_pre_hook(self._migrate)
 
-    def nearest(self, r):  # r [N, E] -> [N] int64; ||r||^2 is the same for every code, so it is left out
-        e = self.codebook.float()
+    def _migrate(self, state, prefix, *args):
+        migrate_codebook_keys(state, self.cfg.depth, prefix)
+
+    # the depth-0 table and its statistics: the one table when shared
+    codebook = property(lambda self: self.codebooks[0].codes)
+    cluster_size_ema = property(lambda self: self.codebooks[0].cluster_size_ema)
+    embed_ema = property(lambda self: self.codebooks[0].embed_ema)
+
+    def nearest(self, r, k: int = 0):  # r [N, E] -> [N] int64; ||r||^2 is the same for every code, so it is left out
+        e = self.codebooks[k].codes.float()
         return (e.pow(2).sum(1) - 2 * r @ e.t()).argmin(1)
 
     def forward(self, z, update: Optional[bool] = None):
@@ -208,42 +245,60 @@ class ResidualQuantizer(nn.Module):
             zf = z.float().reshape(-1, z.shape[-1])  # [N, E]
             residual, cum = zf.detach(), torch.zeros_like(zf)
             residuals, codes, cums = [], [], []
-            for _ in range(self.cfg.depth):
-                idx = self.nearest(residual)
+            for k in range(self.cfg.depth):
+                idx = self.nearest(residual, k)
                 residuals.append(residual)
                 codes.append(idx)
-                q = F.embedding(idx, self.codebook).float()
+                q = F.embedding(idx, self.codebooks[k].weight).float()
                 residual, cum = residual - q, cum + q
                 cums.append(cum)
             per_depth = torch.stack([(zf - c).pow(2).mean() for c in cums])  # cums carry no grad: this commits z
         if update:
-            self.ema_update(torch.cat(residuals), torch.cat(codes))
+            if self.cfg.shared_codebook:  # one table serves every depth: pool their residuals
+                self.ema_update(self.codebooks[0], torch.cat(residuals), torch.cat(codes))
+            else:
+                for book, vectors, idx in zip(self.codebooks, residuals, codes):
+                    self.ema_update(book, vectors, idx)
         z_q = cums[-1].view(z.shape).to(z.dtype)
         codes = torch.stack(codes, -1).view(*z.shape[:-1], -1)  # [B, h, w, D]
         return z + (z_q - z).detach(), codes, per_depth.mean(), per_depth.detach()
 
     @torch.no_grad()
-    def ema_update(self, vectors, idx):
-        """vectors [M, E]: the residuals of every depth, pooled, since one codebook serves them all; idx [M]."""
+    def ema_update(self, book: Codebook, vectors, idx):
+        """vectors [M, E]: the residuals that chose codes idx [M] of `book`."""
         cfg, K = self.cfg, self.cfg.codebook_size
         one_hot = F.one_hot(idx, K).to(vectors.dtype)  # [M, K]; a matmul, not index_add_, so GPU sums are deterministic
-        self.cluster_size_ema.mul_(cfg.decay).add_(one_hot.sum(0), alpha=1 - cfg.decay)
-        self.embed_ema.mul_(cfg.decay).add_(one_hot.t() @ vectors, alpha=1 - cfg.decay)
+        book.cluster_size_ema.mul_(cfg.decay).add_(one_hot.sum(0), alpha=1 - cfg.decay)
+        book.embed_ema.mul_(cfg.decay).add_(one_hot.t() @ vectors, alpha=1 - cfg.decay)
         if cfg.restart_unused_codes:
             # dead codes restart at random current residuals; torch's RNG makes this reproducible on resume
             n = vectors.shape[0]
             pick = torch.randperm(n, device=vectors.device)[:K] if n >= K else torch.randint(n, (K,), device=vectors.device)
-            dead = self.cluster_size_ema < cfg.restart_threshold  # [K]
-            self.embed_ema.copy_(torch.where(dead[:, None], vectors[pick], self.embed_ema))
-            self.cluster_size_ema.masked_fill_(dead, 1.0)
-        n = self.cluster_size_ema.sum()
-        size = (self.cluster_size_ema + cfg.ema_eps) / (n + K * cfg.ema_eps) * n  # Laplace smoothing, same total
-        self.codebook.copy_(self.embed_ema / size[:, None])
+            dead = book.cluster_size_ema < cfg.restart_threshold  # [K]
+            book.embed_ema.copy_(torch.where(dead[:, None], vectors[pick], book.embed_ema))
+            book.cluster_size_ema.masked_fill_(dead, 1.0)
+        n = book.cluster_size_ema.sum()
+        size = (book.cluster_size_ema + cfg.ema_eps) / (n + K * cfg.ema_eps) * n  # Laplace smoothing, same total
+        book.codes.copy_(book.embed_ema / size[:, None])
+
+
+def migrate_codebook_keys(state: dict, depth: int, prefix: str = "quantizer.") -> dict:
+    """Rewrite, in place, a state dict saved before codebooks had the published layout
+    (`quantizer.codebook` [K, E] + statistics) into `quantizer.codebooks.{k}.*` with the padding row."""
+    old = prefix + "codebook"
+    if old in state:
+        codes = state.pop(old)
+        size, ema = state.pop(prefix + "cluster_size_ema"), state.pop(prefix + "embed_ema")
+        weight = torch.cat([codes, codes.new_zeros(1, codes.shape[1])])
+        for k in range(depth):
+            state.update({f"{prefix}codebooks.{k}.weight": weight, f"{prefix}codebooks.{k}.cluster_size_ema": size,
+                          f"{prefix}codebooks.{k}.embed_ema": ema})
+    return state
 
 
 # the parts that map an image to codes; two tokenizers that agree on them make the same codes
 CODE_MODULES = ("encoder", "quant_conv")
-CODE_WEIGHTS = tuple(f"{m}." for m in CODE_MODULES) + ("quantizer.codebook",)
+CODE_WEIGHTS = tuple(f"{m}." for m in CODE_MODULES) + ("quantizer.codebooks.",)
 
 
 def code_weights_differ(a: dict, b: dict) -> list:
@@ -280,9 +335,10 @@ class RQTokenizer(nn.Module):
         """codes [B, h, w, d] (d <= D, int64 or int32) -> z_q [B, E, h, w], the sum of the first d codebook rows."""
         if codes.shape[-1] > self.config.depth:
             raise ValueError(f"codes have depth {codes.shape[-1]}, the tokenizer has {self.config.depth}")
-        z = F.embedding(codes[..., 0], self.quantizer.codebook)  # [B, h, w, E]
+        books = self.quantizer.codebooks
+        z = F.embedding(codes[..., 0], books[0].weight)  # [B, h, w, E]
         for k in range(1, codes.shape[-1]):  # static loop over depth: exports as d gathers and adds
-            z = z + F.embedding(codes[..., k], self.quantizer.codebook)
+            z = z + F.embedding(codes[..., k], books[k].weight)
         return z.permute(0, 3, 1, 2)
 
     def decode(self, codes):

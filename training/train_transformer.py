@@ -25,7 +25,7 @@ from .distributed import init_distributed, shutdown
 from .grids import eval_mode, save_tensor_grid, step_png
 from .model import MODEL_CONFIGS, ModelArgs, Transformer
 from .sampling import generate
-from .tokenizer import code_weights_differ
+from .tokenizer import TokenizerConfig, code_weights_differ
 from .tokenizer_file import load_tokenizer
 from .train_common import Loop, TrainConfig, batch_indices, check_same_settings, run
 
@@ -88,7 +88,8 @@ def train_transformer(cfg: TransformerRunConfig, *, resume: bool = False, stop_a
     out = Path(tcfg.out_dir)
     data = load_codes(cfg.codes.path)
     tokenizer, _ = load_tokenizer(cfg.codes.tokenizer)
-    if dataclasses.asdict(tokenizer.config) != data.tokenizer_config:
+    # through the dataclass, so that a code file written before a config field existed still matches
+    if dataclasses.asdict(tokenizer.config) != dataclasses.asdict(TokenizerConfig(**data.tokenizer_config)):
         raise InvalidInputError(f"{cfg.codes.path} was not encoded with {cfg.codes.tokenizer}; "
                                 "re-run `dnd train extract-codes` with this tokenizer")
     args = build_model_args(cfg, data)

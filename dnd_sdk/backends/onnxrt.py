@@ -5,10 +5,17 @@ Each stage call binds the previous step's `present.*` OrtValues as this step's
 with CUDA, off the device). Logits and hidden state land in preallocated host buffers.
 """
 import numpy as np
-import onnxruntime as ort
+
+try:
+    import onnxruntime as ort
+except ImportError as e:  # the base install leaves the choice of onnxruntime or onnxruntime-gpu to an extra
+    raise ImportError(f"ONNX Runtime is not installed ({e}); pip install 'dnd-sdk[cpu]', or 'dnd-sdk[gpu]' on an "
+                      "NVIDIA machine (never both: they install the same module)") from None
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as OrtNotImplemented
 
-from ..errors import BackendUnavailableError
+from ..errors import BackendUnavailableError, ManifestError
+from ..model_files import RERUN, graph_session
 from .base import Backend
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -16,15 +23,37 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 ONNX_TYPES = {"float32": 1, "float16": 10, "bfloat16": 16}
 
 
-def session_from_onnx(path, provider: str, threads=None) -> ort.InferenceSession:
-    """An InferenceSession on exactly `provider`, with `threads` intra-op threads (None: one per core)."""
+def session_from_onnx(model, provider: str, threads=None, external_folder=None) -> ort.InferenceSession:
+    """An InferenceSession of `model` (a path, or the bytes of a graph whose external data lies in
+    `external_folder`) on exactly `provider`, with `threads` intra-op threads (None: one per core)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = int(threads or 0)
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
     # D + 1 sessions take turns; threads spinning after one session's call would steal cores from the next
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), opts, providers=[provider])
+    if external_folder is not None:
+        opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(external_folder))
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), opts, providers=[provider])
+
+
+def _checked_session(manifest, name: str, provider: str, threads) -> ort.InferenceSession:
+    """The verified graph `name` in a session whose inputs and outputs are the ones the manifest declares."""
+    open_session = lambda model, folder: session_from_onnx(model, provider, threads, folder)  # noqa: E731
+    try:
+        session = graph_session(manifest, name, open_session)
+    except Exception as e:  # ONNX Runtime raises its own classes: InvalidProtobuf, Fail, InvalidGraph...
+        if type(e).__module__ != ort_errors.__name__ or isinstance(e, OrtNotImplemented):
+            raise
+        raise ManifestError(f"{manifest.files[name].file}: ONNX Runtime cannot load it ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:200]}). {RERUN}") from None
+    for key, args in (("inputs", session.get_inputs()), ("outputs", session.get_outputs())):
+        declared = {s.name: list(s.shape) for s in getattr(manifest, key)(name)}
+        actual = {a.name: list(a.shape) for a in args}
+        if declared != actual:
+            raise ManifestError(f"{manifest.files[name].file}: the graph's {key} {actual} differ from manifest.json's "
+                                f"{declared}. {RERUN}")
+    return session
 
 
 class OnnxrtBackend(Backend):
@@ -46,7 +75,7 @@ class OnnxrtBackend(Backend):
                 "Install onnxruntime-gpu for CUDA, or use backend='onnxruntime-cpu'.")
         self.name, self.device, self.manifest = f"onnxruntime-{device}", device, manifest
         try:
-            self.sessions = {name: session_from_onnx(manifest.graph_path(name), provider, threads)
+            self.sessions = {name: _checked_session(manifest, name, provider, threads)
                              for name in [*manifest.stage_names, "decoder"]}
         except OrtNotImplemented as e:  # e.g. bf16 graphs: ONNX Runtime's CPU kernels lack bf16
             raise BackendUnavailableError(

@@ -1,4 +1,4 @@
-"""TensorRT backend: the engines `dnd-build` wrote, on CUDA device 0 (tensorrt, polygraphy's CUDA wrapper).
+"""TensorRT backend: the engines `dnd-build` wrote, on CUDA device 0 (tensorrt, cuda-python's runtime bindings).
 
 The KV cache never leaves the GPU. Each stage holds two buffers per cache tensor, sized for
 the engines' most rows and longest sequence; a step reads its past from one, writes its
@@ -9,32 +9,35 @@ the numpy sampler runs between stages.
 from pathlib import Path
 
 import numpy as np
-import tensorrt as trt
-from polygraphy import cuda
 
-from ..engines import ENGINES_NAME, load_engine_index
+try:
+    import tensorrt as trt
+except ImportError as e:
+    raise ImportError(f"TensorRT is not installed ({e}); pip install 'dnd-sdk[gpu]' (README, 'GPU install')") from None
+
+from ..engines import ENGINES_NAME, load_engine_index, tensorrt_major
 from ..errors import BackendUnavailableError, InvalidInputError
 from .base import Backend
+from .cuda_runtime import DEVICE_TO_HOST, HOST_TO_DEVICE, CudaRuntime
 
 _LOGGER = trt.Logger(trt.Logger.WARNING)
-_H2D, _D2H = cuda.MemcpyKind.HostToDevice, cuda.MemcpyKind.DeviceToHost
 
 
 class DeviceBuffer:
     """Device memory from cudaMalloc, allocated by `ensure` and grown on demand (contents do not survive growing)."""
 
-    def __init__(self):
-        self.ptr, self.nbytes = 0, 0
+    def __init__(self, cuda: CudaRuntime):
+        self.cuda, self.ptr, self.nbytes = cuda, 0, 0
 
     def ensure(self, nbytes: int) -> int:
         if nbytes > self.nbytes or not self.ptr:
             self.free()
-            self.ptr, self.nbytes = cuda.wrapper().malloc(max(nbytes, 1)), nbytes
+            self.ptr, self.nbytes = self.cuda.malloc(max(nbytes, 1)), nbytes
         return self.ptr
 
     def free(self) -> None:
         if self.ptr:
-            cuda.wrapper().free(self.ptr)
+            self.cuda.free(self.ptr)
         self.ptr, self.nbytes = 0, 0
 
 
@@ -86,10 +89,9 @@ class TensorrtBackend(Backend):
         if index is None:
             raise BackendUnavailableError(f"{model_dir} has no {ENGINES_NAME}, so no TensorRT engines; build them "
                                           f"with `dnd-build {model_dir} -o ENGINE_DIR` and load ENGINE_DIR")
-        try:
-            self.stream = cuda.Stream()
-        except Exception as e:  # polygraphy raises its own exception type when libcudart or a GPU is missing
-            raise BackendUnavailableError(f"no usable CUDA device for TensorRT: {e}") from None
+        tensorrt_major(trt.__version__)
+        self.cuda = CudaRuntime()  # BackendUnavailableError without a usable driver and GPU
+        self.stream = self.cuda.create_stream()
         self.manifest, self.max_batch = manifest, int(index.max_rows)
         self.engines, self._caches, self._scratch, self._host, self._buffers = {}, [], {}, {}, []
         h, w = int(manifest.latent["h"]), int(manifest.latent["w"])
@@ -125,7 +127,7 @@ class TensorrtBackend(Backend):
         return out
 
     def _new_buffer(self) -> DeviceBuffer:
-        self._buffers.append(DeviceBuffer())  # every buffer is registered, so close() frees it whatever failed
+        self._buffers.append(DeviceBuffer(self.cuda))  # every buffer is registered, so close() frees it whatever failed
         return self._buffers[-1]
 
     def _scratch_buffer(self, key) -> DeviceBuffer:
@@ -139,7 +141,7 @@ class TensorrtBackend(Backend):
         return self._host[key]
 
     def _execute(self, engine: Engine) -> None:
-        if not engine.context.execute_async_v3(self.stream.ptr):
+        if not engine.context.execute_async_v3(self.cuda.stream_handle(self.stream)):
             raise RuntimeError("TensorRT failed to run an engine; its log above says why")
 
     def run(self, graph: str, feeds: dict) -> dict:
@@ -152,7 +154,7 @@ class TensorrtBackend(Backend):
             array = np.ascontiguousarray(feeds[name], dtype=engine.numpy_dtype(name))
             engine.set_shape(name, array.shape)
             buf = self._scratch_buffer((graph, name))
-            cuda.wrapper().memcpy(buf.ensure(array.nbytes), array.ctypes.data, array.nbytes, _H2D, self.stream.ptr)
+            self.cuda.copy(buf.ensure(array.nbytes), array.ctypes.data, array.nbytes, HOST_TO_DEVICE, self.stream)
             ctx.set_tensor_address(name, buf.ptr)
         results = {}
         for name in engine.outputs:
@@ -161,9 +163,9 @@ class TensorrtBackend(Backend):
             ctx.set_tensor_address(name, buf.ensure(results[name].nbytes))
         self._execute(engine)
         for name, array in results.items():
-            cuda.wrapper().memcpy(array.ctypes.data, self._scratch[(graph, name)].ptr, array.nbytes, _D2H,
-                                  self.stream.ptr)
-        self.stream.synchronize()
+            self.cuda.copy(array.ctypes.data, self._scratch[(graph, name)].ptr, array.nbytes, DEVICE_TO_HOST,
+                           self.stream)
+        self.cuda.synchronize(self.stream)
         return results
 
     def reset(self, rows: int) -> None:
@@ -179,7 +181,7 @@ class TensorrtBackend(Backend):
         rows, past = hidden.shape[0], self._past_len[k]
         if rows != self._rows:  # the cache holds self._rows rows: another count would read it wrongly
             raise InvalidInputError(f"stage_step got {rows} rows after reset({self._rows}); call reset(rows) first")
-        cuda.wrapper().memcpy(self._hidden_in.ptr, hidden.ctypes.data, hidden.nbytes, _H2D, self.stream.ptr)
+        self.cuda.copy(self._hidden_in.ptr, hidden.ctypes.data, hidden.nbytes, HOST_TO_DEVICE, self.stream)
         engine.set_shape("hidden", hidden.shape)
         ctx.set_tensor_address("hidden", self._hidden_in.ptr)
         read = self._side[k]
@@ -193,8 +195,8 @@ class TensorrtBackend(Backend):
         ctx.set_tensor_address("hidden_out", self._hidden_out.ptr)
         self._execute(engine)
         for host, device in ((logits, self._logits), (hidden_out, self._hidden_out)):
-            cuda.wrapper().memcpy(host.ctypes.data, device.ptr, host.nbytes, _D2H, self.stream.ptr)
-        self.stream.synchronize()
+            self.cuda.copy(host.ctypes.data, device.ptr, host.nbytes, DEVICE_TO_HOST, self.stream)
+        self.cuda.synchronize(self.stream)
         self._side[k], self._past_len[k] = 1 - read, past + hidden.shape[1]
         return logits, hidden_out
 
@@ -203,5 +205,5 @@ class TensorrtBackend(Backend):
             buf.free()
         self.engines, self._caches, self._scratch, self._host, self._buffers = {}, [], {}, {}, []
         if self.stream is not None:
-            self.stream.free()
+            self.cuda.destroy_stream(self.stream)
             self.stream = None

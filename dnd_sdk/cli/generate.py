@@ -17,7 +17,12 @@ def _shard(ctx, param, value):
 
 
 def _labels(ctx, param, value):
-    return None if value is None else [x.strip() for x in value.split(",") if x.strip()]
+    if value is None:
+        return None
+    labels = [x.strip() for x in value.split(",")]
+    if not all(labels):
+        raise click.BadParameter(f"empty entry in {value!r}; give class names or ids separated by single commas")
+    return labels
 
 
 @click.command("generate")
@@ -33,17 +38,20 @@ def _labels(ctx, param, value):
               help="I/N: make only the I-th (0-based) of N disjoint parts of the index range.")
 @click.option("--npz", is_flag=True, help="Also write samples.npz (arr_0: uint8 NHWC), as FID evaluators read.")
 @click.option("--grid", is_flag=True, help="Also write grid.png, a contact sheet of the first 256 images.")
+@click.option("--captions/--no-captions", default=None,
+              help="Label under each grid.png cell. [default: on when the model has more than one class]")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @backend_options
 @ray_options
-def generate(model, num, labels, per_class, out, batch_size, seed, sampling, shard, npz, grid, quiet, backend, ray):
+def generate(model, num, labels, per_class, out, batch_size, seed, sampling, shard, npz, grid, captions, quiet,
+             backend, ray):
     """Sample images from MODEL into OUT: 000000.png ..., metadata.jsonl, run.json.
 
     Killed at any point, the same command resumes where it stopped. Shards may share OUT.
     With --ray, Ray workers sample and this process writes the same files.
     """
     job = BatchJob(num=num, labels=labels, per_class=per_class, seed=seed, sampling=sampling,
-                   batch_size=batch_size, shard=shard, npz=npz, grid=grid)
+                   batch_size=batch_size, shard=shard, npz=npz, grid=grid, captions=captions)
     if ray is None:
         gen = Generator(model, **backend)
         s, where = run_batch(gen, out, job, progress=not quiet), f"on {gen.backend_name}"

@@ -43,7 +43,8 @@ def test_files_and_metadata(gen, single):
     expected = np.stack([np.asarray(im) for im in gen.sample(num=10, seed=4)])
     assert np.array_equal(arr, expected)
     assert np.array_equal(np.asarray(Image.open(single / "000007.png")), expected[7])
-    assert Image.open(single / "grid.png").size == (4 * 34 + 2, 3 * 18 + 2)  # 4 classes per row, 2px gaps
+    # 4 classes per row, 2px gaps, a 13px caption strip under each cell (class-conditional model)
+    assert Image.open(single / "grid.png").size == (4 * 34 + 2, 3 * (18 + 13) + 2)
 
 
 def test_outputs_get_the_usual_file_modes(single, tiny_model_dir):

@@ -46,14 +46,18 @@ def test_generate_writes_images_npz_and_grid(tiny_model_dir, tmp_path):
 @pytest.mark.parametrize("args, fragment", [
     (["--num", "4", "--labels", "cat,unicorn"], "unknown label 'unicorn'"),
     (["--num", "4", "--labels", "9"], "class id 9 is out of range"),
-    (["--num", "4", "--temperature", "-1"], "temperature must be >= 0"),
-    (["--num", "4", "--top-p", "0"], "top_p must be in (0, 1]"),
-    (["--num", "4", "--top-k", "100"], "top_k must be in [0, 64]"),
-    (["--num", "4", "--cfg-scale", "-2"], "cfg_scale must be >= 0"),
-    (["--num", "0"], "num must be an integer >= 1"),
-    (["--num", "4", "--batch-size", "0"], "batch_size must be an integer >= 1"),
-    (["--num", "4", "--shard", "3/2"], "shard must be I/N"),
-    (["--labels", "cat", "--per-class", "2"], "not both"),
+    # errors name the flags the user typed, not the Python arguments behind them
+    (["--num", "4", "--temperature", "-1"], "Error: --temperature must be >= 0 (0 = greedy), got -1.0\n"),
+    (["--num", "4", "--top-p", "0"], "Error: --top-p must be in (0, 1] (1 = off), got 0.0\n"),
+    (["--num", "4", "--top-k", "100"], "Error: --top-k must be an integer in [0, 64], got 100\n"),
+    (["--num", "4", "--cfg-scale", "-2"], "Error: --cfg-scale must be in [0, 100] (1 = no guidance), got -2.0\n"),
+    (["--num", "4", "--cfg-scale", "1e308"], "Error: --cfg-scale must be in [0, 100]"),
+    (["--num", "0"], "Error: --num must be an integer in [1, 10000000], got 0\n"),
+    (["--num", "99999999999999999999"], "Error: --num must be an integer in [1, 10000000], got 99999999999999999999\n"),
+    (["--num", "4", "--batch-size", "0"], "Error: --batch-size must be an integer in [1, 10000000], got 0\n"),
+    (["--num", "4", "--shard", "3/2"], "Error: --shard must be I/N with 0 <= I < N, got 3/2\n"),
+    (["--labels", "cat", "--per-class", "2"], "Error: give --labels or --per-class, not both\n"),
+    (["--per-class", "99999999"], "Error: --per-class must be an integer in [1, 2500000]"),
 ])
 def test_bad_input_is_a_clean_error_and_writes_nothing(tiny_model_dir, tmp_path, args, fragment):
     out = tmp_path / "out"
@@ -103,3 +107,15 @@ def test_concurrent_shards_in_one_folder_equal_a_single_run(tiny_model_dir, tmp_
     assert [p.returncode for p in procs] == [0, 0]
     assert all("12 made" in o for o in outputs)
     assert tree(out) == tree(reference)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--num", "4", "--labels", "cat,,dog"], "Invalid value for '--labels': empty entry in 'cat,,dog'"),
+    (["--num", "4", "--labels", "cat,"], "empty entry"),
+    (["--num", "1e13"], "Invalid value for '--num': '1e13' is not a valid integer"),
+])
+def test_malformed_flags_are_usage_errors_that_write_nothing(tiny_model_dir, tmp_path, args, fragment):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["generate", str(tiny_model_dir), "--out", str(out), "--quiet", *args])
+    assert result.exit_code == 2 and fragment in result.output and "Traceback" not in result.output
+    assert not out.exists()

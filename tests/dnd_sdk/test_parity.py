@@ -19,6 +19,7 @@ def pair(tiny_checkpoint, tiny_model_dir):
 @pytest.mark.parametrize("kw, required", [
     (dict(cfg_scale=2.0, temperature=1.0), 0.995),
     (dict(cfg_scale=2.0, temperature=0.0), 1.0),
+    (dict(cfg_scale=2.0, temperature=1e-320), 1.0),  # below GREEDY_TEMPERATURE: greedy in both
     (dict(cfg_scale=1.0, temperature=0.8, top_k=16, top_p=0.9), 0.995),
 ])
 def test_codes_agree_with_reference_sampler(pair, kw, required):
@@ -30,6 +31,16 @@ def test_codes_agree_with_reference_sampler(pair, kw, required):
     assert got.shape == want.shape == (32, 2, 4, 2) and got.dtype == np.int64
     assert agreement >= required
     assert len(np.unique(got)) > 8  # the comparison covers varied tokens, not one repeated code
+
+
+def test_a_vanishing_temperature_samples_greedily_never_blank(pair):
+    gen, model, _ = pair
+    greedy = gen.sample_codes(num=8, seed=3, temperature=0.0)
+    for t in (1e-320, 1e-300, 5e-7):
+        assert np.array_equal(gen.sample_codes(num=8, seed=3, temperature=t), greedy)
+    assert len(np.unique(greedy)) > 4  # real tokens, not the all-zero codes of NaN logits
+    want = generate(model, (np.arange(8) % gen.num_classes).tolist(), seed=3, cfg_scale=2.0, temperature=1e-320)
+    assert np.array_equal(want.numpy(), greedy)
 
 
 def test_decoder_matches_tokenizer_decode(pair):

@@ -77,7 +77,7 @@ def test_uniforms_depend_on_seed_and_index_only():
 @pytest.mark.parametrize("kwargs, fragment", [
     (dict(temperature=-0.5), "temperature"), (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"),
     (dict(top_k=-1), "top_k"), (dict(top_k=65), "top_k"), (dict(cfg_scale=-1.0), "cfg_scale"),
-    (dict(head_temperatures=[1.0]), "one value per depth"),
+    (dict(head_temperatures=[1.0]), "one per depth"),
 ])
 def test_bad_parameters_are_typed_errors(kwargs, fragment):
     with pytest.raises(InvalidInputError, match=fragment):

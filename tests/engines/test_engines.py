@@ -1,6 +1,11 @@
-"""dnd-build's parts that need no GPU: profile shapes, the engine index, and its refusals."""
+"""The TensorRT path's parts that need no GPU: profile shapes, the engine index, refusals, version and parity checks."""
+import importlib
 import importlib.util
+import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -9,11 +14,12 @@ from dnd_engines.cli import main as dnd_build
 from dnd_engines.profiles import profile_shapes
 from dnd_sdk import Generator
 from dnd_sdk.cli.main import cli
-from dnd_sdk.engines import EngineIndex, load_engine_index, write_engine_index
-from dnd_sdk.errors import ManifestError
+from dnd_sdk.engines import EngineIndex, load_engine_index, tensorrt_major, write_engine_index
+from dnd_sdk.errors import BackendUnavailableError, ManifestError
 from dnd_sdk.manifest import FileRef, load_manifest
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 
 def test_profiles_fix_every_dim_of_the_tiny_model(tiny_model_dir):
@@ -91,3 +97,40 @@ def test_build_without_tensorrt_says_how_to_get_it_and_writes_nothing(tiny_model
     result = CliRunner().invoke(dnd_build, [str(tiny_model_dir), "-o", str(tmp_path / "out" / "engines")])
     assert result.exit_code == 1 and "dnd-build needs TensorRT" in result.output and "dnd-sdk[gpu]" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_tensorrt_versions_are_told_apart_by_major_number():
+    assert tensorrt_major("10.16.1.11") == 10 and tensorrt_major("11.1.0") == 11
+    for version in ("8.6.1", "12.0.0", "nightly"):
+        with pytest.raises(BackendUnavailableError, match=f"TensorRT {version} is not supported.*10 and 11 API"):
+            tensorrt_major(version)
+
+
+@pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed here")
+def test_tensorrt_backend_without_tensorrt_says_how_to_get_it(tiny_model_dir, tmp_path):
+    folder = _built_folder(tiny_model_dir, tmp_path)
+    with pytest.raises(BackendUnavailableError, match=r"tensorrt: TensorRT is not installed .*dnd-sdk\[gpu\]"):
+        Generator(folder, backend="tensorrt")
+    with Generator(folder, threads=1) as gen:  # auto falls through to ONNX Runtime
+        assert gen.backend_name == "onnxruntime-cpu"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cuda") is not None, reason="cuda-python is installed here")
+def test_cuda_runtime_without_cuda_python_names_the_package():
+    with pytest.raises(ImportError, match=r"needs cuda-python >= 12.6.1 .*dnd-sdk\[gpu\]"):
+        importlib.import_module("dnd_sdk.backends.cuda_runtime")
+
+
+def test_gpu_parity_script_judges_a_backend_against_onnxruntime_cpu(tiny_model_dir, tmp_path):
+    # the same folder on the same backend: every difference is zero and every limit holds
+    out = tmp_path / "parity.jsonl"
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "gpu_parity.py"), str(tiny_model_dir), str(tiny_model_dir),
+                           "onnxruntime-cpu", "fp32", "--json", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip() == ("onnxruntime-cpu fp32 vs onnxruntime-cpu: ok (stage0 logits max abs 0 <= 0.001; "
+                                   "greedy token agreement 1 >= 0.99; decoder pixels max abs 0 <= 1)")
+    row = json.loads(out.read_text())
+    assert row["passed"] and row["defaults_identical_images"] == 1.0
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "gpu_parity.py"), str(tiny_model_dir), str(tmp_path),
+                           "tensorrt", "fp16"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and proc.stdout.startswith("tensorrt fp16 vs onnxruntime-cpu: FAILED: ")

@@ -54,7 +54,8 @@ def test_existing_folder_needs_force(tiny_checkpoint, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(InvalidInputError, match="exists and is not empty; pass --force"):
+    with pytest.raises(InvalidInputError, match="exists and is not empty; pass force=True to replace it, or choose "
+                                                "another out_dir"):
         export_model(tiny_checkpoint, out)
     assert leftovers(out) == ["keep.txt"]
     export_model(tiny_checkpoint, out, force=True)
@@ -87,4 +88,5 @@ def test_cli_exit_codes_and_messages(tiny_checkpoint, tmp_path):
     assert ok.exit_code == 0, ok.output
     assert "Wrote" in ok.output and load_manifest(tmp_path / "out").dtype == "fp16"
     again = runner.invoke(main, [str(tiny_checkpoint), "-o", str(tmp_path / "out")])
-    assert again.exit_code == 1 and "--force" in again.output
+    assert again.exit_code == 1
+    assert again.output.endswith("exists and is not empty; pass --force to replace it, or choose another --out\n")

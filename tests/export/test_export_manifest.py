@@ -102,3 +102,28 @@ def test_not_json(model_copy):
     (model_copy / "manifest.json").write_text("{not json")
     with pytest.raises(ManifestError, match="not valid JSON"):
         load_manifest(model_copy)
+
+
+def test_spilled_weights_are_gathered_into_one_data_file_without_loading_them(tmp_path):
+    """What the exporter does past 2 GB (one file per tensor) is re-saved as graph + one .data file."""
+    import onnx
+    from onnx import helper, numpy_helper
+    from dnd_export.onnx_export import _save
+    rng = np.random.default_rng(0)
+    weights = {f"w{i}": rng.standard_normal((64, 64)).astype(np.float32) for i in range(3)}
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w0"], ["a"]), helper.make_node("MatMul", ["a", "w1"], ["b"]),
+         helper.make_node("MatMul", ["b", "w2"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 64])],
+        [numpy_helper.from_array(w, name) for name, w in weights.items()])
+    scratch, out = tmp_path / "scratch", tmp_path / "out"
+    scratch.mkdir(), out.mkdir()
+    onnx.save_model(helper.make_model(graph), str(scratch / "stage0.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=False, size_threshold=0)
+    spilled = onnx.load(str(scratch / "stage0.onnx"), load_external_data=False)
+    assert _save(spilled, scratch, out / "stage0.onnx", threshold=10**12) == ["stage0.onnx.data"]
+    assert sorted(p.name for p in out.iterdir()) == ["stage0.onnx", "stage0.onnx.data"]
+    back = onnx.load(str(out / "stage0.onnx"))
+    for t in back.graph.initializer:
+        np.testing.assert_array_equal(numpy_helper.to_array(t), weights[t.name])

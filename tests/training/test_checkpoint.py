@@ -49,6 +49,27 @@ def test_missing_and_truncated_files(saved, tmp_path):
         load_checkpoint(cut)
 
 
+@pytest.mark.parametrize("content, message", [
+    (b"hello world\n" * 10, "not a complete file written by torch.save .a text file, or truncated or corrupt"),
+    (bytes(range(256)) * 10, "not a complete file written by torch.save"),
+])
+def test_text_or_garbage_is_not_mistaken_for_a_code_running_pickle(tmp_path, content, message):
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(path)
+
+
+def test_a_zip_with_a_garbage_pickle_is_called_corrupt(saved, tmp_path):
+    path = tmp_path / "garbage.pt"
+    with zipfile.ZipFile(saved[0]) as src, zipfile.ZipFile(path, "w") as dst:
+        for name in src.namelist():
+            dst.writestr(name, b"\x80\x02garbage" if name.endswith("data.pkl") else src.read(name))
+    with pytest.raises(CheckpointError, match="not a readable torch file") as info:
+        load_checkpoint(path)
+    assert "could run code" not in str(info.value)
+
+
 def resave(path, edit):
     raw = torch.load(path, weights_only=True)
     edit(raw)
@@ -64,6 +85,17 @@ def resave(path, edit):
     (lambda r: r["model_config"].update(dim=48), "its config implies \\(5, 48\\)"),
     (lambda r: r["model_config"].update(n_head=5), "invalid config"),
     (lambda r: r.update(labels=["a"]), "1 labels but num_classes=4"),
+    (lambda r: r.update(labels=None), "labels must be a list of non-empty strings, got NoneType"),
+    (lambda r: r.update(labels=["a", "", "c", "d"]), "labels must be a list of non-empty strings"),
+    (lambda r: r["model_config"].update(dim=-32), r"model_config.dim = -32 is out of range \(1..1048576\)"),
+    (lambda r: r["model_config"].update(n_head=0), "invalid config"),
+    (lambda r: r["tokenizer_config"].update(image_height=10**9), "tokenizer_config.image_height = 1000000000 is out"),
+    (lambda r: (r["model_config"].update(vocab_size=10**12), r["tokenizer_config"].update(codebook_size=10**12)),
+     "model_config.vocab_size = 1000000000000 is out of range"),
+    (lambda r: r["model"].update({"tok_embeddings.weight": r["model"]["tok_embeddings.weight"].long()}),
+     "model weight 'tok_embeddings.weight' is torch.int64, expected floating point"),
+    (lambda r: r["tokenizer"]["decoder.conv_out.weight"].view(-1)[3].fill_(float("nan")),
+     "tokenizer weight 'decoder.conv_out.weight' holds NaN or infinite values"),
 ])
 def test_invalid_contents_name_the_problem(saved, edit, message):
     path = saved[0]

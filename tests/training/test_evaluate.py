@@ -23,11 +23,11 @@ def test_tokenizer_can_be_judged_on_other_words(tiny_checkpoint, tmp_path):
     runner = CliRunner()
     own = runner.invoke(cli, ["eval", "ocr", str(tiny_checkpoint), "--per-class", "1", "-o", str(tmp_path / "own.json")])
     assert own.exit_code == 0, own.output  # by default a checkpoint's own classes
-    assert [e["truth"] for e in json.loads((tmp_path / "own.json").read_text())["examples"]] == ["cat", "dog", "bird", "fish"]
+    assert [e["label"] for e in json.loads((tmp_path / "own.json").read_text())["images"]] == ["cat", "dog", "bird", "fish"]
     three = runner.invoke(cli, ["eval", "ocr", str(tiny_checkpoint), "--per-class", "1", "--num-classes", "3",
                                 "-o", str(tmp_path / "r.json")])
     assert three.exit_code == 0, three.output
-    assert [e["truth"] for e in json.loads((tmp_path / "r.json").read_text())["examples"]] == ["apple", "house", "water"]
+    assert [e["label"] for e in json.loads((tmp_path / "r.json").read_text())["images"]] == ["apple", "house", "water"]
     too_many = runner.invoke(cli, ["eval", "ocr", str(tiny_checkpoint), "--num-classes", "100000"])
     assert too_many.exit_code == 1 and "num_classes=100000" in too_many.output
     folder = runner.invoke(cli, ["eval", "ocr", str(tmp_path), "--num-classes", "3"])
@@ -42,10 +42,26 @@ def test_model_folder_and_generated_folder_agree(tiny_model_dir, tmp_path):
     assert runner.invoke(cli, ["generate", str(tiny_model_dir), "--per-class", "1", "--seed", "3",
                                "--out", str(out), "--quiet"]).exit_code == 0
     from_folder = eval_images(out)
-    assert from_folder["examples"] == direct["examples"]  # the same pixels read the same
-    cli_run = runner.invoke(cli, ["eval", "ocr", str(out), "-o", str(tmp_path / "r.json")])
+    strip = lambda rows: [(r["label"], r["read"]) for r in rows]  # noqa: E731
+    assert strip(from_folder["images"]) == strip(direct["images"])  # the same pixels read the same
+    cli_run = runner.invoke(cli, ["eval", "ocr", str(out), "-o", str(tmp_path / "r.json"), "--quiet"])
     assert cli_run.exit_code == 0, cli_run.output
-    assert json.loads((tmp_path / "r.json").read_text())["count"] == 4
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["count"] == 4 and result["images"][2]["png"] == str(out / "000002.png")
+    assert result["images"][2]["index"] == 2 and result["images"][2]["label"] == "bird"
+    # stdout holds a summary, not the JSON
+    lines = cli_run.output.splitlines()
+    assert lines[0].startswith("images: exact match ") and lines[1].startswith("weakest:  ")
+    assert lines[2] == f"per-image results: {tmp_path / 'r.json'}" and len(lines) == 3
+
+
+def test_model_eval_can_keep_the_images_it_judged(tiny_model_dir, tmp_path):
+    result = CliRunner().invoke(cli, ["eval", "ocr", str(tiny_model_dir), "--per-class", "1", "--save-images",
+                                      str(tmp_path / "judged"), "-o", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "r.json").read_text())["images"]
+    assert [r["png"] for r in rows] == [str(tmp_path / "judged" / f"{i:06d}.png") for i in range(4)]
+    assert all((tmp_path / "judged" / f"{i:06d}.png").is_file() for i in range(4))
 
 
 def test_eval_without_target_is_a_clean_error():

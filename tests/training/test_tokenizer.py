@@ -148,7 +148,7 @@ def test_ema_updates_only_in_train_mode():
     assert all(torch.equal(before[k], v) for k, v in tok.quantizer.named_buffers())
     tok.train()(images)
     after = buffers(tok.quantizer)
-    for key in ("codebook", "cluster_size_ema", "embed_ema"):
+    for key in ("codebooks.0.weight", "codebooks.0.cluster_size_ema", "codebooks.0.embed_ema"):
         assert not torch.equal(before[key], after[key]), key
     assert "codebook" not in dict(tok.named_parameters()) and tok.codebook_usage()["live"] > 0
 
