@@ -14,9 +14,9 @@ import ray
 from click.testing import CliRunner
 
 from dnd_sdk import Generator
-from dnd_sdk.batch import BatchJob, run_batch
+from dnd_sdk.batch import BatchJob, _shard_lock, run_batch
 from dnd_sdk.cli.main import cli
-from dnd_sdk.errors import ClusterError, InvalidInputError, ManifestError
+from dnd_sdk.errors import ClusterError, InvalidInputError, ManifestError, OutputError
 from dnd_sdk.ray_batch import RayOptions, run_batch_ray
 
 JOB = dict(num=40, seed=3, npz=True, grid=True)
@@ -124,10 +124,15 @@ def test_a_killed_driver_reruns_to_the_same_files(cluster, tiny_model_dir, singl
     assert tree(out) == single
 
 
-def test_errors_on_the_workers_and_cluster_too_small(cluster, tiny_model_dir, tmp_path):
-    with pytest.raises(InvalidInputError, match="unknown label 'zebra'"):
+def test_refusals_user_errors_a_busy_shard_and_a_cluster_too_small(cluster, tiny_model_dir, tmp_path):
+    with pytest.raises(InvalidInputError, match="unknown label 'zebra'"):  # raised on a worker, as itself
         run_batch_ray(tiny_model_dir, tmp_path / "a", BatchJob(num=4, labels=["zebra"]), RayOptions(), progress=False)
     assert not (tmp_path / "a").exists()
+    (tmp_path / "busy").mkdir()
+    with _shard_lock(tmp_path / "busy", "shard0of1-", (0, 1)):  # a plain `dnd generate` writing the same shard
+        with pytest.raises(OutputError, match="another `dnd generate` is writing shard 0/1"):
+            run_batch_ray(tiny_model_dir, tmp_path / "busy", BatchJob(num=4), RayOptions(), progress=False)
+    assert not list((tmp_path / "busy").glob("*.png"))
     with pytest.raises(ClusterError, match="3 workers x 1 CPU need 3 CPUs but the cluster has 2"):
         run_batch_ray(tiny_model_dir, tmp_path / "b", BatchJob(num=4), RayOptions(workers=3), progress=False)
     with pytest.raises(ClusterError, match="1 workers x 1 GPU need 1 GPUs but the cluster has 0"):
