@@ -136,9 +136,10 @@ def run_batch_ray(model, out, job: BatchJob, options: Optional[RayOptions] = Non
 
 def _check(o: RayOptions) -> None:
     if isinstance(o.workers, bool) or not isinstance(o.workers, int) or o.workers < 1:
-        raise InvalidInputError(f"workers must be an integer >= 1, got {o.workers!r}")
+        raise InvalidInputError(f"workers must be an integer >= 1, got {o.workers!r}", ["workers"])
     if not o.worker_cpus > 0 or not o.worker_gpus >= 0:
-        raise InvalidInputError(f"worker_cpus must be > 0 and worker_gpus >= 0, got {o.worker_cpus!r} and {o.worker_gpus!r}")
+        raise InvalidInputError(f"worker_cpus must be > 0 and worker_gpus >= 0, got {o.worker_cpus!r} and "
+                                f"{o.worker_gpus!r}", ["worker_cpus", "worker_gpus"])
 
 
 def _import_ray():
@@ -156,7 +157,7 @@ def _connect(ray, address: str) -> bool:
     if address not in ("local", "auto") and "://" not in address:
         host, _, port = address.rpartition(":")
         if not host or not port.isdigit():
-            raise ClusterError(f"--ray takes local, auto, HOST:PORT or ray://HOST:PORT, got {address!r}")
+            raise ClusterError(f"address must be local, auto, HOST:PORT or ray://HOST:PORT, got {address!r}", ["address"])
         try:
             socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
         except OSError as e:
@@ -178,8 +179,9 @@ def _check_room(ray, o: RayOptions) -> None:
     total = ray.cluster_resources()
     for key, each in (("CPU", o.worker_cpus), ("GPU", o.worker_gpus)):
         if o.workers * each > total.get(key, 0) + 1e-9:
-            raise ClusterError(f"{o.workers} workers x {each:g} {key} need {o.workers * each:g} {key}s but the cluster "
-                               f"has {total.get(key, 0):g}; use fewer --workers or less --worker-{key.lower()}s")
+            raise ClusterError(f"{o.workers} worker(s) of {each:g} {key} each need {o.workers * each:g} {key}s but the "
+                               f"cluster has {total.get(key, 0):g}; lower workers or worker_{key.lower()}s",
+                               ["workers", f"worker_{key.lower()}s"])
 
 
 def _sha256(data: bytes) -> str:

@@ -1,4 +1,5 @@
-"""`dnd generate MODEL --num N --out DIR`: a thin wrapper over `dnd_sdk.batch.run_batch`."""
+"""`dnd generate MODEL --num N --out DIR`: a thin wrapper over `dnd_sdk.batch.run_batch`
+(`dnd_sdk.ray_batch.run_batch_ray` with --ray)."""
 from pathlib import Path
 
 import click

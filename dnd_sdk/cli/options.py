@@ -49,7 +49,7 @@ def backend_options(f):
 def ray_options(f):
     """Ray: spread a run over a cluster -> `ray` dict of RayOptions fields, or None without --ray."""
     @_stack(
-        click.option("--ray", "ray_address", is_flag=False, flag_value="local", metavar="[local|auto|ADDRESS]",
+        click.option("--ray", "address", is_flag=False, flag_value="local", metavar="[local|auto|ADDRESS]",
                      help="Sample on Ray workers: `--ray` or `--ray local` starts a private cluster on this machine; "
                           "`auto` or HOST:PORT joins a running one. Needs pip install 'dnd-sdk[ray]'."),
         click.option("--workers", type=click.IntRange(min=1), help="Ray workers, one Generator each. [default: 1]"),
@@ -59,7 +59,7 @@ def ray_options(f):
     )
     @functools.wraps(f)
     def wrapper(**kwargs):
-        address = kwargs.pop("ray_address")
+        address = kwargs.pop("address")
         given = {k: v for k in ("workers", "worker_gpus", "worker_cpus") if (v := kwargs.pop(k)) is not None}
         if address is None and given:
             raise click.UsageError(f"--{next(iter(given)).replace('_', '-')} needs --ray")

@@ -133,9 +133,9 @@ def test_refusals_user_errors_a_busy_shard_and_a_cluster_too_small(cluster, tiny
         with pytest.raises(OutputError, match="another `dnd generate` is writing shard 0/1"):
             run_batch_ray(tiny_model_dir, tmp_path / "busy", BatchJob(num=4), RayOptions(), progress=False)
     assert not list((tmp_path / "busy").glob("*.png"))
-    with pytest.raises(ClusterError, match="3 workers x 1 CPU need 3 CPUs but the cluster has 2"):
+    with pytest.raises(ClusterError, match=r"3 worker\(s\) of 1 CPU each need 3 CPUs but the cluster has 2; lower workers"):
         run_batch_ray(tiny_model_dir, tmp_path / "b", BatchJob(num=4), RayOptions(workers=3), progress=False)
-    with pytest.raises(ClusterError, match="1 workers x 1 GPU need 1 GPUs but the cluster has 0"):
+    with pytest.raises(ClusterError, match="need 1 GPUs but the cluster has 0; lower workers or worker_gpus"):
         run_batch_ray(tiny_model_dir, tmp_path / "b", BatchJob(num=4), RayOptions(worker_gpus=1), progress=False)
     assert not (tmp_path / "b").exists()
     result = CliRunner().invoke(cli, ["generate", str(tiny_model_dir), "--num", "2", "--out", str(tmp_path / "c"),
@@ -170,8 +170,11 @@ def test_plain_runs_never_import_ray_and_a_missing_ray_is_one_line(tiny_model_di
     assert not (tmp_path / "b").exists()
 
 
-def test_an_unreachable_address_is_one_line(tiny_model_dir, tmp_path):
-    proc = dnd("generate", str(tiny_model_dir), "--num", "2", "--out", str(tmp_path / "a"), "--ray", "127.0.0.1:1")
+@pytest.mark.parametrize("address, error", [
+    ("127.0.0.1:1", "Error: no Ray cluster answers at '127.0.0.1:1' ([Errno 111] Connection refused); give HOST:PORT"),
+    ("head-node", "Error: --ray must be local, auto, HOST:PORT or ray://HOST:PORT, got 'head-node'"),
+])
+def test_an_unreachable_or_malformed_address_is_one_line(tiny_model_dir, tmp_path, address, error):
+    proc = dnd("generate", str(tiny_model_dir), "--num", "2", "--out", str(tmp_path / "a"), "--ray", address)
     assert proc.returncode == 1 and not (tmp_path / "a").exists()
-    assert len(proc.stderr.strip().splitlines()) == 1
-    assert "Error: no Ray cluster answers at '127.0.0.1:1'" in proc.stderr and "Connection refused" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith(error), proc.stderr
