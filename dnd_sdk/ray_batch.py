@@ -249,11 +249,10 @@ class _Pool:
         self.files = None  # name -> ObjectRef, put the first time a worker needs them
         self.remote = ray.remote(num_cpus=options.worker_cpus, num_gpus=options.worker_gpus, max_restarts=0)(_Worker)
         self.run_id = uuid.uuid4().hex[:8]
-        self.slots, self.restarts = [], [0] * options.workers
+        self.slots, self.restarts = [None] * options.workers, [0] * options.workers  # current _Actor per slot
         self.pending = {}  # ObjectRef -> (_Actor, chunk; None for a load)
         self.stats, self.lost = [], 0
         for slot in range(options.workers):
-            self.slots.append(None)
             self._start(slot)
 
     def _start(self, slot: int) -> None:
