@@ -101,7 +101,7 @@ def run_batch_ray(model, out, job: BatchJob, options: Optional[RayOptions] = Non
     options = options or RayOptions()
     _check(options)
     load_manifest(model, verify=False)  # a missing or foreign folder is reported before any cluster starts
-    ray = _import_ray()
+    ray = _import_ray(options.address)
     connected = _connect(ray, options.address)
     pool = None
     try:
@@ -142,7 +142,15 @@ def _check(o: RayOptions) -> None:
                                 f"{o.worker_gpus!r}", ["worker_cpus", "worker_gpus"])
 
 
-def _import_ray():
+# Ray swaps a loopback node address for the machine's network IP, and binds its servers there, unless
+# this flag is off (ray._private.services.get_node_ip_address reads it when ray is imported)
+LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def _import_ray(address: str):
+    if address == "local":  # a private cluster of this machine alone listens on 127.0.0.1 only
+        for key, value in LOOPBACK_ONLY.items():
+            os.environ.setdefault(key, value)
     try:
         import ray
     except ImportError as e:

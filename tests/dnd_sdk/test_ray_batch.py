@@ -10,7 +10,11 @@ import sys
 import time
 
 import pytest
-import ray
+
+from dnd_sdk.ray_batch import LOOPBACK_ONLY
+
+os.environ.update(LOOPBACK_ONLY)  # before ray is imported: the test cluster listens on 127.0.0.1 only
+import ray  # noqa: E402
 from click.testing import CliRunner
 
 from dnd_sdk import Generator
@@ -39,7 +43,9 @@ def cluster(tmp_path_factory):
     ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20,
              log_to_driver=False, runtime_env={"env_vars": {"TMPDIR": workers_tmp}})
     try:
-        yield ray.get_runtime_context().gcs_address
+        address = ray.get_runtime_context().gcs_address
+        assert address.startswith("127.0.0.1:"), address
+        yield address
     finally:
         ray.shutdown()
         for k, v in saved.items():
