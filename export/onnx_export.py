@@ -19,7 +19,7 @@ from dnd_sdk.manifest import DIM_NAMES, TensorSpec
 EXTERNAL_DATA_THRESHOLD = 2_000_000_000
 ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
                onnx.TensorProto.BFLOAT16: "bfloat16", onnx.TensorProto.INT64: "int64",
-               onnx.TensorProto.UINT8: "uint8"}
+               onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.BOOL: "bool"}
 
 
 def export_graph(module, args, path: Path, input_names, output_names, dynamic_axes, opset: int,
@@ -35,7 +35,9 @@ def export_graph(module, args, path: Path, input_names, output_names, dynamic_ax
             torch.onnx.export(module, args, str(scratch / path.name), dynamo=False, opset_version=opset,
                               input_names=list(input_names), output_names=list(output_names),
                               dynamic_axes=dynamic_axes, do_constant_folding=True)
+            traced = module(*args)
         model = onnx.load(str(scratch / path.name))
+        _name_output_dims(model, traced if isinstance(traced, tuple) else (traced,), dynamic_axes)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     weight_bytes = sum(len(t.raw_data) for t in model.graph.initializer)
@@ -48,6 +50,21 @@ def export_graph(module, args, path: Path, input_names, output_names, dynamic_ax
         onnx.save_model(model, str(path))
     onnx.checker.check_model(str(path), full_check=True)  # by path: works past 2 GB too
     return [_spec(v) for v in model.graph.input], [_spec(v) for v in model.graph.output], extra
+
+
+def _name_output_dims(model: onnx.ModelProto, outputs: tuple, dynamic_axes: dict) -> None:
+    """Write each output's shape as traced, the dynamic axes by name: the exporter leaves dims made
+    by a Reshape unnamed (e.g. "Reshape..._dim_1"), and the manifest wants ints or DIM_NAMES."""
+    for value, tensor in zip(model.graph.output, outputs):
+        dynamic = dynamic_axes.get(value.name, {})
+        dims = value.type.tensor_type.shape.dim
+        del dims[:]
+        for axis, size in enumerate(tensor.shape):
+            dim = dims.add()
+            if axis in dynamic:
+                dim.dim_param = dynamic[axis]
+            else:
+                dim.dim_value = int(size)
 
 
 def _spec(value: onnx.ValueInfoProto) -> TensorSpec:

@@ -1,11 +1,12 @@
 """TensorRT backend: the engines `dnd-build` wrote, on CUDA device 0 (tensorrt, polygraphy's CUDA wrapper).
 
-The KV cache never leaves the GPU. Each stage holds two buffers per cache tensor, sized for
-the engines' most rows and longest sequence; a step reads its past from one, writes its
-present (past plus the new positions) into the other, and the two swap roles. Only the
-hidden state goes in, and logits and hidden state come out, through host memory, because
-the numpy sampler runs between stages.
+The KV cache never leaves the GPU. Each cache tensor is one fixed device buffer
+[max_rows, kv_heads, L, head_dim] (stage graph v2); a step's new key/value rows land in a
+scratch buffer and are copied into each row's slot with one strided 2-D copy per run of rows
+at the same position. The hidden state, positions and mask go in, and logits and hidden
+state come out, through host memory, because the numpy sampler runs between stages.
 """
+import ctypes
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +15,15 @@ from polygraphy import cuda
 
 from ..engines import ENGINES_NAME, load_engine_index
 from ..errors import BackendUnavailableError, InvalidInputError
-from .base import Backend
+from .base import Backend, RowPositions
 
 _LOGGER = trt.Logger(trt.Logger.WARNING)
-_H2D, _D2H = cuda.MemcpyKind.HostToDevice, cuda.MemcpyKind.DeviceToHost
+_H2D, _D2H, _D2D = cuda.MemcpyKind.HostToDevice, cuda.MemcpyKind.DeviceToHost, cuda.MemcpyKind.DeviceToDevice
+
+
+def _check(status) -> None:
+    if status:
+        raise RuntimeError(f"a CUDA runtime call failed with error {status}")
 
 
 class DeviceBuffer:
@@ -94,7 +100,6 @@ class TensorrtBackend(Backend):
         self.engines, self._caches, self._scratch, self._host, self._buffers = {}, [], {}, {}, []
         h, w = int(manifest.latent["h"]), int(manifest.latent["w"])
         d, vocab = int(manifest.model_config["dim"]), int(manifest.model_config["vocab_size"])
-        self._max_positions = 2 * h * w  # past (< h*w) plus new positions (<= h*w): the engines' profile
         self._hidden_in, self._hidden_out, self._logits = self._new_buffer(), self._new_buffer(), self._new_buffer()
         try:  # a failure part-way (an engine from another TensorRT) must not leak what is allocated
             runtime = trt.Runtime(_LOGGER)
@@ -107,21 +112,22 @@ class TensorrtBackend(Backend):
         except BaseException:
             self.close()
             raise
-        self._rows, self._past_len, self._side = 0, [0] * manifest.depth, [0] * manifest.depth
+        self._positions = RowPositions(manifest.depth, 0, manifest.cache_length)
 
     def _cache_buffers(self, k: int) -> list:
-        """[(past name, present name, kv_heads, head_dim, (buffer A, buffer B))] for stage k."""
+        """[(past name, new name, shape [kv_heads, L, head_dim], itemsize, cache buffer, new-rows buffer)] of stage k."""
         stage, engine = self.manifest.stages[k], self.engines[self.manifest.stages[k].graph]
         specs = {s.name: s for s in self.manifest.inputs(stage.graph)}
         out = []
         for layer in stage.layers:
-            for past, present in zip(self.manifest.past_names(layer), self.manifest.present_names(layer)):
-                kv, hd = int(specs[past].shape[1]), int(specs[past].shape[3])
-                nbytes = self.max_batch * kv * self._max_positions * hd * engine.itemsize[past]
-                pair = (self._new_buffer(), self._new_buffer())
-                for buf in pair:
-                    buf.ensure(nbytes)
-                out.append((past, present, kv, hd, pair))
+            for past, new in zip(self.manifest.past_names(layer), self.manifest.new_names(layer)):
+                shape, size = tuple(int(d) for d in specs[past].shape[1:]), engine.itemsize[past]
+                cache, fresh = self._new_buffer(), self._new_buffer()
+                nbytes = self.max_batch * int(np.prod(shape)) * size
+                # masked slots still enter the products (times a zero weight): they must never hold NaN
+                _check(cuda.wrapper().handle.cudaMemset(ctypes.c_void_p(cache.ensure(nbytes)), 0, nbytes))
+                fresh.ensure(self.max_batch * shape[0] * shape[2] * size)
+                out.append((past, new, shape, size, cache, fresh))
         return out
 
     def _new_buffer(self) -> DeviceBuffer:
@@ -170,33 +176,53 @@ class TensorrtBackend(Backend):
         if rows > self.max_batch:
             raise InvalidInputError(f"{rows} rows, but the engines were built for at most {self.max_batch}; "
                                     "use a smaller batch or rebuild with a larger --max-batch")
-        self._rows, self._past_len, self._side = rows, [0] * self.manifest.depth, [0] * self.manifest.depth
+        self._positions = RowPositions(self.manifest.depth, rows, self.manifest.cache_length)
 
-    def stage_step(self, k: int, hidden: np.ndarray) -> tuple:
+    def stage_step(self, k: int, hidden: np.ndarray, positions=None) -> tuple:
         engine = self.engines[self.manifest.stages[k].graph]
         ctx = engine.context
         hidden = np.ascontiguousarray(hidden, dtype=np.float32)
-        rows, past = hidden.shape[0], self._past_len[k]
-        if rows != self._rows:  # the cache holds self._rows rows: another count would read it wrongly
-            raise InvalidInputError(f"stage_step got {rows} rows after reset({self._rows}); call reset(rows) first")
-        cuda.wrapper().memcpy(self._hidden_in.ptr, hidden.ctypes.data, hidden.nbytes, _H2D, self.stream.ptr)
-        engine.set_shape("hidden", hidden.shape)
-        ctx.set_tensor_address("hidden", self._hidden_in.ptr)
-        read = self._side[k]
-        for past_name, present_name, kv, hd, buffers in self._caches[k]:
-            engine.set_shape(past_name, (rows, kv, past, hd))
-            ctx.set_tensor_address(past_name, buffers[read].ptr)
-            ctx.set_tensor_address(present_name, buffers[1 - read].ptr)
+        rows = hidden.shape[0]
+        positions, kv_mask = self._positions.take(k, rows, positions)
+        for name, array in (("hidden", hidden), ("positions", positions), ("kv_mask", kv_mask)):
+            buf = self._scratch_buffer((name,))
+            cuda.wrapper().memcpy(buf.ensure(array.nbytes), array.ctypes.data, array.nbytes, _H2D, self.stream.ptr)
+            engine.set_shape(name, array.shape)
+            ctx.set_tensor_address(name, buf.ptr)
+        for past, new, shape, _, cache, fresh in self._caches[k]:
+            engine.set_shape(past, (rows, *shape))
+            ctx.set_tensor_address(past, cache.ptr)
+            ctx.set_tensor_address(new, fresh.ptr)
         logits = self._host_buffer((k, "logits"), (rows, int(self.manifest.model_config["vocab_size"])))
         hidden_out = self._host_buffer((k, "hidden_out"), hidden.shape)
         ctx.set_tensor_address("logits", self._logits.ptr)
         ctx.set_tensor_address("hidden_out", self._hidden_out.ptr)
         self._execute(engine)
+        for _, _, shape, size, cache, fresh in self._caches[k]:
+            self._write_rows(cache, fresh, shape, size, positions)
         for host, device in ((logits, self._logits), (hidden_out, self._hidden_out)):
             cuda.wrapper().memcpy(host.ctypes.data, device.ptr, host.nbytes, _D2H, self.stream.ptr)
         self.stream.synchronize()
-        self._side[k], self._past_len[k] = 1 - read, past + hidden.shape[1]
         return logits, hidden_out
+
+    def _write_rows(self, cache, fresh, shape, size, positions) -> None:
+        """New rows [rows, kv, 1, hd] into cache [rows, kv, L, hd] at each row's position, on the device.
+
+        Rows r..s-1 at one position p form (s - r) * kv blocks of hd elements, evenly strided
+        (L * hd apart) in the cache: one cudaMemcpy2DAsync per run of equal positions.
+        """
+        kv, length, hd = shape
+        row_bytes, start = hd * size, 0
+        for end in range(1, len(positions) + 1):
+            if end < len(positions) and positions[end] == positions[start]:
+                continue
+            dst = cache.ptr + ((start * kv * length) + int(positions[start])) * row_bytes
+            src = fresh.ptr + start * kv * row_bytes
+            _check(cuda.wrapper().handle.cudaMemcpy2DAsync(
+                ctypes.c_void_p(dst), ctypes.c_size_t(length * row_bytes), ctypes.c_void_p(src),
+                ctypes.c_size_t(row_bytes), ctypes.c_size_t(row_bytes), ctypes.c_size_t((end - start) * kv),
+                _D2D, ctypes.c_void_p(self.stream.ptr)))
+            start = end
 
     def close(self) -> None:
         for buf in self._buffers:
