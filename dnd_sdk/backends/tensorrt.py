@@ -98,15 +98,13 @@ class TensorrtBackend(Backend):
             raise BackendUnavailableError(f"no usable CUDA device for TensorRT: {e}") from None
         self.manifest, self.max_batch = manifest, int(index.max_rows)
         self.engines, self._caches, self._scratch, self._host, self._buffers = {}, [], {}, {}, []
-        h, w = int(manifest.latent["h"]), int(manifest.latent["w"])
         d, vocab = int(manifest.model_config["dim"]), int(manifest.model_config["vocab_size"])
-        self._hidden_in, self._hidden_out, self._logits = self._new_buffer(), self._new_buffer(), self._new_buffer()
+        self._hidden_out, self._logits = self._new_buffer(), self._new_buffer()
         try:  # a failure part-way (an engine from another TensorRT) must not leak what is allocated
             runtime = trt.Runtime(_LOGGER)
             for g in graphs:
                 self.engines[g] = Engine(runtime, Path(model_dir) / index.files[g].file, index.tensorrt_version)
-            self._hidden_in.ensure(self.max_batch * h * w * d * 4)
-            self._hidden_out.ensure(self.max_batch * h * w * d * 4)
+            self._hidden_out.ensure(self.max_batch * d * 4)
             self._logits.ensure(self.max_batch * vocab * 4)
             self._caches = [self._cache_buffers(k) for k in range(manifest.depth)]
         except BaseException:
