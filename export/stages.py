@@ -9,8 +9,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from dnd_training.model import rotate_pairs
-
 BATCH = "batch_size"
 PAST_KEY, PAST_VALUE = "past_key_values.%d.key", "past_key_values.%d.value"
 NEW_KEY, NEW_VALUE = "new_key_values.%d.key", "new_key_values.%d.value"
@@ -56,26 +54,34 @@ def row_rope_angles(args, positions: torch.Tensor) -> tuple:
     return torch.cos(angles) * is_latent, torch.sin(angles) * is_latent
 
 
+def rotate(pairs, cos, sin):
+    """`apply_rope`'s float ops on x already split into (x[2j], x[2j+1]) pairs [..., hd/2, 2]."""
+    x0, x1 = pairs[..., 0], pairs[..., 1]
+    return torch.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], dim=-1)
+
+
 def cached_attention(attention, x, cos, sin, past_k, past_v, bias) -> tuple:
     """One new position per row against the fixed cache; returns (output [B, 1, d], (new k, new v)).
 
     Scores against the cache ([B, kvh, rep, L], masked by `bias`) and against the row's own new
     key are joined before the softmax, so the cache itself is never concatenated or repeated.
+    Every reshape spells its dims from the model's sizes with -1 for the rows: a dim read from a
+    tensor's shape would cost ONNX Runtime a chain of Shape/Gather/Concat nodes per reshape.
     """
     a = attention.args
-    B, rep, kv_dim = x.shape[0], a.n_head // a.n_kv_head, a.n_kv_head * a.head_dim
-    q, k, v = attention.wqkv(x).split([a.dim, kv_dim, kv_dim], dim=-1)
-    q = rotate_pairs(q.view(B, a.n_head, a.head_dim), cos[:, None, :], sin[:, None, :])
-    k = rotate_pairs(k.view(B, a.n_kv_head, 1, a.head_dim), cos[:, None, None, :], sin[:, None, None, :])
-    v = v.view(B, a.n_kv_head, 1, a.head_dim)
+    kvh, hd, L = a.n_kv_head, a.head_dim, cache_length(a)
+    rep = a.n_head // kvh
+    q, k, v = attention.wqkv(x).split([a.dim, kvh * hd, kvh * hd], dim=-1)
     # head h reads kv head h // rep, so consecutive query heads share one cache head
-    q = q.view(B, a.n_kv_head, rep, a.head_dim) * (a.head_dim ** -0.5)
+    q = rotate(q.float().reshape(-1, kvh, rep, hd // 2, 2), cos[:, None, None, :], sin[:, None, None, :])
+    k = rotate(k.float().reshape(-1, kvh, 1, hd // 2, 2), cos[:, None, None, :], sin[:, None, None, :])
+    q = q.reshape(-1, kvh, rep, hd).to(x.dtype) * (hd ** -0.5)
+    k, v = k.reshape(-1, kvh, 1, hd).to(x.dtype), v.reshape(-1, kvh, 1, hd)
     past_scores = torch.matmul(q, past_k.transpose(2, 3)) + bias       # [B, kvh, rep, L]
     own_score = (q * k).sum(-1, keepdim=True)                           # [B, kvh, rep, 1]
     probs = torch.softmax(torch.cat([past_scores, own_score], dim=-1), dim=-1)
-    L = past_k.shape[2]
     y = torch.matmul(probs[..., :L], past_v) + probs[..., L:] * v      # [B, kvh, rep, hd]
-    return attention.wo(y.reshape(B, 1, a.dim)), (k, v)
+    return attention.wo(y.reshape(-1, 1, a.dim)), (k, v)
 
 
 class StageWrapper(nn.Module):

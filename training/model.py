@@ -127,14 +127,10 @@ def rope_angles(args: ModelArgs, positions: torch.Tensor) -> tuple:
 
 
 def apply_rope(x, cos, sin):
-    # x: [B, S, H, hd]; cos, sin [S, hd/2]
-    return rotate_pairs(x, cos[None, :, None, :], sin[None, :, None, :])
-
-
-def rotate_pairs(x, cos, sin):
-    """Rotate adjacent pairs (x[2j], x[2j+1]) of x [..., hd] by angle j; cos, sin broadcast to [..., hd/2]."""
+    # x: [B, S, H, hd]; rotate adjacent pairs (x[2j], x[2j+1]) by angle j
     x32 = x.float().reshape(*x.shape[:-1], -1, 2)
     x0, x1 = x32[..., 0], x32[..., 1]
+    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
     out = torch.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], dim=-1)
     return out.flatten(-2).type_as(x)
 
