@@ -2,9 +2,10 @@
 
 Stage graphs v2 take the whole fixed cache and return only each row's new key/value; the
 backend writes those into the row's slot of its preallocated `[rows, kv_heads, L, head_dim]`
-buffers. On the CPU, IO binding reads the buffers in place, so nothing is copied per step.
-With CUDA the buffers are copied to the device per call (the TensorRT backend keeps its
-cache on the GPU). Logits and hidden state land in preallocated host buffers.
+buffers. On the CPU, IO binding reads the buffers in place, so they are bound once per
+reset and nothing is copied per step. With CUDA the buffers are copied to the device per
+call (the TensorRT backend keeps its cache on the GPU). Logits, hidden state and new rows
+land in host buffers bound once per reset.
 """
 import numpy as np
 import onnxruntime as ort
@@ -60,7 +61,7 @@ class OnnxrtBackend(Backend):
             raise BackendUnavailableError(f"ONNX Runtime could not start {provider} (sessions run on {used}); "
                                           "check the CUDA and cuDNN installation.")
         self._bindings = [self.sessions[s.graph].io_binding() for s in manifest.stages]
-        self._caches, self._buffers = [], {}
+        self._caches, self._outputs = [], []
 
     def run(self, graph: str, feeds: dict) -> dict:
         session = self.sessions[graph]
@@ -68,47 +69,44 @@ class OnnxrtBackend(Backend):
         return dict(zip(names, session.run(names, feeds)))
 
     def reset(self, rows: int) -> None:
-        m, self._buffers = self.manifest, {}
+        m = self.manifest
         self._positions = RowPositions(m.depth, rows, m.cache_length)
-        self._caches = []
-        for stage in m.stages:
+        self._caches, self._outputs = [], []
+        d, vocab = int(m.model_config["dim"]), int(m.model_config["vocab_size"])
+        for stage, io in zip(m.stages, self._bindings):
             specs = {s.name: s for s in m.inputs(stage.graph)}
+            io.clear_binding_inputs()
+            io.clear_binding_outputs()
+            outputs = (np.empty((rows, vocab), np.float32), np.empty((rows, 1, d), np.float32))
+            for name, buf in zip(("logits", "hidden_out"), outputs):
+                io.bind_output(name, "cpu", 0, buf.dtype, list(buf.shape), buf.ctypes.data)
             tensors = []
             for layer in stage.layers:
                 for past, new in zip(m.past_names(layer), m.new_names(layer)):
                     kv_heads, length, head_dim = specs[past].shape[1:]
                     dtype = np.dtype(specs[past].dtype)
-                    tensors.append((past, new, np.zeros((rows, kv_heads, length, head_dim), dtype),
-                                    np.empty((rows, kv_heads, 1, head_dim), dtype)))
+                    cache = np.zeros((rows, kv_heads, length, head_dim), dtype)
+                    fresh = np.empty((rows, kv_heads, 1, head_dim), dtype)
+                    io.bind_cpu_input(past, cache)  # on the CPU, ONNX Runtime reads this memory itself: bound once
+                    io.bind_output(new, "cpu", 0, dtype, list(fresh.shape), fresh.ctypes.data)
+                    tensors.append((past, cache, fresh))
             self._caches.append(tensors)
-
-    def _buffer(self, k: int, name: str, shape: tuple) -> np.ndarray:
-        key = (k, name, shape)
-        if key not in self._buffers:
-            self._buffers[key] = np.empty(shape, dtype=np.float32)
-        return self._buffers[key]
+            self._outputs.append(outputs)
 
     def stage_step(self, k: int, hidden: np.ndarray, positions=None) -> tuple:
         io = self._bindings[k]
         hidden = np.ascontiguousarray(hidden, dtype=np.float32)
         rows = hidden.shape[0]
         positions, kv_mask = self._positions.take(k, rows, positions)
-        logits = self._buffer(k, "logits", (rows, int(self.manifest.model_config["vocab_size"])))
-        hidden_out = self._buffer(k, "hidden_out", hidden.shape)
-        io.clear_binding_inputs()
-        io.clear_binding_outputs()
-        # CPU inputs are read in place (no copy); a CUDA session copies them to the device per call
         for name, array in (("hidden", hidden), ("positions", positions), ("kv_mask", kv_mask)):
             io.bind_cpu_input(name, array)
-        for name, buf in (("logits", logits), ("hidden_out", hidden_out)):
-            io.bind_output(name, "cpu", 0, np.float32, list(buf.shape), buf.ctypes.data)
-        for past, new, cache, fresh in self._caches[k]:
-            io.bind_cpu_input(past, cache)
-            io.bind_output(new, "cpu", 0, cache.dtype, list(fresh.shape), fresh.ctypes.data)
+        if self.device != "cpu":  # a CUDA session copied the caches to the device when bound: bind them anew
+            for past, cache, _ in self._caches[k]:
+                io.bind_cpu_input(past, cache)
         self.sessions[self.manifest.stages[k].graph].run_with_iobinding(io)
-        for _, _, cache, fresh in self._caches[k]:  # each row's new key/value into its own slot
+        for _, cache, fresh in self._caches[k]:  # each row's new key/value into its own slot
             cache[np.arange(rows), :, positions] = fresh[:, :, 0]
-        return logits, hidden_out
+        return self._outputs[k]
 
     def close(self) -> None:
-        self.sessions, self._bindings, self._caches, self._buffers = {}, [], [], {}
+        self.sessions, self._bindings, self._caches, self._outputs = {}, [], [], []
