@@ -4,7 +4,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from click.testing import CliRunner
 
+from dnd_engines.cli import main as dnd_build
 from dnd_export import export_model
 from dnd_sdk.errors import ManifestError
 from dnd_sdk.manifest import load_manifest
@@ -100,6 +102,8 @@ def test_quantized_export_is_onnxruntime_only_and_samples(tiny_checkpoint, tmp_p
     assert ({"MatMulInteger"} if dtype == "int8" else {"MatMulNBits"}) <= ops
     with pytest.raises(BackendUnavailableError, match="for onnxruntime-cuda, onnxruntime-cpu only"):
         Generator(out, backend="tensorrt")
+    result = CliRunner().invoke(dnd_build, [str(out), "-o", str(tmp_path / "engines")])
+    assert result.exit_code == 1 and "export with --dtype fp32, fp16 or bf16 for TensorRT" in result.output
     codes, labels, expected = reference(tiny_checkpoint)
     err = np.abs(teacher_forced_logits(out, codes, labels) - expected).max()
     assert 0 < err < 0.5 * np.abs(expected).max(), err  # close to the float model, not equal
