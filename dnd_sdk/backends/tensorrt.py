@@ -121,9 +121,7 @@ class TensorrtBackend(Backend):
             for past, new in zip(self.manifest.past_names(layer), self.manifest.new_names(layer)):
                 shape, size = tuple(int(d) for d in specs[past].shape[1:]), engine.itemsize[past]
                 cache, fresh = self._new_buffer(), self._new_buffer()
-                nbytes = self.max_batch * int(np.prod(shape)) * size
-                # masked slots still enter the products (times a zero weight): they must never hold NaN
-                _check(cuda.wrapper().handle.cudaMemset(ctypes.c_void_p(cache.ensure(nbytes)), 0, nbytes))
+                cache.ensure(self.max_batch * int(np.prod(shape)) * size)
                 fresh.ensure(self.max_batch * shape[0] * shape[2] * size)
                 out.append((past, new, shape, size, cache, fresh))
         return out
@@ -175,6 +173,10 @@ class TensorrtBackend(Backend):
             raise InvalidInputError(f"{rows} rows, but the engines were built for at most {self.max_batch}; "
                                     "use a smaller batch or rebuild with a larger --max-batch")
         self._positions = RowPositions(self.manifest.depth, rows, self.manifest.cache_length)
+        for tensors in self._caches:  # masked slots still enter the products (times a zero weight): no NaN may stay
+            for _, _, _, _, cache, _ in tensors:
+                _check(cuda.wrapper().handle.cudaMemsetAsync(ctypes.c_void_p(cache.ptr), 0, ctypes.c_size_t(cache.nbytes),
+                                                             ctypes.c_void_p(self.stream.ptr)))
 
     def stage_step(self, k: int, hidden: np.ndarray, positions=None) -> tuple:
         engine = self.engines[self.manifest.stages[k].graph]
