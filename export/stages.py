@@ -46,7 +46,7 @@ def row_rope_angles(args, positions: torch.Tensor) -> tuple:
     quarter = args.head_dim // 4
     theta = args.rope_base ** (-torch.arange(quarter, dtype=torch.float32) * 4 / args.head_dim)
     p = positions.to(torch.float32)
-    cell = torch.relu(p - args.cls_token_num)
+    cell = torch.clamp(p - args.cls_token_num, min=0.0)
     row = torch.floor(cell / args.grid_w)
     col = cell - row * args.grid_w
     angles = torch.cat([row[:, None] * theta, col[:, None] * theta], dim=-1)
@@ -78,7 +78,7 @@ def cached_attention(attention, x, cos, sin, past_k, past_v, bias) -> tuple:
     q = q.reshape(-1, kvh, rep, hd).to(x.dtype) * (hd ** -0.5)
     k, v = k.reshape(-1, kvh, 1, hd).to(x.dtype), v.reshape(-1, kvh, 1, hd)
     past_scores = torch.matmul(q, past_k.transpose(2, 3)) + bias       # [B, kvh, rep, L]
-    own_score = (q * k).sum(-1, keepdim=True)                           # [B, kvh, rep, 1]
+    own_score = torch.matmul(q, k.transpose(2, 3))                     # [B, kvh, rep, 1]
     probs = torch.softmax(torch.cat([past_scores, own_score], dim=-1), dim=-1)
     y = torch.matmul(probs[..., :L], past_v) + probs[..., L:] * v      # [B, kvh, rep, hd]
     return attention.wo(y.reshape(-1, 1, a.dim)), (k, v)
