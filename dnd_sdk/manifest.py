@@ -1,7 +1,7 @@
 """manifest.json of an exported model folder: schema, writing and validation (numpy/json only).
 
 Public API:
-    FORMAT, VERSION                 "dnd-model", 1
+    FORMAT, VERSION                 "dnd-model", 2 (version 1 folders are refused: re-export them)
     DIM_NAMES                       the symbolic dims a shape may use
     TensorSpec(name, dtype, shape)  dtype a numpy-style name ("float32", "float16", "bfloat16",
                                     "int64", "uint8"); shape entries are ints or DIM_NAMES
@@ -9,7 +9,7 @@ Public API:
     Stage(graph, layers, head)
     Manifest                        the whole file; helpers: depth, stage_names, graph_path(name),
                                     file_path(name), inputs(name), outputs(name), past_names(layer),
-                                    present_names(layer), to_dict(), from_dict(d)
+                                    new_names(layer), stage_backends, to_dict(), from_dict(d)
     write_manifest(model_dir, manifest) -> Manifest   fills sha256/bytes of every file, writes json
     load_manifest(model_dir, verify=True) -> Manifest validates fields and every file's sha256
 """
@@ -25,15 +25,18 @@ from typing import Optional, Union
 from .errors import ManifestError
 from .model_files import RERUN as _RERUN, inside, verify as verify_file, verify_graph
 
-FORMAT, VERSION = "dnd-model", 1
+FORMAT, VERSION = "dnd-model", 2
 MANIFEST_NAME = "manifest.json"
-DTYPES = ("fp32", "fp16", "bf16")
-TENSOR_DTYPES = ("float32", "float16", "bfloat16", "int64", "uint8", "uint16")
-DIM_NAMES = ("batch_size", "sequence_length", "past_sequence_length", "total_sequence_length")
+DTYPES = ("fp32", "fp16", "bf16", "int8", "int4")
+TENSOR_DTYPES = ("float32", "float16", "bfloat16", "int64", "uint8", "uint16", "bool")
+DIM_NAMES = ("batch_size",)
 SAMPLER_KEYS = ("cfg_scale", "temperature", "top_k", "top_p")
 KV_TEMPLATES = {"past_key": "past_key_values.%d.key", "past_value": "past_key_values.%d.value",
-                "present_key": "present.%d.key", "present_value": "present.%d.value"}
+                "new_key": "new_key_values.%d.key", "new_value": "new_key_values.%d.value"}
 MAX_MANIFEST_BYTES = 16 << 20  # a real one is a few kB
+# backend names as `Generator(backend=...)` takes them; `forms` maps each graph form to those that run it
+BACKEND_NAMES = ("tensorrt", "onnxruntime-cuda", "onnxruntime-cpu")
+ONNXRUNTIME_ONLY = ("onnxruntime-cuda", "onnxruntime-cpu")
 
 
 @dataclass
@@ -97,6 +100,8 @@ class Manifest:
     sampler_defaults: dict
     stages: list   # list[Stage]
     files: dict    # name -> FileEntry; names stage0..stage{D-1}, decoder, embeddings
+    cache_length: int  # L, the slots of every fixed KV cache tensor [rows, kv_heads, L, head_dim]
+    forms: dict = field(default_factory=lambda: {"stages": list(BACKEND_NAMES)})  # graph form -> backends
     producer: dict = field(default_factory=dict)
     kv: dict = field(default_factory=lambda: dict(KV_TEMPLATES))
     format: str = FORMAT
@@ -127,8 +132,13 @@ class Manifest:
     def past_names(self, layer: int) -> tuple:
         return self.kv["past_key"] % layer, self.kv["past_value"] % layer
 
-    def present_names(self, layer: int) -> tuple:
-        return self.kv["present_key"] % layer, self.kv["present_value"] % layer
+    def new_names(self, layer: int) -> tuple:
+        return self.kv["new_key"] % layer, self.kv["new_value"] % layer
+
+    @property
+    def stage_backends(self) -> list:
+        """The backends that may run the stage graphs (int8/int4 graphs: ONNX Runtime only)."""
+        return list(self.forms["stages"])
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -145,9 +155,10 @@ class Manifest:
             got = d.get("format") if isinstance(d, dict) else type(d).__name__
             raise ManifestError(f"manifest format is {got!r}, expected {FORMAT!r}: not an exported dnd model folder")
         if d.get("version") != VERSION:
+            # version 1 stage graphs grew their cache by concatenation; no backend runs them any more
             raise ManifestError(f"manifest version {d.get('version')!r} is not supported (this build reads {VERSION}). {_RERUN}")
         names = [f.name for f in dataclasses.fields(cls) if f.name != "model_dir"]
-        required = [n for n in names if n not in ("producer", "kv")]
+        required = [n for n in names if n not in ("producer", "kv", "forms")]
         missing = [n for n in required if n not in d]
         if missing:
             raise ManifestError(f"manifest.json is missing required field(s) {missing}. {_RERUN}")

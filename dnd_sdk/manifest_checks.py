@@ -4,7 +4,7 @@ when the list is not empty, so the runtime never allocates from a number it has 
 """
 from .errors import InvalidInputError
 from .labels import label_problem
-from .manifest import DTYPES, KV_TEMPLATES, SAMPLER_KEYS
+from .manifest import BACKEND_NAMES, DTYPES, KV_TEMPLATES, SAMPLER_KEYS
 from .sampler import SamplingParams
 
 # generous bounds: far beyond any trained model, far below what would exhaust memory
@@ -17,7 +17,7 @@ def _int_in(value, lo: int, hi: int) -> bool:
 
 
 def _kv_template(value) -> bool:
-    """A template takes exactly one layer index: 'present.%d.key'."""
+    """A template takes exactly one layer index: 'new_key_values.%d.key'."""
     return isinstance(value, str) and value.count("%") == 1 and "%d" in value
 
 
@@ -51,6 +51,11 @@ def problems(m) -> list:
         need(label_problem(m.labels) is None, str(label_problem(m.labels)))
         need(m.null_class is None or _int_in(m.null_class, len(m.labels), len(m.labels)),
              f"null_class must be null or {len(m.labels)} (the number of labels), got {m.null_class!r}")
+    need(isinstance(m.forms, dict) and isinstance(m.forms.get("stages"), list) and m.forms["stages"]
+         and set(m.forms["stages"]) <= set(BACKEND_NAMES),
+         f"forms.stages must be a non-empty list of backends among {BACKEND_NAMES}, got {m.forms!r}")
+    need(_int_in(m.cache_length, 1, LIMITS["tensor dim"]),
+         f"cache_length must be an int in 1..{LIMITS['tensor dim']}, got {m.cache_length!r}")
     need(isinstance(m.kv, dict) and set(m.kv) == set(KV_TEMPLATES) and all(_kv_template(t) for t in m.kv.values()),
          f"kv needs {sorted(KV_TEMPLATES)}, each a name with one %d, got {m.kv!r}")
     absent = [n for n in [s.graph for s in m.stages] + ["decoder", "embeddings"] if n not in m.files]
@@ -82,7 +87,7 @@ def _stage_problems(m) -> list:
             found.append(f"stage {stage.graph} names layers {bad}, outside 0..{n_layer - 1} or taken by another stage")
         seen += stage.layers
         missing = [name for i in stage.layers if i not in bad
-                   for name in (*m.past_names(i), *m.present_names(i)) if name not in ins and name not in outs]
+                   for name in (*m.past_names(i), *m.new_names(i)) if name not in ins and name not in outs]
         if missing:
             found.append(f"stage {stage.graph} has no KV-cache tensors {missing[:4]} for its layers")
         if outs.get("logits", [None])[-1:] != [vocab] or ins.get("hidden", [None])[-1:] != [dim]:

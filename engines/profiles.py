@@ -1,20 +1,16 @@
 """Optimization-profile shapes: the (min, opt, max) of every graph input, from the manifest.
 
     shapes = profile_shapes(manifest, max_rows=32)
-    shapes["stage0"]["past_key_values.0.key"]   # ((1, kv, 0, hd), (32, kv, 32, hd), (32, kv, 63, hd))
+    shapes["stage0"]["past_key_values.0.key"]   # ((1, kv, L, hd), (32, kv, L, hd), (32, kv, L, hd))
 
-Sampling feeds one position per step after the condition token, so a stage sees
-sequence_length 1 and past_sequence_length 0 .. h*w - 1; the profile also admits a
-prefill of up to h*w positions. Rows run up to max_rows (guidance takes 2 rows per image).
+Stage graphs v2 fix every dim but the rows (one new position per row, a fixed cache of L
+slots), so only rows vary: 1 .. max_rows (guidance takes 2 rows per image).
 """
 
 
 def dim_ranges(manifest, max_rows: int) -> dict:
     """(min, opt, max) of each symbolic dim of the manifest's tensor specs."""
-    positions = int(manifest.latent["h"]) * int(manifest.latent["w"])
-    return {"batch_size": (1, max_rows, max_rows),
-            "sequence_length": (1, 1, positions),
-            "past_sequence_length": (0, positions // 2, positions - 1)}
+    return {"batch_size": (1, max_rows, max_rows)}
 
 
 def profile_shapes(manifest, max_rows: int) -> dict:

@@ -1,13 +1,17 @@
 """Images/s of the torch-free runtime (dnd_sdk.Generator) vs the PyTorch reference sampler, same model, same run.
 
     dnd bench                                                   # random "tiny" model, exported to a temp dir
+    dnd bench --preset mid --dtype int8 --batch 1 --batch 16    # a random MODEL_CONFIGS preset, int8 stage graphs
     dnd bench --checkpoint ckpt.pt --model out/model --batch 1 --batch 16 --threads 2 -o bench.json
+    dnd bench --preset mid --batch 64 --profile                 # where the runtime's time goes
     dnd bench --checkpoint ckpt.pt --model out/engines --backend tensorrt --reference-device cuda   # both on the GPU
 
-Both sides sample the same codes (cfg_scale 2, temperature 1 by default) and decode them to uint8
-images: the runtime with its decoder graph, the reference with the RQ tokenizer in eager PyTorch.
-The JSON holds images/s per batch size for each side, their ratio (runtime / reference) and the
-device the reference ran on, so that a ratio always says what it is compared against.
+Both sides sample the same codes (the model's own default sampling unless overridden) and
+decode them to uint8 images: the runtime with its decoder graph, the reference with the RQ
+tokenizer in eager PyTorch. The JSON holds images/s per batch size for each side, their ratio
+(runtime / reference) and the device the reference ran on, so that a ratio always says what it
+is compared against; `--profile` adds the runtime's seconds in stage calls, sampling and
+decoder, the model's GFLOP per image and their rate against the same run's GEMM rate.
 """
 import tempfile
 import time
@@ -17,20 +21,24 @@ import numpy as np
 import torch
 
 from dnd_sdk.errors import InvalidInputError
+from .profile import gemm_gflops, profile_runtime
 
 
-def tiny_checkpoint(folder: Path) -> Path:
+def random_checkpoint(folder: Path, preset: str = "tiny") -> Path:
+    """A MODEL_CONFIGS preset with random weights; heads scaled so logits vary (std about 2)."""
     from dnd_training.checkpoint import save_checkpoint
     from dnd_training.model import MODEL_CONFIGS, ModelArgs, Transformer
     from dnd_training.tokenizer import RQTokenizer, TokenizerConfig
 
     torch.manual_seed(0)
-    model = Transformer(ModelArgs(**MODEL_CONFIGS["tiny"]))
-    for head in model.output:  # zero-init heads give uniform logits; random ones make sampling do work
-        torch.nn.init.normal_(head.weight, std=0.5)
+    model = Transformer(ModelArgs(**MODEL_CONFIGS[preset]))
     a = model.args
-    tok = RQTokenizer(TokenizerConfig(image_height=8 * a.grid_h, image_width=8 * a.grid_w, ch=16, ch_mult=[1, 2, 2, 2],
-                                      embed_dim=8, codebook_size=a.vocab_size, depth=a.num_pred_heads))
+    for head in model.output:  # zero-init heads give uniform logits; random ones make sampling do work
+        torch.nn.init.normal_(head.weight, std=2 / a.dim ** 0.5)
+    # the default tokenizer (8x downsampling), or a narrow one for the tiny test model
+    small = dict(ch=16, ch_mult=[1, 2, 2, 2], embed_dim=8) if preset == "tiny" else {}
+    tok = RQTokenizer(TokenizerConfig(image_height=8 * a.grid_h, image_width=8 * a.grid_w,
+                                      codebook_size=a.vocab_size, depth=a.num_pred_heads, **small))
     path = folder / "checkpoint.pt"
     save_checkpoint(path, model, tok, [f"class{i}" for i in range(a.num_classes)])
     return path
@@ -47,7 +55,7 @@ def _rate(fn, num: int, repeats: int) -> float:
 
 
 def bench(checkpoint, model_dir, batches, num_batches: int, threads: int, repeats: int, sampling: dict,
-          backend: str = "onnxruntime-cpu", reference_device: str = "cpu") -> dict:
+          backend: str = "onnxruntime-cpu", reference_device: str = "cpu", profile: bool = False) -> dict:
     from dnd_sdk import Generator
     from dnd_training.checkpoint import load_checkpoint
     from dnd_training.sampling import generate
@@ -59,6 +67,7 @@ def bench(checkpoint, model_dir, batches, num_batches: int, threads: int, repeat
     ckpt = load_checkpoint(checkpoint)
     model, tokenizer = ckpt.build_model().to(reference_device), ckpt.build_tokenizer().to(reference_device)
     gen = Generator(model_dir, backend=backend, threads=threads)
+    sampling = {**gen.manifest.sampler_defaults, **sampling}  # the model's own defaults unless overridden
     rows = []
     for batch in batches:
         num = batch * num_batches
@@ -75,17 +84,29 @@ def bench(checkpoint, model_dir, batches, num_batches: int, threads: int, repeat
         ours, ref = _rate(runtime, num, repeats), _rate(reference, num, repeats)
         rows.append({"batch_size": batch, "images": num, "runtime_images_per_s": round(ours, 2),
                      "reference_images_per_s": round(ref, 2), "ratio": round(ours / ref, 2)})
-    return {"model": str(model_dir), "backend": gen.backend_name, "reference": f"PyTorch on {reference_device}",
-            "threads": threads, "sampling": sampling, "torch": torch.__version__, "results": rows}
+        if profile:
+            rows[-1]["profile"] = profile_runtime(gen, model.args, tokenizer, runtime, num, sampling["cfg_scale"] != 1.0)
+    report = {"model": str(model_dir), "backend": gen.backend_name, "reference": f"PyTorch on {reference_device}",
+              "dtype": gen.manifest.dtype, "threads": threads, "sampling": sampling, "torch": torch.__version__,
+              "results": rows}
+    if profile:
+        report["gemm_gflops_per_s"] = round(gemm_gflops(threads), 2)
+        for row in rows:  # utilization of each part against the same run's GEMM rate
+            for part in ("stages", "decoder"):
+                row["profile"][f"{part}_utilization"] = round(row["profile"][f"{part}_gflops_per_s"]
+                                                              / report["gemm_gflops_per_s"], 3)
+    gen.close()
+    return report
 
 
 def bench_command(checkpoint, model_dir, batches, num_batches=4, threads=1, repeats=3, sampling=None,
-                  backend: str = "onnxruntime-cpu", reference_device: str = "cpu") -> dict:
-    """`bench` with defaults filled in: without a checkpoint, a random tiny model exported to a temp dir."""
-    sampling = sampling or {"cfg_scale": 2.0, "temperature": 1.0}
+                  backend: str = "onnxruntime-cpu", preset: str = "tiny", dtype: str = "fp32",
+                  profile: bool = False, reference_device: str = "cpu") -> dict:
+    """`bench` with defaults filled in: without a checkpoint, a random `preset` model exported to a temp dir."""
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = checkpoint or tiny_checkpoint(Path(tmp))
+        checkpoint = checkpoint or random_checkpoint(Path(tmp), preset)
         if model_dir is None:
             from .export import export_model
-            model_dir = export_model(checkpoint, Path(tmp) / "model", dtype="fp32")
-        return bench(checkpoint, model_dir, batches, num_batches, threads, repeats, sampling, backend, reference_device)
+            model_dir = export_model(checkpoint, Path(tmp) / "model", dtype=dtype)
+        return bench(checkpoint, model_dir, batches, num_batches, threads, repeats, sampling or {}, backend,
+                     reference_device, profile)

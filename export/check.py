@@ -3,9 +3,9 @@
 The TensorRT lint (`trt_lint`) runs first: ONNX Runtime would run a graph TensorRT cannot, so
 the comparison below says nothing about the TensorRT path, and any finding fails the check.
 
-Each stage graph is fed exactly what the runtime would feed it: a prefill step (condition
-token, empty cache) and `decode_steps` one-position steps whose caches are the PyTorch
-model's own presents. ONNX Runtime (CPU) and the PyTorch wrapper see identical feeds, so
+Each stage graph is fed what the runtime would feed it: `decode_steps + 1` one-position
+steps whose caches hold the PyTorch wrapper's own new keys and values, rows at different
+positions. ONNX Runtime (CPU) and the PyTorch wrapper see identical feeds, so
 the error measured is the export's alone, not an accumulation over steps.
 """
 import importlib.util
@@ -21,7 +21,7 @@ from polygraphy.logger import G_LOGGER
 
 from dnd_sdk.manifest import load_manifest
 from .errors import ExportCheckError
-from .stages import DecoderWrapper, StageWrapper
+from .stages import DecoderWrapper, StageWrapper, cache_length
 from .trt_lint import lint_folder
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def check_export(model_dir, model, tokenizer, decode_steps: int = 3, batch: int 
         raise ExportCheckError(f"{len(findings)} TensorRT lint finding(s), so dnd-build would fail or build wrong "
                                "engines: " + "; ".join(map(str, findings)) + ". Nothing was written; this is a bug "
                                "of the exporter, report it with the checkpoint's config.")
-    log.info("TensorRT lint: no findings in %d graphs", len(manifest.stage_names) + 1)
+    log.info("TensorRT lint: no findings")
     atol, rtol = TOLERANCES[manifest.dtype]
     g = torch.Generator().manual_seed(seed)
     rows = []
@@ -89,22 +89,28 @@ def check_export(model_dir, model, tokenizer, decode_steps: int = 3, batch: int 
 
 @torch.no_grad()
 def stage_feeds(model, decode_steps: int, batch: int, g: torch.Generator) -> list:
-    """Per stage, the list of feed dicts (prefill, then decode steps), built by running PyTorch."""
+    """Per stage, the list of feed dicts (prefill, then decode steps), built by running PyTorch.
+
+    Row r starts r steps late (its cache slots hold random values before), so rows sit at
+    different positions in every call, as under continuous batching.
+    """
     a, dtype = model.args, next(model.parameters()).dtype
-    D = a.num_pred_heads
+    D, L = a.num_pred_heads, cache_length(a)
     wrappers = [StageWrapper(model, k) for k in range(D)]
-    past = [[torch.zeros(batch, a.n_kv_head, 0, a.head_dim, dtype=dtype)] * (2 * len(w.io.layers)) for w in wrappers]
+    caches = [[torch.randn(batch, a.n_kv_head, L, a.head_dim, generator=g).to(dtype) for _ in w.io.inputs[3:]]
+              for w in wrappers]
     feeds = [[] for _ in range(D)]
     labels = torch.randint(0, a.num_classes, (batch,), generator=g)
     for step in range(decode_steps + 1):
-        if step == 0:
-            hidden = model.embed_condition(labels).float()
-        else:
-            hidden = model.embed_codes(torch.randint(0, a.vocab_size, (batch, 1, D), generator=g)).float()
+        positions = (step - torch.arange(batch)).clamp(min=0)
+        mask = torch.arange(L)[None, :] < positions[:, None]
+        codes = model.embed_codes(torch.randint(0, a.vocab_size, (batch, 1, D), generator=g))
+        hidden = torch.where((positions == 0)[:, None, None], model.embed_condition(labels), codes).float()
         for k, w in enumerate(wrappers):
-            feeds[k].append(dict(zip(w.io.inputs, [_np(t) for t in (hidden, *past[k])])))
-            _, hidden, *flat = w(hidden, *past[k])
-            past[k] = flat
+            feeds[k].append(dict(zip(w.io.inputs, [_np(t).copy() for t in (hidden, positions, mask, *caches[k])])))
+            _, hidden, *new = w(hidden, positions, mask, *caches[k])
+            for cache, fresh in zip(caches[k], new):
+                cache[torch.arange(batch), :, positions] = fresh[:, :, 0]
             token = torch.randint(0, a.vocab_size, (batch, 1), generator=g)
             hidden = hidden + model.tok_embeddings(token).float()
     return feeds

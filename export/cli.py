@@ -1,4 +1,4 @@
-"""`dnd-export CHECKPOINT -o DIR [--dtype fp32|fp16|bf16] [--opset N] [--check] [--force]`."""
+"""`dnd-export CHECKPOINT -o DIR [--dtype fp32|fp16|bf16|int8|int4] [--opset N] [--check] [--force]`."""
 import logging
 import sys
 import time
@@ -12,7 +12,7 @@ from dnd_sdk.errors import DndError
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder to write.")
-@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16", "int8", "int4"]), default="fp32", show_default=True,
               help="Weight and KV-cache precision of the graphs (hidden and logits stay float32).")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (14..20).")
 @click.option("--check", is_flag=True, help="Compare the graphs with PyTorch (Polygraphy) and fail past tolerance.")

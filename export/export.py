@@ -18,19 +18,23 @@ import torch
 import dnd_sdk
 from dnd_sdk.errors import InvalidInputError
 from dnd_sdk.folders import check_target, staged_folder
-from dnd_sdk.manifest import FileEntry, FileRef, Manifest, Stage, write_manifest
+from dnd_sdk.manifest import BACKEND_NAMES, ONNXRUNTIME_ONLY, FileEntry, FileRef, Manifest, Stage, write_manifest
 from dnd_sdk.sampler import SamplingParams
 from dnd_training.checkpoint import load_checkpoint
 from .errors import ExportError
 from .onnx_export import EXTERNAL_DATA_THRESHOLD, export_graph
-from .stages import DecoderWrapper, StageWrapper
+from .quantize import QUANTIZED, quantize_weights
+from .stages import DecoderWrapper, StageWrapper, cache_length
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# int8/int4: float32 graphs whose MatMul weights ONNX Runtime's quantization tools then rewrite
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.float32,
+          "int4": torch.float32}
 # ONNX Conv takes bfloat16 only from opset 22 (past the TorchScript exporter), so a bf16
 # export keeps the small tokenizer decoder in float32; its I/O is int64 -> uint8 either way
-DECODER_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.float32}
+DECODER_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.float32, "int8": torch.float32,
+                  "int4": torch.float32}
 DEFAULT_OPSET = 17
 # scaled_dot_product_attention exports from opset 14; 20 is the TorchScript exporter's ceiling
 MIN_OPSET, MAX_OPSET = 14, 20
@@ -48,6 +52,9 @@ def export_model(checkpoint_path, out_dir, dtype: str = "fp32", opset: int = DEF
     if check and dtype == "bf16":
         raise InvalidInputError("--check runs the graphs in ONNX Runtime, which has no bfloat16 CPU kernels; "
                                 "check an fp16 or fp32 export, or validate bf16 engines with dnd-build")
+    if check and dtype in QUANTIZED:
+        raise InvalidInputError(f"--check compares with PyTorch at float tolerances, which {dtype} weights do not "
+                                "meet by design; judge a quantized export with `dnd eval ocr MODEL_DIR`")
     out_dir = Path(out_dir)
     check_target(out_dir, force)
     # mmap: the weights stay in the file until used, so the export holds one copy of them in its dtype
@@ -64,14 +71,15 @@ def export_model(checkpoint_path, out_dir, dtype: str = "fp32", opset: int = DEF
 
     try:
         with staged_folder(out_dir, force) as tmp:
-            files, stages = _write_graphs(tmp, model, tokenizer, int(opset), external_threshold)
+            files, stages = _write_graphs(tmp, model, tokenizer, int(opset), external_threshold, dtype)
             manifest = Manifest(
                 dtype=dtype, opset=int(opset), model_config=dataclasses.asdict(model.args),
                 tokenizer_config=dataclasses.asdict(tokenizer.config), labels=labels,
                 latent={"h": model.args.grid_h, "w": model.args.grid_w, "depth": model.args.num_pred_heads},
                 image={"height": tokenizer.config.image_height, "width": tokenizer.config.image_width},
                 null_class=model.args.num_classes if model.args.has_null_class else None,
-                sampler_defaults=sampler_defaults, stages=stages, files=files,
+                sampler_defaults=sampler_defaults, stages=stages, files=files, cache_length=cache_length(model.args),
+                forms={"stages": list(ONNXRUNTIME_ONLY if dtype in QUANTIZED else BACKEND_NAMES)},
                 producer={"dnd_sdk": dnd_sdk.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
                           "exporter": "torch.onnx TorchScript"})
             write_manifest(tmp, manifest)
@@ -85,13 +93,15 @@ def export_model(checkpoint_path, out_dir, dtype: str = "fp32", opset: int = DEF
     return out_dir
 
 
-def _write_graphs(tmp: Path, model, tokenizer, opset: int, threshold: int) -> tuple:
+def _write_graphs(tmp: Path, model, tokenizer, opset: int, threshold: int, dtype: str) -> tuple:
     files, stages = {}, []
     for k in range(model.args.num_pred_heads):
         wrapper = StageWrapper(model, k)
         name = f"stage{k}"
         ins, outs, extra = export_graph(wrapper, wrapper.example_inputs(), tmp / f"{name}.onnx", wrapper.io.inputs,
                                         wrapper.io.outputs, wrapper.io.dynamic_axes, opset, threshold)
+        if dtype in QUANTIZED:
+            quantize_weights(tmp / f"{name}.onnx", dtype)
         files[name] = FileEntry(f"{name}.onnx", inputs=ins, outputs=outs, external_data=[FileRef(f) for f in extra])
         stages.append(Stage(name, wrapper.io.layers, k))
     a = model.args

@@ -20,7 +20,7 @@ from dnd_sdk.manifest import DIM_NAMES, TensorSpec
 EXTERNAL_DATA_THRESHOLD = 2_000_000_000
 ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
                onnx.TensorProto.BFLOAT16: "bfloat16", onnx.TensorProto.INT64: "int64",
-               onnx.TensorProto.UINT8: "uint8"}
+               onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.BOOL: "bool"}
 
 
 def export_graph(module, args, path: Path, input_names, output_names, dynamic_axes, opset: int,
@@ -36,8 +36,10 @@ def export_graph(module, args, path: Path, input_names, output_names, dynamic_ax
             torch.onnx.export(module, args, str(scratch / path.name), dynamo=False, opset_version=opset,
                               input_names=list(input_names), output_names=list(output_names),
                               dynamic_axes=dynamic_axes, do_constant_folding=True)
+            traced = module(*args)
         # the graph without the spilled weights: they are copied over one tensor at a time
         model = onnx.load(str(scratch / path.name), load_external_data=False)
+        _name_output_dims(model, traced if isinstance(traced, tuple) else (traced,), dynamic_axes)
         extra = _save(model, scratch, path, external_threshold)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -72,6 +74,21 @@ def _save(model: onnx.ModelProto, scratch: Path, path: Path, threshold: int) -> 
                 entry.key, entry.value = key, value
     onnx.save_model(model, str(path))
     return [data]
+
+
+def _name_output_dims(model: onnx.ModelProto, outputs: tuple, dynamic_axes: dict) -> None:
+    """Write each output's shape as traced, the dynamic axes by name: the exporter leaves dims made
+    by a Reshape unnamed (e.g. "Reshape..._dim_1"), and the manifest wants ints or DIM_NAMES."""
+    for value, tensor in zip(model.graph.output, outputs):
+        dynamic = dynamic_axes.get(value.name, {})
+        dims = value.type.tensor_type.shape.dim
+        del dims[:]
+        for axis, size in enumerate(tensor.shape):
+            dim = dims.add()
+            if axis in dynamic:
+                dim.dim_param = dynamic[axis]
+            else:
+                dim.dim_value = int(size)
 
 
 def _spec(value: onnx.ValueInfoProto) -> TensorSpec:

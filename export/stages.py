@@ -1,17 +1,22 @@
 """Export wrappers: one nn.Module per graph, with the graph's I/O names and dynamic axes.
 
-A stage wrapper takes `hidden` float32 and a flat list of past keys/values, and returns
-`logits` (last position), `hidden_out` float32 and the present keys/values, in the order
-of `StageIO.outputs`. The decoder wrapper maps codes to uint8 RGB pixels.
+A stage wrapper is stage graph v2 (docs/architecture.md): one new position per row, the
+row's absolute position and cache mask as inputs, the whole fixed KV cache as input, and
+only the new key/value rows as outputs. The decoder wrapper maps codes to uint8 RGB pixels.
 """
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-BATCH, SEQ, PAST, TOTAL = "batch_size", "sequence_length", "past_sequence_length", "total_sequence_length"
+BATCH = "batch_size"
 PAST_KEY, PAST_VALUE = "past_key_values.%d.key", "past_key_values.%d.value"
-PRESENT_KEY, PRESENT_VALUE = "present.%d.key", "present.%d.value"
+NEW_KEY, NEW_VALUE = "new_key_values.%d.key", "new_key_values.%d.value"
+
+
+def cache_length(args) -> int:
+    """Cache slots a sequence fills: the condition tokens and every cell but the last (never fed back)."""
+    return args.cls_token_num + args.seq_len - 1
 
 
 @dataclass
@@ -20,24 +25,67 @@ class StageIO:
 
     @property
     def inputs(self) -> list:
-        return ["hidden"] + [n % i for i in self.layers for n in (PAST_KEY, PAST_VALUE)]
+        return ["hidden", "positions", "kv_mask"] + [n % i for i in self.layers for n in (PAST_KEY, PAST_VALUE)]
 
     @property
     def outputs(self) -> list:
-        return ["logits", "hidden_out"] + [n % i for i in self.layers for n in (PRESENT_KEY, PRESENT_VALUE)]
+        return ["logits", "hidden_out"] + [n % i for i in self.layers for n in (NEW_KEY, NEW_VALUE)]
 
     @property
     def dynamic_axes(self) -> dict:
-        # names follow optimum's add_past_key_values so tools recognise the cache tensors
-        axes = {"hidden": {0: BATCH, 1: SEQ}, "logits": {0: BATCH}, "hidden_out": {0: BATCH, 1: SEQ}}
-        for i in self.layers:
-            axes.update({PAST_KEY % i: {0: BATCH, 2: PAST}, PAST_VALUE % i: {0: BATCH, 2: PAST},
-                         PRESENT_KEY % i: {0: BATCH, 2: TOTAL}, PRESENT_VALUE % i: {0: BATCH, 2: TOTAL}})
-        return axes
+        # rows are the only dynamic axis: fixed cache shapes suit TensorRT profiles and CUDA graphs
+        return {name: {0: BATCH} for name in self.inputs + self.outputs}
+
+
+def row_rope_angles(args, positions: torch.Tensor) -> tuple:
+    """cos, sin [B, head_dim/2] for one position per row, equal to `rope_angles` at those positions.
+
+    Float arithmetic only (exact for integer positions), so the graph has no Mod, Clip or
+    Range on integers that TensorRT's ONNX parser would reject.
+    """
+    quarter = args.head_dim // 4
+    theta = args.rope_base ** (-torch.arange(quarter, dtype=torch.float32) * 4 / args.head_dim)
+    p = positions.to(torch.float32)
+    cell = torch.clamp(p - args.cls_token_num, min=0.0)
+    row = torch.floor(cell / args.grid_w)
+    col = cell - row * args.grid_w
+    angles = torch.cat([row[:, None] * theta, col[:, None] * theta], dim=-1)
+    is_latent = (p >= args.cls_token_num).to(torch.float32)[:, None]
+    return torch.cos(angles) * is_latent, torch.sin(angles) * is_latent
+
+
+def rotate(pairs, cos, sin):
+    """`apply_rope`'s float ops on x already split into (x[2j], x[2j+1]) pairs [..., hd/2, 2]."""
+    x0, x1 = pairs[..., 0], pairs[..., 1]
+    return torch.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], dim=-1)
+
+
+def cached_attention(attention, x, cos, sin, past_k, past_v, bias) -> tuple:
+    """One new position per row against the fixed cache; returns (output [B, 1, d], (new k, new v)).
+
+    Scores against the cache ([B, kvh, rep, L], masked by `bias`) and against the row's own new
+    key are joined before the softmax, so the cache itself is never concatenated or repeated.
+    Every reshape spells its dims from the model's sizes with -1 for the rows: a dim read from a
+    tensor's shape would cost ONNX Runtime a chain of Shape/Gather/Concat nodes per reshape.
+    """
+    a = attention.args
+    kvh, hd, L = a.n_kv_head, a.head_dim, cache_length(a)
+    rep = a.n_head // kvh
+    q, k, v = attention.wqkv(x).split([a.dim, kvh * hd, kvh * hd], dim=-1)
+    # head h reads kv head h // rep, so consecutive query heads share one cache head
+    q = rotate(q.float().reshape(-1, kvh, rep, hd // 2, 2), cos[:, None, None, :], sin[:, None, None, :])
+    k = rotate(k.float().reshape(-1, kvh, 1, hd // 2, 2), cos[:, None, None, :], sin[:, None, None, :])
+    q = q.reshape(-1, kvh, rep, hd).to(x.dtype) * (hd ** -0.5)
+    k, v = k.reshape(-1, kvh, 1, hd).to(x.dtype), v.reshape(-1, kvh, 1, hd)
+    past_scores = torch.matmul(q, past_k.transpose(2, 3)) + bias       # [B, kvh, rep, L]
+    own_score = torch.matmul(q, k.transpose(2, 3))                     # [B, kvh, rep, 1]
+    probs = torch.softmax(torch.cat([past_scores, own_score], dim=-1), dim=-1)
+    y = torch.matmul(probs[..., :L], past_v) + probs[..., L:] * v      # [B, kvh, rep, hd]
+    return attention.wo(y.reshape(-1, 1, a.dim)), (k, v)
 
 
 class StageWrapper(nn.Module):
-    """Transformer.stage_forward(k, ...) with float32 hidden I/O whatever the weight dtype."""
+    """Stage k of the transformer as graph v2, float32 hidden I/O whatever the weight dtype."""
 
     def __init__(self, model, k: int):
         super().__init__()
@@ -48,24 +96,30 @@ class StageWrapper(nn.Module):
         # training mode would switch the model's class dropout on for whoever uses it next
         self.eval()
 
-    def forward(self, hidden, *past_flat):
-        past = list(zip(past_flat[0::2], past_flat[1::2]))
-        logits, h, present = self.model.stage_forward(self.k, hidden.to(self.dtype), past)
-        # only the last position is sampled; slicing here keeps the [B, S, V] tensor out of the graph outputs.
-        # Not logits[:, -1]: that exports as Gather(-1) on the dynamic sequence axis, which TensorRT leaves
-        # undefined (export/trt_lint.py). Slice resolves -1 against the runtime length, and index 0 of the
-        # one position left is always in range (squeeze(1) would export an If node instead)
-        flat = [t for kv in present for t in kv]
-        return (logits[:, -1:][:, 0].float(), h.float(), *flat)
+    def forward(self, hidden, positions, kv_mask, *past_flat):
+        cos, sin = row_rope_angles(self.model.args, positions)
+        zero, minus_inf = (torch.tensor(v, dtype=self.dtype) for v in (0.0, float("-inf")))
+        bias = torch.where(kv_mask, zero, minus_inf)[:, None, None, :]  # [B, 1, 1, L]
+        h, new = hidden.to(self.dtype), []
+        for i, past_k, past_v in zip(self.io.layers, past_flat[0::2], past_flat[1::2]):
+            block = self.model.layers[i]  # the same steps as Block.forward
+            attn, kv = cached_attention(block.attention, block.attention_norm(h), cos, sin, past_k, past_v, bias)
+            h = h + attn
+            h = h + block.feed_forward(block.ffn_norm(h))
+            new += kv
+        logits = self.model.head(self.k, h)[:, 0]  # [B, V]: a non-negative index, as TensorRT wants
+        return (logits.float(), h.float(), *new)
 
-    def example_inputs(self, batch: int = 2, seq: int = 2, past: int = 3) -> tuple:
-        # non-zero past and seq > 1 so the tracer cannot specialise either length to a constant
+    def example_inputs(self, batch: int = 2) -> tuple:
+        # rows at different positions, so the tracer cannot fold a shared position into a constant
         a = self.model.args
         g = torch.Generator().manual_seed(0)
-        hidden = torch.randn(batch, seq, a.dim, generator=g)
-        cache = [torch.randn(batch, a.n_kv_head, past, a.head_dim, generator=g).to(self.dtype)
+        L = cache_length(a)
+        positions = torch.tensor([min(3, L - 1), 0] * batch)[:batch]
+        mask = torch.arange(L)[None, :] < positions[:, None]
+        cache = [torch.randn(batch, a.n_kv_head, L, a.head_dim, generator=g).to(self.dtype)
                  for _ in range(2 * len(self.io.layers))]
-        return (hidden, *cache)
+        return (torch.randn(batch, 1, a.dim, generator=g), positions, mask, *cache)
 
 
 class DecoderWrapper(nn.Module):

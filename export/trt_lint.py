@@ -72,9 +72,11 @@ class Finding:
 
 
 def lint_folder(model_dir) -> list:
-    """Lint every graph of an exported folder: all of them are meant for TensorRT (dnd-build builds each)."""
+    """Lint every graph of an exported folder that is meant for TensorRT (dnd-build builds each); stage
+    graphs whose `forms.stages` leaves TensorRT out (int8/int4) are ONNX-Runtime-only and exempt."""
     manifest = load_manifest(model_dir, verify=False)
-    return [f for graph in [*manifest.stage_names, "decoder"] for f in lint_graph(manifest.graph_path(graph))]
+    graphs = [*(manifest.stage_names if "tensorrt" in manifest.stage_backends else []), "decoder"]
+    return [f for graph in graphs for f in lint_graph(manifest.graph_path(graph))]
 
 
 def lint_graph(path) -> list:

@@ -4,6 +4,8 @@ from typing import Optional
 
 import numpy as np
 
+from ..errors import InvalidInputError
+
 
 class Backend(ABC):
     """Runs the graphs of one model folder. Use as a context manager, or call `close()`.
@@ -37,8 +39,14 @@ class Backend(ABC):
         """Start new sequences: empty the KV cache of every stage for `rows` rows."""
 
     @abstractmethod
-    def stage_step(self, k: int, hidden: np.ndarray) -> tuple:
-        """Run stage k on hidden [rows, S, d] float32 after its cached past, and keep its present as the next past.
+    def stage_step(self, k: int, hidden: np.ndarray, positions: Optional[np.ndarray] = None) -> tuple:
+        """Run stage k on one new position per row, hidden [rows, 1, d] float32, and write its keys and
+        values into the row's cache slot.
+
+        Args:
+            positions: [rows] ints, each row's absolute position (0 = the condition token); the row
+                sees its cache slots below it. None: one past the row's previous call of stage k
+                (0 after reset). Rows may sit at different positions in one call.
 
         Returns:
             (logits [rows, V] float32, hidden_out [rows, S, d] float32). IMPORTANT: the arrays
@@ -53,3 +61,23 @@ class Backend(ABC):
 
     def __exit__(self, *exc):
         self.close()
+
+
+class RowPositions:
+    """Where each row's next token goes in the fixed cache, per stage; shared by the backends."""
+
+    def __init__(self, depth: int, rows: int, length: int):
+        self.rows, self.length = rows, length
+        self._next = [np.zeros(rows, np.int64) for _ in range(depth)]
+        self._slots = np.arange(length)
+
+    def take(self, k: int, rows: int, positions=None) -> tuple:
+        """(positions [rows] int64, kv_mask [rows, L] bool) for a call of stage k; InvalidInputError if out of range."""
+        if rows != self.rows:  # the cache holds self.rows rows: another count would read it wrongly
+            raise InvalidInputError(f"stage_step got {rows} rows after reset({self.rows}); call reset(rows) first")
+        pos = self._next[k] if positions is None else np.asarray(positions)
+        if pos.shape != (rows,) or pos.dtype.kind not in "iu" or pos.min() < 0 or pos.max() >= self.length:
+            raise InvalidInputError(f"positions must be {rows} ints in [0, {self.length}), got {positions!r}")
+        pos = pos.astype(np.int64)
+        self._next[k] = pos + 1
+        return pos, self._slots[None, :] < pos[:, None]

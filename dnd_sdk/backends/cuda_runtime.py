@@ -21,6 +21,7 @@ from ..errors import BackendUnavailableError
 
 HOST_TO_DEVICE = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
 DEVICE_TO_HOST = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+DEVICE_TO_DEVICE = cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice
 
 try:  # cuda-bindings 12.9.1 deprecates int(handle) in favour of this (its release notes)
     from cuda.bindings.utils import get_cuda_native_handle as _native_handle
@@ -70,6 +71,15 @@ class CudaRuntime:
     def copy(self, dst: int, src: int, nbytes: int, kind, stream) -> None:
         """cudaMemcpyAsync on `stream`; dst and src are addresses (a device pointer, or array.ctypes.data)."""
         _check(cudart.cudaMemcpyAsync(dst, src, nbytes, kind, stream), "cudaMemcpyAsync")
+
+    def copy_rows(self, dst: int, dst_pitch: int, src: int, src_pitch: int, width: int, height: int, stream) -> None:
+        """cudaMemcpy2DAsync, device to device: `height` rows of `width` bytes, `src_pitch` bytes apart at the
+        source and `dst_pitch` apart at the destination."""
+        _check(cudart.cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, width, height, DEVICE_TO_DEVICE, stream),
+               "cudaMemcpy2DAsync")
+
+    def zero(self, ptr: int, nbytes: int, stream) -> None:
+        _check(cudart.cudaMemsetAsync(ptr, 0, nbytes, stream), "cudaMemsetAsync")
 
     def synchronize(self, stream) -> None:
         _check(cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")

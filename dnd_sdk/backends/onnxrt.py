@@ -1,8 +1,11 @@
-"""ONNX Runtime backend: one session per graph, the KV cache kept as OrtValues between steps.
+"""ONNX Runtime backend: one session per graph, the KV cache in fixed numpy buffers.
 
-Each stage call binds the previous step's `present.*` OrtValues as this step's
-`past_key_values.*` through IO binding, so the cache never travels through numpy (or,
-with CUDA, off the device). Logits and hidden state land in preallocated host buffers.
+Stage graphs v2 take the whole fixed cache and return only each row's new key/value; the
+backend writes those into the row's slot of its preallocated `[rows, kv_heads, L, head_dim]`
+buffers. On the CPU, IO binding reads the buffers in place, so they are bound once per
+reset and nothing is copied per step. With CUDA the buffers are copied to the device per
+call (the TensorRT backend keeps its cache on the GPU). Logits, hidden state and new rows
+land in host buffers bound once per reset.
 """
 import numpy as np
 
@@ -16,11 +19,9 @@ from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as OrtNot
 
 from ..errors import BackendUnavailableError, ManifestError
 from ..model_files import RERUN, graph_session
-from .base import Backend
+from .base import Backend, RowPositions
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
-# ONNX TensorProto element types, so that an empty bf16 cache needs neither numpy bf16 nor the onnx package
-ONNX_TYPES = {"float32": 1, "float16": 10, "bfloat16": 16}
 
 
 def session_from_onnx(model, provider: str, threads=None, external_folder=None) -> ort.InferenceSession:
@@ -73,6 +74,9 @@ class OnnxrtBackend(Backend):
             raise BackendUnavailableError(
                 f"ONNX Runtime here has no {provider} (available: {available}). "
                 "Install onnxruntime-gpu for CUDA, or use backend='onnxruntime-cpu'.")
+        if manifest.dtype == "bf16":  # the cache lives in numpy buffers, and numpy has no bfloat16
+            raise BackendUnavailableError("bf16 exports run on TensorRT (dnd-build); export with --dtype fp32 or "
+                                          "fp16 for ONNX Runtime")
         self.name, self.device, self.manifest = f"onnxruntime-{device}", device, manifest
         try:
             self.sessions = {name: _checked_session(manifest, name, provider, threads)
@@ -86,7 +90,7 @@ class OnnxrtBackend(Backend):
             raise BackendUnavailableError(f"ONNX Runtime could not start {provider} (sessions run on {used}); "
                                           "check the CUDA and cuDNN installation.")
         self._bindings = [self.sessions[s.graph].io_binding() for s in manifest.stages]
-        self._past, self._buffers = [], {}
+        self._caches, self._outputs = [], []
 
     def run(self, graph: str, feeds: dict) -> dict:
         session = self.sessions[graph]
@@ -94,45 +98,44 @@ class OnnxrtBackend(Backend):
         return dict(zip(names, session.run(names, feeds)))
 
     def reset(self, rows: int) -> None:
-        self._past = []
-        for stage in self.manifest.stages:
-            specs = {s.name: s for s in self.manifest.inputs(stage.graph)}
-            past = {}
+        m = self.manifest
+        self._positions = RowPositions(m.depth, rows, m.cache_length)
+        self._caches, self._outputs = [], []
+        d, vocab = int(m.model_config["dim"]), int(m.model_config["vocab_size"])
+        for stage, io in zip(m.stages, self._bindings):
+            specs = {s.name: s for s in m.inputs(stage.graph)}
+            io.clear_binding_inputs()
+            io.clear_binding_outputs()
+            outputs = (np.empty((rows, vocab), np.float32), np.empty((rows, 1, d), np.float32))
+            for name, buf in zip(("logits", "hidden_out"), outputs):
+                io.bind_output(name, "cpu", 0, buf.dtype, list(buf.shape), buf.ctypes.data)
+            tensors = []
             for layer in stage.layers:
-                for name in self.manifest.past_names(layer):
-                    spec = specs[name]  # [batch_size, kv_heads, past_sequence_length, head_dim]
-                    past[name] = ort.OrtValue.ortvalue_from_shape_and_type(
-                        [rows, spec.shape[1], 0, spec.shape[3]], ONNX_TYPES[spec.dtype], self.device, 0)
-            self._past.append(past)
-        self._buffers = {}
+                for past, new in zip(m.past_names(layer), m.new_names(layer)):
+                    kv_heads, length, head_dim = specs[past].shape[1:]
+                    dtype = np.dtype(specs[past].dtype)
+                    cache = np.zeros((rows, kv_heads, length, head_dim), dtype)
+                    fresh = np.empty((rows, kv_heads, 1, head_dim), dtype)
+                    io.bind_cpu_input(past, cache)  # on the CPU, ONNX Runtime reads this memory itself: bound once
+                    io.bind_output(new, "cpu", 0, dtype, list(fresh.shape), fresh.ctypes.data)
+                    tensors.append((past, cache, fresh))
+            self._caches.append(tensors)
+            self._outputs.append(outputs)
 
-    def _buffer(self, k: int, name: str, shape: tuple) -> np.ndarray:
-        key = (k, name, shape)
-        if key not in self._buffers:
-            self._buffers[key] = np.empty(shape, dtype=np.float32)
-        return self._buffers[key]
-
-    def stage_step(self, k: int, hidden: np.ndarray) -> tuple:
-        stage, io = self.manifest.stages[k], self._bindings[k]
+    def stage_step(self, k: int, hidden: np.ndarray, positions=None) -> tuple:
+        io = self._bindings[k]
         hidden = np.ascontiguousarray(hidden, dtype=np.float32)
         rows = hidden.shape[0]
-        logits = self._buffer(k, "logits", (rows, int(self.manifest.model_config["vocab_size"])))
-        hidden_out = self._buffer(k, "hidden_out", hidden.shape)
-        io.clear_binding_inputs()
-        io.clear_binding_outputs()
-        io.bind_cpu_input("hidden", hidden)
-        for name, value in self._past[k].items():
-            io.bind_ortvalue_input(name, value)
-        for name, buf in (("logits", logits), ("hidden_out", hidden_out)):
-            io.bind_output(name, "cpu", 0, np.float32, list(buf.shape), buf.ctypes.data)
-        presents = [(past, present) for layer in stage.layers
-                    for past, present in zip(self.manifest.past_names(layer), self.manifest.present_names(layer))]
-        for _, present in presents:
-            io.bind_output(present, self.device)  # ONNX Runtime allocates; it grows by one position per step
-        self.sessions[stage.graph].run_with_iobinding(io)
-        values = io.get_outputs()[2:]  # in binding order: logits, hidden_out, then the presents
-        self._past[k] = {past: value for (past, _), value in zip(presents, values)}
-        return logits, hidden_out
+        positions, kv_mask = self._positions.take(k, rows, positions)
+        for name, array in (("hidden", hidden), ("positions", positions), ("kv_mask", kv_mask)):
+            io.bind_cpu_input(name, array)
+        if self.device != "cpu":  # a CUDA session copied the caches to the device when bound: bind them anew
+            for past, cache, _ in self._caches[k]:
+                io.bind_cpu_input(past, cache)
+        self.sessions[self.manifest.stages[k].graph].run_with_iobinding(io)
+        for _, cache, fresh in self._caches[k]:  # each row's new key/value into its own slot
+            cache[np.arange(rows), :, positions] = fresh[:, :, 0]
+        return self._outputs[k]
 
     def close(self) -> None:
-        self.sessions, self._bindings, self._past, self._buffers = {}, [], [], {}
+        self.sessions, self._bindings, self._caches, self._outputs = {}, [], [], []

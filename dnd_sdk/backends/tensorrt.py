@@ -1,10 +1,10 @@
 """TensorRT backend: the engines `dnd-build` wrote, on CUDA device 0 (tensorrt, cuda-python's runtime bindings).
 
-The KV cache never leaves the GPU. Each stage holds two buffers per cache tensor, sized for
-the engines' most rows and longest sequence; a step reads its past from one, writes its
-present (past plus the new positions) into the other, and the two swap roles. Only the
-hidden state goes in, and logits and hidden state come out, through host memory, because
-the numpy sampler runs between stages.
+The KV cache never leaves the GPU. Each cache tensor is one fixed device buffer
+[max_rows, kv_heads, L, head_dim] (stage graph v2); a step's new key/value rows land in a
+scratch buffer and are copied into each row's slot with one strided 2-D copy per run of rows
+at the same position. The hidden state, positions and mask go in, and logits and hidden
+state come out, through host memory, because the numpy sampler runs between stages.
 """
 from pathlib import Path
 
@@ -17,7 +17,7 @@ except ImportError as e:
 
 from ..engines import ENGINES_NAME, load_engine_index, tensorrt_major
 from ..errors import BackendUnavailableError, InvalidInputError
-from .base import Backend
+from .base import Backend, RowPositions
 from .cuda_runtime import DEVICE_TO_HOST, HOST_TO_DEVICE, CudaRuntime
 
 _LOGGER = trt.Logger(trt.Logger.WARNING)
@@ -94,36 +94,32 @@ class TensorrtBackend(Backend):
         self.stream = self.cuda.create_stream()
         self.manifest, self.max_batch = manifest, int(index.max_rows)
         self.engines, self._caches, self._scratch, self._host, self._buffers = {}, [], {}, {}, []
-        h, w = int(manifest.latent["h"]), int(manifest.latent["w"])
         d, vocab = int(manifest.model_config["dim"]), int(manifest.model_config["vocab_size"])
-        self._max_positions = 2 * h * w  # past (< h*w) plus new positions (<= h*w): the engines' profile
-        self._hidden_in, self._hidden_out, self._logits = self._new_buffer(), self._new_buffer(), self._new_buffer()
+        self._hidden_out, self._logits = self._new_buffer(), self._new_buffer()
         try:  # a failure part-way (an engine from another TensorRT) must not leak what is allocated
             runtime = trt.Runtime(_LOGGER)
             for g in graphs:
                 self.engines[g] = Engine(runtime, Path(model_dir) / index.files[g].file, index.tensorrt_version)
-            self._hidden_in.ensure(self.max_batch * h * w * d * 4)
-            self._hidden_out.ensure(self.max_batch * h * w * d * 4)
+            self._hidden_out.ensure(self.max_batch * d * 4)
             self._logits.ensure(self.max_batch * vocab * 4)
             self._caches = [self._cache_buffers(k) for k in range(manifest.depth)]
         except BaseException:
             self.close()
             raise
-        self._rows, self._past_len, self._side = 0, [0] * manifest.depth, [0] * manifest.depth
+        self._positions = RowPositions(manifest.depth, 0, manifest.cache_length)
 
     def _cache_buffers(self, k: int) -> list:
-        """[(past name, present name, kv_heads, head_dim, (buffer A, buffer B))] for stage k."""
+        """[(past name, new name, shape [kv_heads, L, head_dim], itemsize, cache buffer, new-rows buffer)] of stage k."""
         stage, engine = self.manifest.stages[k], self.engines[self.manifest.stages[k].graph]
         specs = {s.name: s for s in self.manifest.inputs(stage.graph)}
         out = []
         for layer in stage.layers:
-            for past, present in zip(self.manifest.past_names(layer), self.manifest.present_names(layer)):
-                kv, hd = int(specs[past].shape[1]), int(specs[past].shape[3])
-                nbytes = self.max_batch * kv * self._max_positions * hd * engine.itemsize[past]
-                pair = (self._new_buffer(), self._new_buffer())
-                for buf in pair:
-                    buf.ensure(nbytes)
-                out.append((past, present, kv, hd, pair))
+            for past, new in zip(self.manifest.past_names(layer), self.manifest.new_names(layer)):
+                shape, size = tuple(int(d) for d in specs[past].shape[1:]), engine.itemsize[past]
+                cache, fresh = self._new_buffer(), self._new_buffer()
+                cache.ensure(self.max_batch * int(np.prod(shape)) * size)
+                fresh.ensure(self.max_batch * shape[0] * shape[2] * size)
+                out.append((past, new, shape, size, cache, fresh))
         return out
 
     def _new_buffer(self) -> DeviceBuffer:
@@ -172,33 +168,53 @@ class TensorrtBackend(Backend):
         if rows > self.max_batch:
             raise InvalidInputError(f"{rows} rows, but the engines were built for at most {self.max_batch}; "
                                     "use a smaller batch or rebuild with a larger --max-batch")
-        self._rows, self._past_len, self._side = rows, [0] * self.manifest.depth, [0] * self.manifest.depth
+        self._positions = RowPositions(self.manifest.depth, rows, self.manifest.cache_length)
+        for tensors in self._caches:  # masked slots still enter the products (times a zero weight): no NaN may stay
+            for _, _, _, _, cache, _ in tensors:
+                self.cuda.zero(cache.ptr, cache.nbytes, self.stream)
 
-    def stage_step(self, k: int, hidden: np.ndarray) -> tuple:
+    def stage_step(self, k: int, hidden: np.ndarray, positions=None) -> tuple:
         engine = self.engines[self.manifest.stages[k].graph]
         ctx = engine.context
         hidden = np.ascontiguousarray(hidden, dtype=np.float32)
-        rows, past = hidden.shape[0], self._past_len[k]
-        if rows != self._rows:  # the cache holds self._rows rows: another count would read it wrongly
-            raise InvalidInputError(f"stage_step got {rows} rows after reset({self._rows}); call reset(rows) first")
-        self.cuda.copy(self._hidden_in.ptr, hidden.ctypes.data, hidden.nbytes, HOST_TO_DEVICE, self.stream)
-        engine.set_shape("hidden", hidden.shape)
-        ctx.set_tensor_address("hidden", self._hidden_in.ptr)
-        read = self._side[k]
-        for past_name, present_name, kv, hd, buffers in self._caches[k]:
-            engine.set_shape(past_name, (rows, kv, past, hd))
-            ctx.set_tensor_address(past_name, buffers[read].ptr)
-            ctx.set_tensor_address(present_name, buffers[1 - read].ptr)
+        rows = hidden.shape[0]
+        positions, kv_mask = self._positions.take(k, rows, positions)
+        for name, array in (("hidden", hidden), ("positions", positions), ("kv_mask", kv_mask)):
+            buf = self._scratch_buffer((name,))
+            self.cuda.copy(buf.ensure(array.nbytes), array.ctypes.data, array.nbytes, HOST_TO_DEVICE, self.stream)
+            engine.set_shape(name, array.shape)
+            ctx.set_tensor_address(name, buf.ptr)
+        for past, new, shape, _, cache, fresh in self._caches[k]:
+            engine.set_shape(past, (rows, *shape))
+            ctx.set_tensor_address(past, cache.ptr)
+            ctx.set_tensor_address(new, fresh.ptr)
         logits = self._host_buffer((k, "logits"), (rows, int(self.manifest.model_config["vocab_size"])))
         hidden_out = self._host_buffer((k, "hidden_out"), hidden.shape)
         ctx.set_tensor_address("logits", self._logits.ptr)
         ctx.set_tensor_address("hidden_out", self._hidden_out.ptr)
         self._execute(engine)
+        for _, _, shape, size, cache, fresh in self._caches[k]:
+            self._write_rows(cache, fresh, shape, size, positions)
         for host, device in ((logits, self._logits), (hidden_out, self._hidden_out)):
             self.cuda.copy(host.ctypes.data, device.ptr, host.nbytes, DEVICE_TO_HOST, self.stream)
         self.cuda.synchronize(self.stream)
-        self._side[k], self._past_len[k] = 1 - read, past + hidden.shape[1]
         return logits, hidden_out
+
+    def _write_rows(self, cache, fresh, shape, size, positions) -> None:
+        """New rows [rows, kv, 1, hd] into cache [rows, kv, L, hd] at each row's position, on the device.
+
+        Rows r..s-1 at one position p form (s - r) * kv blocks of hd elements, evenly strided
+        (L * hd apart) in the cache: one cudaMemcpy2DAsync per run of equal positions.
+        """
+        kv, length, hd = shape
+        row_bytes, start = hd * size, 0
+        for end in range(1, len(positions) + 1):
+            if end < len(positions) and positions[end] == positions[start]:
+                continue
+            dst = cache.ptr + ((start * kv * length) + int(positions[start])) * row_bytes
+            src = fresh.ptr + start * kv * row_bytes
+            self.cuda.copy_rows(dst, length * row_bytes, src, row_bytes, row_bytes, (end - start) * kv, self.stream)
+            start = end
 
     def close(self) -> None:
         for buf in self._buffers:

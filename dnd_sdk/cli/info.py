@@ -19,6 +19,7 @@ def summary(model_dir) -> str:
         f"latent:   {m.latent['h']}x{m.latent['w']} cells x depth {m.depth}, vocab {m.model_config.get('vocab_size')}",
         f"image:    {m.image['height']}x{m.image['width']} RGB",
         "sampler:  " + ", ".join(f"{k}={v}" for k, v in m.sampler_defaults.items()),
+        f"runs on:  {', '.join(m.stage_backends)} (stage graphs v2, cache of {m.cache_length} positions)",
         f"files:    {len(m.files)} ({size / 2**20:.1f} MiB), sha256 verified",
         "producer: " + ", ".join(f"{k} {v}" for k, v in m.producer.items()),
     ]

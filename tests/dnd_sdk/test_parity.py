@@ -16,20 +16,20 @@ def pair(tiny_checkpoint, tiny_model_dir):
         yield gen, ckpt.build_model(), ckpt.build_tokenizer()
 
 
-@pytest.mark.parametrize("kw, required", [
-    (dict(cfg_scale=2.0, temperature=1.0), 0.995),
-    (dict(cfg_scale=2.0, temperature=0.0), 1.0),
-    (dict(cfg_scale=2.0, temperature=1e-320), 1.0),  # below GREEDY_TEMPERATURE: greedy in both
-    (dict(cfg_scale=1.0, temperature=0.8, top_k=16, top_p=0.9), 0.995),
+@pytest.mark.parametrize("kw", [
+    dict(cfg_scale=2.0, temperature=1.0),
+    dict(cfg_scale=2.0, temperature=0.0),
+    dict(cfg_scale=2.0, temperature=1e-320),  # below GREEDY_TEMPERATURE: greedy in both
+    dict(cfg_scale=1.0, temperature=0.8, top_k=16, top_p=0.9),
 ])
-def test_codes_agree_with_reference_sampler(pair, kw, required):
+def test_codes_agree_with_reference_sampler(pair, kw):
     gen, model, _ = pair
     got = gen.sample_codes(num=32, seed=5, batch_size=8, **kw)
     want = generate(model, (np.arange(32) % gen.num_classes).tolist(), seed=5, **kw).numpy()
     agreement = float((got == want).mean())
     print(f"token agreement {kw}: {agreement:.4f} over {got.size} tokens")
     assert got.shape == want.shape == (32, 2, 4, 2) and got.dtype == np.int64
-    assert agreement >= required
+    assert agreement == 1.0  # token for token: fp32 graphs must not change a single sample
     assert len(np.unique(got)) > 8  # the comparison covers varied tokens, not one repeated code
 
 

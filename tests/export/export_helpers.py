@@ -14,20 +14,24 @@ def sessions(model_dir):
 
 
 def teacher_forced_logits(model_dir, codes: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """codes [B, L, D] -> logits [B, D, L, V], one position per step through the KV-cached stage graphs."""
+    """codes [B, L, D] -> logits [B, D, L, V], one position per step through the fixed-cache stage graphs."""
     m, sess = sessions(model_dir)
     emb = np.load(m.file_path("embeddings"))
     tok, cls = emb["tok_embeddings"].astype(np.float32), emb["cls_embedding"].astype(np.float32)
     B, L, D = codes.shape
-    # empty caches in the graph's own dtype (float16 for an fp16 export)
-    past = {s.graph: {i.name: np.zeros([B] + i.shape[1:2] + [0] + i.shape[3:], np.dtype(i.dtype))
-                      for i in m.inputs(s.graph)[1:]} for s in m.stages}
+    # fixed caches in the graph's own dtype (float16 for an fp16 export)
+    caches = {s.graph: {i.name: np.zeros([B] + i.shape[1:], np.dtype(i.dtype)) for i in m.inputs(s.graph)[3:]}
+              for s in m.stages}
     out = []
     for p in range(L):
         hidden = cls[labels][:, None] if p == 0 else tok[codes[:, p - 1]].sum(1)[:, None]
+        positions = np.full(B, p, np.int64)
+        mask = np.arange(m.cache_length)[None, :] < positions[:, None]
         for k, stage in enumerate(m.stages):
-            logits, hidden, *present = sess[stage.graph].run(None, {"hidden": hidden, **past[stage.graph]})
-            past[stage.graph] = dict(zip(past[stage.graph], present))
+            logits, hidden, *new = sess[stage.graph].run(
+                None, {"hidden": hidden, "positions": positions, "kv_mask": mask, **caches[stage.graph]})
+            for cache, fresh in zip(caches[stage.graph].values(), new):
+                cache[:, :, p] = fresh[:, :, 0]
             out.append(logits)
             if k < D - 1:
                 hidden = hidden + tok[codes[:, p, k]][:, None]

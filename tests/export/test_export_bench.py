@@ -27,3 +27,38 @@ def test_bench_refuses_a_cuda_reference_without_cuda(tiny_checkpoint, tiny_model
     result = CliRunner().invoke(cli, ["bench", "--checkpoint", str(tiny_checkpoint), "--model", str(tiny_model_dir),
                                       "--reference-device", "cuda"])
     assert result.exit_code == 1 and "--reference-device cuda needs a GPU" in result.output
+
+
+def test_bench_preset_dtype_and_profile(tmp_path):
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(cli, ["bench", "--preset", "tiny", "--dtype", "int8", "--batch", "2", "--num-batches",
+                                      "1", "--repeats", "1", "--profile", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    # the random model has no sampler defaults of its own, so the export's defaults apply, not cfg 2 / T 1
+    assert report["dtype"] == "int8" and report["sampling"]["cfg_scale"] == 1.0
+    assert report["gemm_gflops_per_s"] > 0
+    p = report["results"][0]["profile"]
+    assert abs(p["seconds_stages"] + p["seconds_decoder"] + p["seconds_sampling"] - p["seconds_total"]) < 1e-3
+    assert p["seconds_stages"] > 0 and p["seconds_decoder"] > 0
+    assert 0 < p["transformer_gflop_per_image"] < p["decoder_gflop_per_image"]  # tiny: dim 32, 8 positions
+    assert 0 < p["stages_utilization"] < 1.5 and report["results"][0]["ratio"] > 0
+
+
+def test_flop_count_matches_the_reference_model_linears(tiny_checkpoint):
+    from dnd_export.profile import transformer_gflop
+    from dnd_training.checkpoint import load_checkpoint
+    from dnd_training.sampling import generate
+
+    model = load_checkpoint(tiny_checkpoint).build_model()
+    a = model.args
+    macs = []
+    hooks = [m.register_forward_hook(lambda m, i, o: macs.append(o.numel() * m.in_features))
+             for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    generate(model, [0], seed=0, cfg_scale=1.0)
+    for h in hooks:
+        h.remove()
+    positions = a.seq_len  # one condition token, then every cell but the last is fed back
+    attention = 2 * (a.pred_head_positions[-1] + 1) * 2 * a.n_head * a.head_dim * positions * (positions + 1) // 2
+    assert transformer_gflop(a, guided=False) * 1e9 == pytest.approx(2 * sum(macs) + attention, rel=1e-9)
+    assert transformer_gflop(a, guided=True) == 2 * transformer_gflop(a, guided=False)

@@ -4,7 +4,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from click.testing import CliRunner
 
+from dnd_engines.cli import main as dnd_build
 from dnd_export import export_model
 from dnd_sdk.errors import ManifestError
 from dnd_sdk.manifest import load_manifest
@@ -31,7 +33,7 @@ def test_fp16_runs_in_onnxruntime_close_to_fp32(tiny_checkpoint, tmp_path):
     assert m.dtype == "fp16"
     specs = {s.name: s.dtype for s in m.inputs("stage0") + m.outputs("stage0")}
     assert specs["hidden"] == specs["logits"] == specs["hidden_out"] == "float32"
-    assert specs["past_key_values.0.key"] == specs["present.1.value"] == "float16"
+    assert specs["past_key_values.0.key"] == specs["new_key_values.1.value"] == "float16"
     assert np.load(m.file_path("embeddings"))["tok_embeddings"].dtype == np.float16
     for name in m.stage_names + ["decoder"]:  # every weight is stored in half precision
         graph = onnx.load(str(m.graph_path(name))).graph
@@ -47,7 +49,7 @@ def test_bf16_export_passes_the_checker(tiny_checkpoint, tmp_path):
     m = load_manifest(out)
     for name in m.stage_names + ["decoder"]:
         onnx.checker.check_model(str(m.graph_path(name)), full_check=True)
-    assert m.inputs("stage0")[1].dtype == "bfloat16" and m.inputs("stage0")[0].dtype == "float32"
+    assert m.inputs("stage0")[3].dtype == "bfloat16" and m.inputs("stage0")[0].dtype == "float32"
     emb = np.load(m.file_path("embeddings"))["tok_embeddings"]
     assert emb.dtype == np.uint16  # bfloat16 bit patterns
     bits = torch.from_numpy(emb.view(np.int16)).view(torch.bfloat16)
@@ -86,3 +88,24 @@ def test_external_data_beside_the_graph(tiny_checkpoint, tmp_path):
     (out / "stage1.onnx.data").write_bytes(bytes(data))
     with pytest.raises(ManifestError, match="stage1.onnx.data: contents do not match"):
         load_manifest(out)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int4"])
+def test_quantized_export_is_onnxruntime_only_and_samples(tiny_checkpoint, tmp_path, dtype):
+    from dnd_sdk import Generator
+    from dnd_sdk.errors import BackendUnavailableError
+
+    out = export_model(tiny_checkpoint, tmp_path / dtype, dtype=dtype)
+    m = load_manifest(out)
+    assert m.dtype == dtype and m.stage_backends == ["onnxruntime-cuda", "onnxruntime-cpu"]
+    ops = {n.op_type for n in onnx.load(str(m.graph_path("stage0"))).graph.node}
+    assert ({"MatMulInteger"} if dtype == "int8" else {"MatMulNBits"}) <= ops
+    with pytest.raises(BackendUnavailableError, match="for onnxruntime-cuda, onnxruntime-cpu only"):
+        Generator(out, backend="tensorrt")
+    result = CliRunner().invoke(dnd_build, [str(out), "-o", str(tmp_path / "engines")])
+    assert result.exit_code == 1 and "export with --dtype fp32, fp16 or bf16 for TensorRT" in result.output
+    codes, labels, expected = reference(tiny_checkpoint)
+    err = np.abs(teacher_forced_logits(out, codes, labels) - expected).max()
+    assert 0 < err < 0.5 * np.abs(expected).max(), err  # close to the float model, not equal
+    with Generator(out, threads=1) as gen:
+        assert gen.sample_codes(num=2, seed=0).shape == (2, 2, 4, 2)

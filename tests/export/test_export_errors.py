@@ -26,7 +26,8 @@ def test_missing_and_corrupt_checkpoints(tiny_checkpoint, tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(dtype="int8"), "dtype 'int8' is not supported"),
+    (dict(dtype="int3"), "dtype 'int3' is not supported"),
+    (dict(dtype="int8", check=True), "judge a quantized export with `dnd eval ocr"),
     (dict(opset=11), "opset 11 is not supported"),
     (dict(dtype="bf16", check=True), "no bfloat16 CPU kernels"),
 ])

@@ -19,7 +19,7 @@ def model_copy(tiny_model_dir, tmp_path):
 def test_manifest_describes_the_folder(tiny_checkpoint, tiny_model_dir):
     m = load_manifest(tiny_model_dir)
     args = load_checkpoint(tiny_checkpoint).model_args
-    assert (m.format, m.version, m.dtype, m.opset) == ("dnd-model", 1, "fp32", 17)
+    assert (m.format, m.version, m.dtype, m.opset) == ("dnd-model", 2, "fp32", 17)
     assert m.labels == ["cat", "dog", "bird", "fish"] and m.null_class == 4
     assert m.latent == {"h": 2, "w": 4, "depth": 2} and m.image == {"height": 16, "width": 32}
     assert m.sampler_defaults == {"cfg_scale": 2.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
@@ -32,15 +32,18 @@ def test_manifest_describes_the_folder(tiny_checkpoint, tiny_model_dir):
     kv = args.n_kv_head
     ins = {s.name: (s.dtype, s.shape) for s in m.inputs("stage1")}
     outs = {s.name: (s.dtype, s.shape) for s in m.outputs("stage1")}
-    assert ins == {"hidden": ("float32", ["batch_size", "sequence_length", 32]),
-                   "past_key_values.2.key": ("float32", ["batch_size", kv, "past_sequence_length", 8]),
-                   "past_key_values.2.value": ("float32", ["batch_size", kv, "past_sequence_length", 8])}
+    # graph v2: the cache is fixed at L = 1 condition slot + 2*4 - 1 cells; only rows are dynamic
+    assert m.cache_length == 8 and m.stage_backends == ["tensorrt", "onnxruntime-cuda", "onnxruntime-cpu"]
+    assert ins == {"hidden": ("float32", ["batch_size", 1, 32]), "positions": ("int64", ["batch_size"]),
+                   "kv_mask": ("bool", ["batch_size", 8]),
+                   "past_key_values.2.key": ("float32", ["batch_size", kv, 8, 8]),
+                   "past_key_values.2.value": ("float32", ["batch_size", kv, 8, 8])}
     assert outs == {"logits": ("float32", ["batch_size", 64]),
-                    "hidden_out": ("float32", ["batch_size", "sequence_length", 32]),
-                    "present.2.key": ("float32", ["batch_size", kv, "total_sequence_length", 8]),
-                    "present.2.value": ("float32", ["batch_size", kv, "total_sequence_length", 8])}
+                    "hidden_out": ("float32", ["batch_size", 1, 32]),
+                    "new_key_values.2.key": ("float32", ["batch_size", kv, 1, 8]),
+                    "new_key_values.2.value": ("float32", ["batch_size", kv, 1, 8])}
     assert m.past_names(2) == ("past_key_values.2.key", "past_key_values.2.value")
-    assert m.present_names(2) == ("present.2.key", "present.2.value")
+    assert m.new_names(2) == ("new_key_values.2.key", "new_key_values.2.value")
     assert [(s.name, s.dtype, s.shape) for s in m.inputs("decoder")] == [("codes", "int64", ["batch_size", 2, 4, 2])]
     assert [(s.name, s.dtype, s.shape) for s in m.outputs("decoder")] == [("image", "uint8", ["batch_size", 16, 32, 3])]
 
@@ -81,9 +84,12 @@ def test_missing_file_and_missing_manifest(model_copy, tmp_path):
 
 @pytest.mark.parametrize("edit, message", [
     (lambda d: d.update(format="other"), "format is 'other'"),
-    (lambda d: d.update(version=2), "version 2 is not supported"),
+    (lambda d: d.update(version=1), r"version 1 is not supported \(this build reads 2\)\. Re-export the model with "
+                                    r"`dnd-export CHECKPOINT"),
+    (lambda d: d.update(forms={"stages": ["openvino"]}), "forms.stages must list backends"),
+    (lambda d: d.update(cache_length=0), "cache_length must be an int >= 1"),
     (lambda d: d.pop("stages"), r"missing required field\(s\) \['stages'\]"),
-    (lambda d: d.update(dtype="int4"), "dtype 'int4' is not one of"),
+    (lambda d: d.update(dtype="int2"), "dtype 'int2' is not one of"),
     (lambda d: d["stages"].pop(), "1 stages for depth 2"),
     (lambda d: d["files"].pop("decoder"), r"files lacks entries \['decoder'\]"),
     (lambda d: d["files"]["stage0"]["inputs"][0].update(shape=["batch", 1, 32]), "unknown dims"),

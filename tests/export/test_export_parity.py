@@ -57,22 +57,3 @@ def test_decoder_graph_matches_pytorch_decoder(tiny_checkpoint, tiny_model_dir, 
     assert image.dtype == np.uint8 and image.shape == (5, 8 * h, 8 * w, 3)
     assert (image == np.floor(255 * expected).astype(np.uint8)).mean() >= 0.999
     assert image.std() > 1  # not a flat image
-
-
-def test_whole_sequence_in_one_call(tiny_checkpoint, tiny_model_dir):
-    # sequence_length is dynamic too: all positions at once with an empty cache give the same logits
-    model = load_checkpoint(tiny_checkpoint).build_model()
-    a = model.args
-    codes = torch.randint(0, a.vocab_size, (2, a.seq_len, a.num_pred_heads), generator=torch.Generator().manual_seed(5))
-    labels = torch.tensor([1, 2])
-    with torch.no_grad():
-        expected = model(codes, labels)[0].numpy()
-        hidden = torch.cat([model.embed_condition(labels), model.embed_codes(codes[:, :-1])], 1).numpy()
-    m, sess = sessions(tiny_model_dir)
-    for k, stage in enumerate(m.stages):
-        feeds = {s.name: np.zeros([2, s.shape[1], 0, s.shape[3]], np.float32) for s in m.inputs(stage.graph)[1:]}
-        logits, hidden, *present = sess[stage.graph].run(None, {"hidden": hidden, **feeds})
-        assert present[0].shape[2] == a.seq_len
-        assert np.abs(logits - expected[:, k, -1]).max() <= 1e-4  # the graph returns the last position only
-        if k < a.num_pred_heads - 1:
-            hidden = hidden + model.tok_embeddings.weight.detach().numpy()[codes[..., k].numpy()]

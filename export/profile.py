@@ -1,0 +1,84 @@
+"""Where `dnd bench --profile` says the runtime's time goes, and what the model costs in FLOPs.
+
+FLOPs are 2 x the multiply-adds of every matmul (attention included) over all rows the
+runtime computes: guidance doubles the transformer's rows. Utilization of a part is its
+achieved GFLOP/s over the GEMM rate measured in the same run (a 1024^3 float32 matmul).
+"""
+import time
+
+import torch
+
+
+def transformer_gflop(args, guided: bool) -> float:
+    """GFLOP to sample one image: every fed position through every stage layer and head."""
+    kv_dim = args.n_kv_head * args.head_dim
+    per_layer_token = args.dim * (args.dim + 2 * kv_dim) + args.dim * args.dim + 3 * args.dim * args.ffn_hidden
+    n_layers = args.pred_head_positions[-1] + 1
+    positions = args.cls_token_num + args.seq_len - 1
+    keys_seen = positions * (positions + 1) // 2  # position t attends to t + 1 keys
+    macs = positions * (n_layers * per_layer_token + args.num_pred_heads * args.dim * args.vocab_size)
+    macs += n_layers * 2 * args.n_head * args.head_dim * keys_seen  # q.k and probs.v
+    return 2 * macs * (2 if guided else 1) / 1e9
+
+
+@torch.no_grad()
+def decoder_gflop(tokenizer, args) -> float:
+    """GFLOP of decoding one image, counted from the shapes every conv/linear layer sees."""
+    macs = []
+
+    def count(module, inputs, output):
+        if isinstance(module, torch.nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
+            macs.append(output.numel() * k)
+        elif isinstance(module, torch.nn.Linear):
+            macs.append(output.numel() * module.in_features)
+
+    hooks = [m.register_forward_hook(count) for m in tokenizer.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    try:
+        tokenizer.decode(torch.zeros(1, args.grid_h, args.grid_w, args.num_pred_heads, dtype=torch.long))
+    finally:
+        for h in hooks:
+            h.remove()
+    return 2 * sum(macs) / 1e9
+
+
+def gemm_gflops(threads: int, n: int = 1024, repeats: int = 5) -> float:
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best / 1e9
+
+
+def profile_runtime(gen, args, tokenizer, runtime, num: int, guided: bool) -> dict:
+    """One more run of `runtime` with the backend's stage calls and decoder calls timed."""
+    spent = {"stages": 0.0, "decoder": 0.0}
+    backend = gen.backend
+    step, run = backend.stage_step, backend.run
+
+    def timed(part, fn):
+        def wrapper(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                spent[part] += time.perf_counter() - t0
+        return wrapper
+
+    backend.stage_step, backend.run = timed("stages", step), timed("decoder", run)
+    try:
+        t0 = time.perf_counter()
+        runtime()
+        total = time.perf_counter() - t0
+    finally:
+        del backend.stage_step, backend.run  # back to the class's methods
+    tf, dec = transformer_gflop(args, guided), decoder_gflop(tokenizer, args)
+    return {"seconds_total": round(total, 4), "seconds_stages": round(spent["stages"], 4),
+            "seconds_decoder": round(spent["decoder"], 4),
+            "seconds_sampling": round(total - spent["stages"] - spent["decoder"], 4),
+            "transformer_gflop_per_image": round(tf, 4), "decoder_gflop_per_image": round(dec, 4),
+            "stages_gflops_per_s": round(tf * num / spent["stages"], 2),
+            "decoder_gflops_per_s": round(dec * num / spent["decoder"], 2)}
