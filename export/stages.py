@@ -79,7 +79,8 @@ def cached_attention(attention, x, cos, sin, past_k, past_v, bias) -> tuple:
     k, v = k.reshape(-1, kvh, 1, hd).to(x.dtype), v.reshape(-1, kvh, 1, hd)
     past_scores = torch.matmul(q, past_k.transpose(2, 3)) + bias       # [B, kvh, rep, L]
     own_score = torch.matmul(q, k.transpose(2, 3))                     # [B, kvh, rep, 1]
-    probs = torch.softmax(torch.cat([past_scores, own_score], dim=-1), dim=-1)
+    # softmax in float32: one row of L + 1 scores per head is cheap, and fp16 exp/sum over L drifts
+    probs = torch.softmax(torch.cat([past_scores, own_score], dim=-1).float(), dim=-1).to(x.dtype)
     y = torch.matmul(probs[..., :L], past_v) + probs[..., L:] * v      # [B, kvh, rep, hd]
     return attention.wo(y.reshape(-1, 1, a.dim)), (k, v)
 

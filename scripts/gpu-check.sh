@@ -119,6 +119,13 @@ for dtype in fp32 fp16 bf16; do
   fi
 done
 
+# --- an int8 export runs on ONNX Runtime only (forms.stages): dnd-build must refuse it before building
+if [ "$HAVE_EXPORT" != 1 ] || [ ! -f "$CKPT" ]; then skip build-int8-refused "no int8 export can be made here"
+elif step export-int8 90 dnd-export "$CKPT" -o "$WORK/model-int8" --dtype int8; then
+  step build-int8-refused 30 bash -c "dnd-build '$WORK/model-int8' -o '$WORK/engines-int8' 2>&1 | tee /dev/stderr |
+    grep -q 'int8 stage graphs for onnxruntime' && [ ! -e '$WORK/engines-int8' ] && echo 'refused, nothing written'"
+fi
+
 # --- engines
 for dtype in fp32 fp16 bf16; do
   if [ "$HAVE_TRT" != 1 ]; then skip "build-$dtype" "TensorRT 10 or 11 is not installed"; continue; fi
@@ -142,7 +149,8 @@ if [ "$HAVE_ORT_CUDA" = 1 ]; then
   parity parity-onnxruntime-cuda-fp32 "$WORK/model-fp32" "$WORK/model-fp32" onnxruntime-cuda fp32
 else skip parity-onnxruntime-cuda-fp32 "ONNX Runtime has no CUDA provider here (onnxruntime-gpu)"; fi
 
-# --- the tests marked gpu: the real TensorRT backend and _build_engine on tiny models
+# --- the tests marked gpu: the real TensorRT backend and _build_engine on tiny models, rows of one call at
+# different positions (the strided cache writes of stage graph v2) included
 if [ "$HAVE_PYTEST" != 1 ]; then skip gpu-tests "pytest is not installed (the dev extra)"
 elif [ "$HAVE_TRT" != 1 ] || [ "$HAVE_GPU" != 1 ] || [ "$HAVE_CUDA_PYTHON" != 1 ]; then
   skip gpu-tests "they need a GPU, TensorRT and cuda-python"

@@ -4,21 +4,7 @@ import pytest
 
 from dnd_sdk import Generator
 from dnd_sdk.errors import InvalidInputError
-
-
-def run_calls(backend, calls):
-    """calls: per call, one (hidden [d], position) per row, through both stages -> logits [calls, rows, 2, V]."""
-    backend.reset(len(calls[0]))
-    out = []
-    for call in calls:
-        hidden = np.stack([h for h, _ in call])[:, None, :]
-        positions = np.array([p for _, p in call])
-        per_stage = []
-        for k in range(2):
-            logits, hidden = backend.stage_step(k, hidden, positions)
-            per_stage.append(logits.copy())
-        out.append(np.stack(per_stage, 1))
-    return np.stack(out)
+from export_helpers import run_calls
 
 
 def test_rows_at_different_positions_give_the_logits_each_gives_alone(tiny_model_dir):

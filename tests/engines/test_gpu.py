@@ -85,3 +85,17 @@ def test_build_engine_reports_profiles_that_do_not_fit_the_graph(tiny_model_dir)
     missing = {k: v for k, v in shapes.items() if k != "hidden"}
     with pytest.raises(EngineBuildError, match="its manifest lists"):
         _build_engine(trt, builder, logger, path, "fp32", missing, config, cache)
+
+
+def test_rows_at_different_positions_match_onnxruntime(tiny_model_dir, engines):
+    """Stage graph v2 on TensorRT: new rows written into their slots (one strided copy per run of rows at
+    one position) and the cache zeroed at reset, against ONNX Runtime CPU on the same calls."""
+    from export_helpers import run_calls
+    with Generator(tiny_model_dir, backend="onnxruntime-cpu", threads=1) as ref, \
+            Generator(engines, backend="tensorrt") as gen:
+        seqs = [np.concatenate([ref.cls_embedding[[label]], ref.tok_embeddings[c].sum(1)]) for label, c in
+                zip((1, 3, 0), np.random.default_rng(0).integers(0, ref.vocab_size, (3, 5, 2)))]
+        # row 0 runs on; rows 1 and 2 share a position, then row 2 restarts at 0
+        calls = [[(seqs[0][c], c), (seqs[1][c], c), (seqs[2][c % 3], c % 3)] for c in range(6)]
+        for _ in range(2):  # the second pass starts from a reset cache
+            np.testing.assert_allclose(run_calls(gen.backend, calls), run_calls(ref.backend, calls), atol=1e-3)

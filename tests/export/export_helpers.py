@@ -36,3 +36,18 @@ def teacher_forced_logits(model_dir, codes: np.ndarray, labels: np.ndarray) -> n
             if k < D - 1:
                 hidden = hidden + tok[codes[:, p, k]][:, None]
     return np.stack(out, 1).reshape(B, L, D, -1).transpose(0, 2, 1, 3)
+
+
+def run_calls(backend, calls):
+    """calls: per call, one (hidden [d], position) per row, through both stages -> logits [calls, rows, 2, V]."""
+    backend.reset(len(calls[0]))
+    out = []
+    for call in calls:
+        hidden = np.stack([h for h, _ in call])[:, None, :]
+        positions = np.array([p for _, p in call])
+        per_stage = []
+        for k in range(2):
+            logits, hidden = backend.stage_step(k, hidden, positions)
+            per_stage.append(logits.copy())
+        out.append(np.stack(per_stage, 1))
+    return np.stack(out)
