@@ -8,11 +8,7 @@
 """
 import ctypes
 import dataclasses
-import os
-import pickle
 import sys
-import tempfile
-import zipfile
 from dataclasses import dataclass
 from mmap import PAGESIZE
 from pathlib import Path
@@ -20,12 +16,13 @@ from pathlib import Path
 import torch
 
 from dnd_sdk.errors import CheckpointError
-from dnd_sdk.folders import fsync_folder, usual_mode
 from dnd_sdk.labels import label_problem
 from dnd_sdk.manifest import SAMPLER_KEYS
 from dnd_sdk.sampler import SamplingParams
 from .model import ModelArgs, Transformer
 from .tokenizer import RQTokenizer, TokenizerConfig, code_weights_differ, migrate_codebook_keys
+from .tokenizer_file import load_tokenizer
+from .torch_files import atomic_torch_save, read_torch_file
 
 FORMAT, VERSION = "dnd-checkpoint", 1
 MAX_CONFIG_INT = 1 << 20  # no count in a config (dims, layers, vocabulary, image side) comes near this
@@ -94,24 +91,6 @@ def release_pages(t: torch.Tensor) -> None:
         ctypes.CDLL(None).madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), 4)  # 4 = MADV_DONTNEED
 
 
-def atomic_torch_save(obj, path) -> None:
-    """Write to a temporary file beside `path`, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        usual_mode(tmp)
-        torch.save(obj, tmp)
-        with open(tmp, "rb") as f:  # on disk before the rename, so a power loss never leaves half a file
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_folder(path.parent)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def save_checkpoint(path, model: Transformer, tokenizer: RQTokenizer, labels, meta=None) -> None:
     labels = [str(x) for x in labels]
     if len(labels) != model.args.num_classes:
@@ -127,26 +106,6 @@ def save_checkpoint(path, model: Transformer, tokenizer: RQTokenizer, labels, me
         "labels": labels,
         "meta": dict(meta or {}),
     }, path)
-
-
-def read_torch_file(path: Path, mmap: bool = False):
-    """torch.load with weights_only=True; every way the file can be unreadable becomes a CheckpointError.
-    mmap: tensors stay in the file's pages until touched (the way to open a multi-GB checkpoint)."""
-    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
-        raise CheckpointError(f"{path}: not a complete file written by torch.save (a text file, or truncated or "
-                              "corrupt?). Pass a checkpoint.pt written by `dnd train`.")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as e:
-        # weights_only refuses any global it does not know: a file that would run code lands here
-        refused = [line for line in str(e).splitlines() if "GLOBAL" in line or "Unsupported global" in line]
-        if not refused:
-            raise CheckpointError(f"{path}: not a readable torch file (corrupt?): {str(e).splitlines()[0]}") from None
-        raise CheckpointError(
-            f"{path}: refused to load, the file holds Python objects that a dnd file must not contain "
-            f"(loading it could run code). Re-save it with the dnd training code. Detail: {refused[0]}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, KeyError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable torch file (truncated or corrupt?): {e}") from None
 
 
 def _read(path: Path, mmap: bool = False) -> dict:
@@ -262,7 +221,6 @@ def set_tokenizer(path, tokenizer_path) -> None:
     """Replace a checkpoint's tokenizer by one that makes the same codes (same config, encoder and codebook),
     such as a `freeze_codes` fine-tune of its decoder; the transformer stays valid and untouched.
     The checkpoint is rewritten atomically."""
-    from .tokenizer_file import load_tokenizer
     path = Path(path)
     ckpt = load_checkpoint(path)
     new, _ = load_tokenizer(tokenizer_path)

@@ -18,7 +18,8 @@ from dnd_sdk import Generator
 from dnd_sdk.cli.main import cli
 from dnd_sdk.errors import CheckpointError, DndError, ManifestError
 from dnd_sdk.manifest import load_manifest
-from dnd_training.checkpoint import atomic_torch_save, load_checkpoint
+from dnd_training.checkpoint import load_checkpoint
+from dnd_training.torch_files import atomic_torch_save
 from dnd_training.importers.official import ImportSettings, imagenet_labels, import_official
 from dnd_training.model import ModelArgs, Transformer
 from dnd_training.sampling import generate
