@@ -1,5 +1,9 @@
-"""No module of the project imports another that imports it back, imports inside functions included:
-such a cycle works only as long as nobody moves the function-level import to the top of the file."""
+"""Rules of the source tree that no single module's test sees.
+
+- No module of the project imports another that imports it back, imports inside functions included:
+  such a cycle works only as long as nobody moves the function-level import to the top of the file.
+- Files are moved into place in one module (dnd_sdk.folders): every atomic write goes through it.
+"""
 import ast
 from pathlib import Path
 
@@ -70,3 +74,9 @@ def test_no_import_cycles():
 def test_a_function_level_cycle_is_found():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_only_the_folders_module_renames_files():
+    callers = sorted(str(path.relative_to(ROOT)) for path, _ in modules().values()
+                     if "os.replace(" in path.read_text() or ".replace(path)" in path.read_text())
+    assert callers == ["dnd_sdk/folders.py"]
