@@ -81,14 +81,27 @@ def release_pages(t: torch.Tensor) -> None:
     """Drop the resident pages of a tensor read through a private, unwritten file mmap once it is no longer
     needed: reading it faulted them into this process, and the file's mapping lives as long as any tensor of
     the file does, so casting a whole model would otherwise hold both copies. The data stays in the file (and
-    the page cache); a later read faults it back in. Only the pages wholly inside the tensor are dropped."""
+    the page cache); a later read faults it back in. Only the pages wholly inside the tensor are dropped, and
+    only from a file mapping: on anonymous memory (a tensor made after loading, such as a migrated codebook)
+    MADV_DONTNEED would replace the data by zeros."""
     if not sys.platform.startswith("linux"):
         return
     storage, page = t.untyped_storage(), PAGESIZE
     lo = (storage.data_ptr() + page - 1) // page * page
     hi = (storage.data_ptr() + storage.nbytes()) // page * page
-    if hi > lo:
+    if hi > lo and _file_mapped(lo, hi):
         ctypes.CDLL(None).madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), 4)  # 4 = MADV_DONTNEED
+
+
+def _file_mapped(lo: int, hi: int) -> bool:
+    """Whether [lo, hi) lies in one mapping of a file (a non-zero inode in /proc/self/maps)."""
+    with open("/proc/self/maps") as f:
+        for line in f:
+            span, _, _, _, inode = line.split(maxsplit=5)[:5]
+            start, end = (int(x, 16) for x in span.split("-"))
+            if start <= lo < end:
+                return hi <= end and inode != "0"
+    return False
 
 
 def save_checkpoint(path, model: Transformer, tokenizer: RQTokenizer, labels, meta=None) -> None:
