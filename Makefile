@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 MODEL ?= models/words
 OUT ?= out
 
-.PHONY: setup system-deps demo test smoke clean
+.PHONY: setup system-deps demo test clean
 
 # torch is pinned: this version installs a CPU build; an unpinned torch pulls a multi-GB CUDA build.
 $(VENV)/.installed: setup.py

@@ -1,8 +1,8 @@
 """dnd-sdk: train, export and deploy DnD-Transformer image generators.
 
-The source folders `training/`, `export/` and `engines/` install under namespaced
-import names (`dnd_training`, `dnd_export`, `dnd_engines`) so that a user's own
-`training.py` can never shadow them.
+The source folders `training/`, `export/`, `engines/`, `evaluation/` and `benchmarks/` install
+under namespaced import names (`dnd_training`, `dnd_export`, `dnd_engines`, `dnd_eval`,
+`dnd_bench`) so that a user's own `training.py` can never shadow them.
 """
 from setuptools import setup
 
@@ -13,13 +13,15 @@ setup(
     python_requires=">=3.10",
     packages=[
         "dnd_sdk", "dnd_sdk.backends", "dnd_sdk.cli",
-        "dnd_training", "dnd_training.importers", "dnd_export", "dnd_engines",
+        "dnd_training", "dnd_training.importers", "dnd_export", "dnd_engines", "dnd_eval", "dnd_bench",
     ],
     package_dir={
         "dnd_sdk": "dnd_sdk",
         "dnd_training": "training",
         "dnd_export": "export",
         "dnd_engines": "engines",
+        "dnd_eval": "evaluation",
+        "dnd_bench": "benchmarks",
     },
     package_data={"dnd_training": ["words.txt"], "dnd_training.importers": ["imagenet_classes.txt"]},
     # ONNX Runtime comes from an extra: onnxruntime and onnxruntime-gpu install the same module and

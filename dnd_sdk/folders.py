@@ -35,22 +35,25 @@ def usual_mode(path, directory: bool = False) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~UMASK)
 
 
-def atomic_write(path, write, tmp_tag: str = "", keep_existing: bool = False) -> None:
+def atomic_write(path, write, tmp_tag: str = "", keep_existing: bool = False, to_name: bool = False) -> None:
     """Call write(file) on a temporary file beside `path`, then rename it into place.
 
     A reader (or a resumed run) sees either the whole file or none. Temporary files are named
     `.{tmp_tag}{name}.*.tmp`, so a restarted job can find and delete only its own leftovers.
     With keep_existing, a file already at `path` wins, even one that appears while this one
-    is written (os.link never replaces).
+    is written (os.link never replaces). With to_name, write gets the temporary file's name
+    instead (for writers that take only a path, such as ONNX Runtime's quantizer).
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{tmp_tag}{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
         usual_mode(tmp)
         with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+            if not to_name:
+                write(f)
+        if to_name:
+            write(tmp)
+        fsync_file(tmp)
         if not keep_existing:
             os.replace(tmp, path)
         elif not path.exists():
@@ -64,24 +67,24 @@ def atomic_write(path, write, tmp_tag: str = "", keep_existing: bool = False) ->
             os.remove(tmp)
 
 
-def fsync_folder(folder) -> None:
-    """Make the names in `folder` (a rename into it, a new file) durable."""
-    fd = os.open(folder, os.O_RDONLY)
+def fsync_file(path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
+def fsync_folder(folder) -> None:
+    """Make the names in `folder` (a rename into it, a new file) durable."""
+    fsync_file(folder)
+
+
 def fsync_tree(folder: Path) -> None:
     """fsync every file under `folder`, then every folder, deepest first."""
     for root, dirs, files in os.walk(folder, topdown=False):
         for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_file(os.path.join(root, name))
         fsync_folder(root)
 
 

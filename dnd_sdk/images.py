@@ -25,14 +25,15 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def contact_sheet(images: list, cols: int, pad: int = 2, captions=None) -> Image.Image:
-    """Images of one size laid out row by row, `cols` per row, on a white background; with `captions`
-    (one string per image), each cell gets its caption in a strip below it, clipped to the cell's width."""
+def contact_sheet(images: list, cols: int, pad: int = 2, captions=None, background="white") -> Image.Image:
+    """Images of one size laid out row by row, `cols` per row, `pad` pixels of `background` between them;
+    with `captions` (one string per image), each cell gets its caption in a strip below it, clipped to the
+    cell's width."""
     w, h = images[0].size
     font_size = max(9, min(14, w // 8))
     strip = font_size + 4 if captions else 0
     rows = math.ceil(len(images) / cols)
-    sheet = Image.new("RGB", (cols * (w + pad) + pad, rows * (h + strip + pad) + pad), "white")
+    sheet = Image.new("RGB", (cols * (w + pad) + pad, rows * (h + strip + pad) + pad), background)
     font = _font(font_size) if captions else None
     for i, im in enumerate(images):
         x, y = pad + (i % cols) * (w + pad), pad + (i // cols) * (h + strip + pad)

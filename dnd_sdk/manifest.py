@@ -16,27 +16,21 @@ Public API:
 import dataclasses
 import hashlib
 import json
-import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
 from .errors import ManifestError
+from .folders import atomic_write
+from .manifest_checks import problems
+from .manifest_schema import (  # noqa: F401 (the schema's names are imported from here)
+    BACKEND_NAMES, DIM_NAMES, DTYPES, KV_TEMPLATES, ONNXRUNTIME_ONLY, SAMPLER_KEYS, TENSOR_DTYPES)
 from .model_files import RERUN as _RERUN, inside, verify as verify_file, verify_graph
 
 FORMAT, VERSION = "dnd-model", 2
 MANIFEST_NAME = "manifest.json"
-DTYPES = ("fp32", "fp16", "bf16", "int8", "int4")
-TENSOR_DTYPES = ("float32", "float16", "bfloat16", "int64", "uint8", "uint16", "bool")
-DIM_NAMES = ("batch_size",)
-SAMPLER_KEYS = ("cfg_scale", "temperature", "top_k", "top_p")
-KV_TEMPLATES = {"past_key": "past_key_values.%d.key", "past_value": "past_key_values.%d.value",
-                "new_key": "new_key_values.%d.key", "new_value": "new_key_values.%d.value"}
 MAX_MANIFEST_BYTES = 16 << 20  # a real one is a few kB
-# backend names as `Generator(backend=...)` takes them; `forms` maps each graph form to those that run it
-BACKEND_NAMES = ("tensorrt", "onnxruntime-cuda", "onnxruntime-cpu")
-ONNXRUNTIME_ONLY = ("onnxruntime-cuda", "onnxruntime-cpu")
 
 
 @dataclass
@@ -112,6 +106,11 @@ class Manifest:
     def depth(self) -> int:
         return int(self.latent["depth"])
 
+    @staticmethod
+    def stage_graph(k: int) -> str:
+        """The name of stage k's graph (its file entry and its file's stem)."""
+        return f"stage{k}"
+
     @property
     def stage_names(self) -> list:
         return [s.graph for s in self.stages]
@@ -172,10 +171,14 @@ class Manifest:
         return m
 
     def _validate(self) -> None:
-        from .manifest_checks import problems  # it reads this module's constants
         found = problems(self)
         if found:
             raise ManifestError("manifest.json is invalid: " + "; ".join(found) + f". {_RERUN}")
+
+
+def json_bytes(obj) -> bytes:
+    """The bytes of an index file: indented JSON and a final newline."""
+    return (json.dumps(obj, indent=2) + "\n").encode()
 
 
 def sha256_file(path) -> str:
@@ -199,9 +202,7 @@ def write_manifest(model_dir, manifest: Manifest) -> Manifest:
         for ref in _refs(entry):
             path = inside(model_dir, ref.file)
             ref.sha256, ref.bytes = sha256_file(path), path.stat().st_size
-    tmp = model_dir / f".{MANIFEST_NAME}.tmp"
-    tmp.write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
-    os.replace(tmp, model_dir / MANIFEST_NAME)
+    atomic_write(model_dir / MANIFEST_NAME, lambda f: f.write(json_bytes(manifest.to_dict())))
     return manifest
 
 

@@ -10,15 +10,14 @@ exported in (`dnd-export --dtype`), as TensorRT 10 prefers to builder precision 
 TensorRT 11 requires (its 10.x-to-11.x migration guide: weak typing is removed).
 """
 import logging
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from dnd_sdk.engines import EngineIndex, tensorrt_major, write_engine_index
+from dnd_sdk.engine_index import EngineIndex, tensorrt_major, write_engine_index
 from dnd_sdk.errors import BackendUnavailableError, DndError, InvalidInputError
-from dnd_sdk.folders import check_target, staged_folder
+from dnd_sdk.folders import atomic_write, check_target, staged_folder
 from dnd_sdk.manifest import MANIFEST_NAME, FileRef, load_manifest
 from .profiles import profile_shapes
 
@@ -97,9 +96,7 @@ def build_engines(model_dir, out_dir, config: BuildConfig = BuildConfig(), force
             (tmp / files[graph].file).write_bytes(plan)
         write_engine_index(tmp, EngineIndex(max_rows=max_rows, tensorrt_version=trt.__version__, files=files))
     if cache_path:
-        partial = cache_path.with_name(f".{cache_path.name}.tmp")
-        partial.write_bytes(bytes(cache.serialize()))
-        os.replace(partial, cache_path)
+        atomic_write(cache_path, lambda f: f.write(bytes(cache.serialize())))
     return out_dir
 
 

@@ -5,8 +5,7 @@ import time
 
 import click
 
-from dnd_sdk.cli.flags import in_flags
-from dnd_sdk.errors import DndError
+from dnd_sdk.cli.flags import user_errors
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -18,6 +17,7 @@ from dnd_sdk.errors import DndError
               help="TensorRT timing cache file: read if present, updated after the build.")
 @click.option("--workspace-gib", type=float, default=8.0, show_default=True, help="Builder scratch memory limit.")
 @click.option("--force", is_flag=True, help="Replace the --out folder if it exists and is not empty.")
+@user_errors
 def main(model_dir, out_dir, max_batch, timing_cache, workspace_gib, force):
     """Build TensorRT engines for the exported model in MODEL_DIR (a `dnd-export` folder)."""
     from .build import BuildConfig, build_engines
@@ -25,10 +25,7 @@ def main(model_dir, out_dir, max_batch, timing_cache, workspace_gib, force):
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     start = time.perf_counter()
     config = BuildConfig(max_batch=max_batch, workspace_gib=workspace_gib, timing_cache=timing_cache)
-    try:
-        path = build_engines(model_dir, out_dir, config, force=force)
-    except DndError as e:
-        raise click.ClickException(in_flags(e, main)) from None
+    path = build_engines(model_dir, out_dir, config, force=force)
     click.echo(f"Wrote {path} (up to {max_batch} images per call) in {time.perf_counter() - start:.1f}s")
 
 

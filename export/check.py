@@ -74,7 +74,8 @@ def check_export(model_dir, model, tokenizer, decode_steps: int = 3, batch: int 
     for k, feeds in enumerate(stage_feeds(model, decode_steps, batch, g)):
         wrapper = StageWrapper(model, k)
         expected = [_run_torch(wrapper, wrapper.io.outputs, feed) for feed in feeds]
-        rows += _compare(manifest.graph_path(f"stage{k}"), feeds, expected, atol, rtol, SCALE_ATOL[manifest.dtype])
+        rows += _compare(manifest.graph_path(manifest.stage_graph(k)), feeds, expected, atol, rtol,
+                         SCALE_ATOL[manifest.dtype])
     a = model.args
     codes = torch.randint(0, a.vocab_size, (batch, a.grid_h, a.grid_w, a.num_pred_heads), generator=g)
     feeds = [{"codes": codes.numpy()}]

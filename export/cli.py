@@ -5,8 +5,7 @@ import time
 
 import click
 
-from dnd_sdk.cli.flags import in_flags
-from dnd_sdk.errors import DndError
+from dnd_sdk.cli.flags import user_errors
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -17,6 +16,7 @@ from dnd_sdk.errors import DndError
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (14..20).")
 @click.option("--check", is_flag=True, help="Compare the graphs with PyTorch (Polygraphy) and fail past tolerance.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists and is not empty.")
+@user_errors
 def main(checkpoint, out_dir, dtype, opset, check, force):
     """Export CHECKPOINT to an ONNX model folder that `dnd generate` and `dnd-build` read."""
     from .export import export_model  # torch loads here, after --help has been answered
@@ -29,8 +29,6 @@ def main(checkpoint, out_dir, dtype, opset, check, force):
     start = time.perf_counter()
     try:
         path = export_model(checkpoint, out_dir, dtype=dtype, opset=opset, check=check, force=force)
-    except DndError as e:
-        raise click.ClickException(in_flags(e, main)) from None
     finally:
         log.removeHandler(handler)
         log.setLevel(level)

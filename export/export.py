@@ -97,7 +97,7 @@ def _write_graphs(tmp: Path, model, tokenizer, opset: int, threshold: int, dtype
     files, stages = {}, []
     for k in range(model.args.num_pred_heads):
         wrapper = StageWrapper(model, k)
-        name = f"stage{k}"
+        name = Manifest.stage_graph(k)
         ins, outs, extra = export_graph(wrapper, wrapper.example_inputs(), tmp / f"{name}.onnx", wrapper.io.inputs,
                                         wrapper.io.outputs, wrapper.io.dynamic_axes, opset, threshold)
         if dtype in QUANTIZED:

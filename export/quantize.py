@@ -7,25 +7,24 @@ Only MatMuls whose second input is a weight are rewritten: attention's activatio
 stay float32. The operators are ONNX Runtime's, so such graphs are marked ONNX-Runtime-only.
 """
 import logging
-import os
 from pathlib import Path
 
 import onnx
+
+from dnd_sdk.folders import atomic_write
 
 QUANTIZED = ("int8", "int4")
 INT4_BLOCK = 32  # MatMulNBits block size along the input dimension
 
 
 def quantize_weights(path: Path, dtype: str) -> None:
-    tmp = path.with_name(f".{path.name}.quantized")
     root = logging.getLogger()
     level = root.level
     root.setLevel(max(level, logging.WARNING))  # the quantizer logs every tensor at INFO
     try:
-        _quantize(path, tmp, dtype)
+        atomic_write(path, lambda tmp: _quantize(path, tmp, dtype), to_name=True)
     finally:
         root.setLevel(level)
-    os.replace(tmp, path)
 
 
 def _quantize(path: Path, tmp: Path, dtype: str) -> None:

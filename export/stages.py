@@ -9,9 +9,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-BATCH = "batch_size"
-PAST_KEY, PAST_VALUE = "past_key_values.%d.key", "past_key_values.%d.value"
-NEW_KEY, NEW_VALUE = "new_key_values.%d.key", "new_key_values.%d.value"
+from dnd_sdk.manifest import DIM_NAMES, KV_TEMPLATES
+from dnd_training.pixels import to_uint8, unit_range
+
+(BATCH,) = DIM_NAMES
+PAST_KEY, PAST_VALUE, NEW_KEY, NEW_VALUE = (KV_TEMPLATES[k] for k in ("past_key", "past_value", "new_key", "new_value"))
 
 
 def cache_length(args) -> int:
@@ -133,10 +135,7 @@ class DecoderWrapper(nn.Module):
 
     def forward(self, codes):
         x = self.tokenizer.decode(codes).permute(0, 2, 3, 1)  # [B, H, W, 3] in about [-1, 1]
-        x = torch.clamp(x.float() * 0.5 + 0.5, 0.0, 1.0)
-        if not self.as_uint8:
-            return x
-        return torch.floor(x * 255.0).to(torch.uint8)
+        return to_uint8(x) if self.as_uint8 else unit_range(x)
 
     @staticmethod
     def dynamic_axes() -> dict:

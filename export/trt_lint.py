@@ -18,11 +18,12 @@ A finding is a bug of the exporter: change the graph, do not silence the rule.
 from dataclasses import dataclass
 from pathlib import Path
 
+import click
 import numpy as np
 import onnx
 from onnx import numpy_helper, shape_inference
 
-from dnd_sdk.errors import DndError
+from dnd_sdk.cli.flags import user_errors
 from dnd_sdk.manifest import load_manifest
 
 # [ops] header: the opsets TensorRT 10.0, the oldest version the gpu extra admits, parses
@@ -189,18 +190,18 @@ class _Graph:
         return np.asarray(numpy_helper.to_array(node.attribute[0].t))
 
 
-def main(argv=None) -> int:
-    import sys
-    try:
-        findings = [f for folder in (sys.argv[1:] if argv is None else argv) for f in lint_folder(folder)]
-    except DndError as e:  # not an exported folder
-        print(e)
-        return 1
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("folders", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@user_errors
+def main(folders):
+    """Lint the graphs of exported model FOLDERS against TensorRT's ONNX parser; exit 1 on any finding."""
+    findings = [f for folder in folders for f in lint_folder(folder)]
     for f in findings:
-        print(f)
-    print(f"TensorRT lint: {len(findings)} finding(s)" if findings else "TensorRT lint: no findings")
-    return 1 if findings else 0
+        click.echo(f)
+    click.echo(f"TensorRT lint: {len(findings)} finding(s)" if findings else "TensorRT lint: no findings")
+    if findings:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

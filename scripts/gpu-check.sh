@@ -59,7 +59,7 @@ import importlib
 
 
 def tensorrt():  # importable, and a major version dnd-build follows
-    from dnd_sdk.engines import tensorrt_major
+    from dnd_sdk.engine_index import tensorrt_major
     return tensorrt_major(importlib.import_module("tensorrt").__version__)
 
 

@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from dnd_export.bench import bench_command
+from dnd_bench.bench import bench_command
 from dnd_sdk.errors import DndError
 
 

@@ -13,23 +13,10 @@ TINY_SAMPLER_DEFAULTS = {"cfg_scale": 2.0, "temperature": 1.0, "top_k": 0, "top_
 
 def build_checkpoint(path, seed: int = 0, meta=None, **overrides):
     """Save a random tiny Transformer + matching RQTokenizer; returns (path, model, tokenizer)."""
-    from dnd_training.checkpoint import save_checkpoint
-    from dnd_training.model import MODEL_CONFIGS, ModelArgs, Transformer
-    from dnd_training.tokenizer import RQTokenizer, TokenizerConfig
+    from dnd_training.random_checkpoint import random_checkpoint
 
-    torch.manual_seed(seed)
-    args = ModelArgs(**{**MODEL_CONFIGS["tiny"], **overrides})
-    model = Transformer(args).eval()
-    # heads start at zero (uniform logits); random heads make every test see distinct logits
-    for head in model.output:
-        torch.nn.init.normal_(head.weight, std=0.5)
-    # ch_mult of 4 levels = 8x downsampling: an 8x8 pixel patch per latent cell
-    tok = RQTokenizer(TokenizerConfig(image_height=8 * args.grid_h, image_width=8 * args.grid_w, ch=16,
-                                      ch_mult=[1, 2, 2, 2], embed_dim=8, codebook_size=args.vocab_size,
-                                      depth=args.num_pred_heads)).eval()
-    labels = (TINY_LABELS + [f"class{i}" for i in range(len(TINY_LABELS), args.num_classes)])[: args.num_classes]
-    save_checkpoint(path, model, tok, labels, meta=meta if meta is not None else {"note": "random init for tests"})
-    return path, model, tok
+    return random_checkpoint(path, "tiny", seed, head_std=0.5, labels=TINY_LABELS,
+                             meta=meta if meta is not None else {"note": "random init for tests"}, **overrides)
 
 
 @pytest.fixture(scope="session")

@@ -8,11 +8,7 @@
 """
 import ctypes
 import dataclasses
-import os
-import pickle
 import sys
-import tempfile
-import zipfile
 from dataclasses import dataclass
 from mmap import PAGESIZE
 from pathlib import Path
@@ -20,12 +16,13 @@ from pathlib import Path
 import torch
 
 from dnd_sdk.errors import CheckpointError
-from dnd_sdk.folders import fsync_folder, usual_mode
 from dnd_sdk.labels import label_problem
 from dnd_sdk.manifest import SAMPLER_KEYS
 from dnd_sdk.sampler import SamplingParams
 from .model import ModelArgs, Transformer
 from .tokenizer import RQTokenizer, TokenizerConfig, code_weights_differ, migrate_codebook_keys
+from .tokenizer_file import load_tokenizer
+from .torch_files import atomic_torch_save, read_torch_file
 
 FORMAT, VERSION = "dnd-checkpoint", 1
 MAX_CONFIG_INT = 1 << 20  # no count in a config (dims, layers, vocabulary, image side) comes near this
@@ -84,32 +81,27 @@ def release_pages(t: torch.Tensor) -> None:
     """Drop the resident pages of a tensor read through a private, unwritten file mmap once it is no longer
     needed: reading it faulted them into this process, and the file's mapping lives as long as any tensor of
     the file does, so casting a whole model would otherwise hold both copies. The data stays in the file (and
-    the page cache); a later read faults it back in. Only the pages wholly inside the tensor are dropped."""
+    the page cache); a later read faults it back in. Only the pages wholly inside the tensor are dropped, and
+    only from a file mapping: on anonymous memory (a tensor made after loading, such as a migrated codebook)
+    MADV_DONTNEED would replace the data by zeros."""
     if not sys.platform.startswith("linux"):
         return
     storage, page = t.untyped_storage(), PAGESIZE
     lo = (storage.data_ptr() + page - 1) // page * page
     hi = (storage.data_ptr() + storage.nbytes()) // page * page
-    if hi > lo:
+    if hi > lo and _file_mapped(lo, hi):
         ctypes.CDLL(None).madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), 4)  # 4 = MADV_DONTNEED
 
 
-def atomic_torch_save(obj, path) -> None:
-    """Write to a temporary file beside `path`, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        usual_mode(tmp)
-        torch.save(obj, tmp)
-        with open(tmp, "rb") as f:  # on disk before the rename, so a power loss never leaves half a file
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_folder(path.parent)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+def _file_mapped(lo: int, hi: int) -> bool:
+    """Whether [lo, hi) lies in one mapping of a file (a non-zero inode in /proc/self/maps)."""
+    with open("/proc/self/maps") as f:
+        for line in f:
+            span, _, _, _, inode = line.split(maxsplit=5)[:5]
+            start, end = (int(x, 16) for x in span.split("-"))
+            if start <= lo < end:
+                return hi <= end and inode != "0"
+    return False
 
 
 def save_checkpoint(path, model: Transformer, tokenizer: RQTokenizer, labels, meta=None) -> None:
@@ -127,26 +119,6 @@ def save_checkpoint(path, model: Transformer, tokenizer: RQTokenizer, labels, me
         "labels": labels,
         "meta": dict(meta or {}),
     }, path)
-
-
-def read_torch_file(path: Path, mmap: bool = False):
-    """torch.load with weights_only=True; every way the file can be unreadable becomes a CheckpointError.
-    mmap: tensors stay in the file's pages until touched (the way to open a multi-GB checkpoint)."""
-    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
-        raise CheckpointError(f"{path}: not a complete file written by torch.save (a text file, or truncated or "
-                              "corrupt?). Pass a checkpoint.pt written by `dnd train`.")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as e:
-        # weights_only refuses any global it does not know: a file that would run code lands here
-        refused = [line for line in str(e).splitlines() if "GLOBAL" in line or "Unsupported global" in line]
-        if not refused:
-            raise CheckpointError(f"{path}: not a readable torch file (corrupt?): {str(e).splitlines()[0]}") from None
-        raise CheckpointError(
-            f"{path}: refused to load, the file holds Python objects that a dnd file must not contain "
-            f"(loading it could run code). Re-save it with the dnd training code. Detail: {refused[0]}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, KeyError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable torch file (truncated or corrupt?): {e}") from None
 
 
 def _read(path: Path, mmap: bool = False) -> dict:
@@ -262,7 +234,6 @@ def set_tokenizer(path, tokenizer_path) -> None:
     """Replace a checkpoint's tokenizer by one that makes the same codes (same config, encoder and codebook),
     such as a `freeze_codes` fine-tune of its decoder; the transformer stays valid and untouched.
     The checkpoint is rewritten atomically."""
-    from .tokenizer_file import load_tokenizer
     path = Path(path)
     ckpt = load_checkpoint(path)
     new, _ = load_tokenizer(tokenizer_path)

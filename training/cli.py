@@ -10,23 +10,11 @@ Also runnable without the `dnd` entry point, e.g. under torchrun:
     python -m dnd_training.cli transformer --config configs/transformer-words.yaml --set train.steps=100
     torchrun --standalone --nproc_per_node 2 -m dnd_training.cli transformer --config ...
 """
-import functools
 import logging
 
 import click
 
-from dnd_sdk.errors import DndError
-
-
-def _user_errors(fn):
-    """A DndError becomes its message and exit code 1, never a traceback."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except DndError as e:
-            raise click.ClickException(str(e)) from None
-    return wrapper
+from dnd_sdk.cli.flags import user_errors
 
 
 def _run_options(fn):
@@ -59,7 +47,7 @@ def train():
 
 @train.command("tokenizer")
 @_run_options
-@_user_errors
+@user_errors
 def tokenizer_cmd(config_path, overrides, steps, batch_size, out_dir, resume, stop_at):
     """Train the RQ tokenizer; writes OUT/tokenizer.pt."""
     from .config import load_config
@@ -72,7 +60,7 @@ def tokenizer_cmd(config_path, overrides, steps, batch_size, out_dir, resume, st
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Transformer run config (its codes section).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="e.g. --set codes.variants=50")
 @click.option("--device", default="cpu", show_default=True, help="Device to encode on (cpu, cuda).")
-@_user_errors
+@user_errors
 def extract_codes_cmd(config_path, overrides, device):
     """Encode the dataset with the tokenizer into codes.path (npz)."""
     from .codes import extract_codes
@@ -84,7 +72,7 @@ def extract_codes_cmd(config_path, overrides, device):
 
 @train.command("transformer")
 @_run_options
-@_user_errors
+@user_errors
 def transformer_cmd(config_path, overrides, steps, batch_size, out_dir, resume, stop_at):
     """Train the DnD transformer on extracted codes; writes OUT/checkpoint.pt."""
     from .config import load_config
@@ -99,7 +87,7 @@ def transformer_cmd(config_path, overrides, steps, batch_size, out_dir, resume, 
 @click.option("--temperature", type=float, help="Sampling temperature (0 = greedy).")
 @click.option("--top-k", type=int, help="Keep the k most likely codes (0 = off).")
 @click.option("--top-p", type=float, help="Nucleus mass (1 = off).")
-@_user_errors
+@user_errors
 def set_defaults_cmd(checkpoint, cfg_scale, temperature, top_k, top_p):
     """Make these the checkpoint's default sampling settings (kept in meta, exported to the manifest)."""
     from .checkpoint import set_sampler_defaults
@@ -110,7 +98,7 @@ def set_defaults_cmd(checkpoint, cfg_scale, temperature, top_k, top_p):
 @train.command("set-tokenizer")
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
 @click.argument("tokenizer", type=click.Path(exists=True, dir_okay=False))
-@_user_errors
+@user_errors
 def set_tokenizer_cmd(checkpoint, tokenizer):
     """Put TOKENIZER into CHECKPOINT; it must make the same codes (a freeze_codes fine-tune of its decoder)."""
     from .checkpoint import set_tokenizer

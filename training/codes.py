@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from dnd_sdk.errors import InvalidInputError
+from dnd_sdk.folders import atomic_write
 from .data import DataConfig, build_dataset
 from .tokenizer_file import load_tokenizer
 
@@ -64,10 +65,9 @@ def extract_codes(cfg: CodesConfig, device: str = "cpu", progress: bool = True) 
         labels[start:start + len(items)] = [y for _, y in items]
     path = Path(cfg.path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.npz")  # write then rename: never half a file at `path`
-    np.savez_compressed(tmp, codes=codes, labels=labels, label_names=np.array(dataset.labels, dtype=str),
-                        tokenizer_config=np.array(json.dumps(dataclasses.asdict(tc))))
-    tmp.replace(path)
+    atomic_write(path, lambda f: np.savez_compressed(
+        f, codes=codes, labels=labels, label_names=np.array(dataset.labels, dtype=str),
+        tokenizer_config=np.array(json.dumps(dataclasses.asdict(tc)))))
     return path
 
 

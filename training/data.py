@@ -20,6 +20,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from dnd_sdk.errors import InvalidInputError
+from .image_folder import ImageFolderDataset
+from .pixels import to_tensor
 
 DEJAVU_DIR = Path("/usr/share/fonts/truetype/dejavu")
 
@@ -123,18 +125,6 @@ def render_word(word: str, rng: np.random.Generator, style: RenderStyle, height:
     return image
 
 
-def to_tensor(image: Image.Image) -> torch.Tensor:
-    """PIL RGB -> [3, H, W] float32 in [-1, 1], the tokenizer's input range."""
-    array = np.asarray(image.convert("RGB"), dtype=np.float32)
-    return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
-
-
-def to_image(tensor: torch.Tensor) -> Image.Image:
-    """[3, H, W] in about [-1, 1] -> PIL RGB, the same rounding as the exported decoder."""
-    array = torch.floor(255 * (tensor.float() * 0.5 + 0.5).clamp(0, 1)).to(torch.uint8)
-    return Image.fromarray(array.permute(1, 2, 0).cpu().numpy())
-
-
 class WordImageDataset(torch.utils.data.Dataset):
     def __init__(self, words: list, preset="clean", seed: int = 0, length: Optional[int] = None,
                  height: int = 32, width: int = 128):
@@ -187,7 +177,6 @@ def build_dataset(config: DataConfig, length: Optional[int] = None):
                                     f"{[f.name for f in dataclasses.fields(RenderStyle)]}") from None
         return WordImageDataset(words, style, config.seed, length or config.length, config.height, config.width)
     if config.kind == "folder":
-        from .image_folder import ImageFolderDataset
         if not config.root:
             raise InvalidInputError("data.kind is 'folder' but data.root is not set; give the folder with one "
                                     "sub-folder per class (--set data.root=PATH)")

@@ -1,28 +1,17 @@
-"""Sample grids: rows of PIL images pasted into one PNG, so a user can watch training work."""
+"""Sample grids: rows of images in one PNG, so a user can watch training work."""
 from pathlib import Path
 
 import torch
-from PIL import Image
 
-from .data import to_image
-
-
-def grid_image(rows: list, pad: int = 2, fill=(128, 128, 128)) -> Image.Image:
-    """rows: list of lists of equally sized PIL images -> one image, `pad` pixels between cells."""
-    w, h = rows[0][0].size
-    cols = max(len(r) for r in rows)
-    out = Image.new("RGB", (cols * (w + pad) + pad, len(rows) * (h + pad) + pad), fill)
-    for i, row in enumerate(rows):
-        for j, image in enumerate(row):
-            out.paste(image, (pad + j * (w + pad), pad + i * (h + pad)))
-    return out
+from dnd_sdk.images import contact_sheet, save_png
+from .pixels import to_image
 
 
 def save_tensor_grid(path, columns: list) -> None:
     """columns: list of [B, 3, H, W] tensors in about [-1, 1]; row b shows image b of every column."""
-    rows = [[to_image(col[b]) for col in columns] for b in range(columns[0].shape[0])]
+    images = [to_image(col[b]) for b in range(columns[0].shape[0]) for col in columns]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    grid_image(rows).save(path)
+    save_png(contact_sheet(images, cols=len(columns), background=(128, 128, 128)), path)
 
 
 def step_png(out_dir, step: int) -> Path:

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from dnd_sdk.errors import InvalidInputError
-from .data import to_tensor
+from .pixels import to_tensor
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import dataclasses
 from pathlib import Path
 
 from dnd_sdk.errors import CheckpointError
-from .checkpoint import atomic_torch_save, read_torch_file
+from .torch_files import atomic_torch_save, read_torch_file
 from .tokenizer import RQTokenizer, TokenizerConfig
 
 FORMAT, VERSION = "dnd-tokenizer", 1

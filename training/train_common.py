@@ -20,7 +20,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from dnd_sdk.errors import CheckpointError, DndError, InvalidInputError
-from .checkpoint import atomic_torch_save, read_torch_file
+from .torch_files import atomic_torch_save, read_torch_file
 from .distributed import Dist, all_mean, barrier, wrap
 
 STATE_FORMAT = "dnd-train-state"

@@ -15,7 +15,7 @@ try:
 except ImportError as e:
     raise ImportError(f"TensorRT is not installed ({e}); pip install 'dnd-sdk[gpu]' (README, 'GPU install')") from None
 
-from ..engines import ENGINES_NAME, load_engine_index, tensorrt_major
+from ..engine_index import ENGINES_NAME, load_engine_index, tensorrt_major
 from ..errors import BackendUnavailableError, InvalidInputError
 from .base import Backend, RowPositions
 from .cuda_runtime import DEVICE_TO_HOST, HOST_TO_DEVICE, CudaRuntime

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import click
 
-from ..engines import load_engine_index
+from ..engine_index import load_engine_index
 from ..manifest import load_manifest
 
 

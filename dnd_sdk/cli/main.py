@@ -9,7 +9,7 @@ import logging
 import click
 
 from ..errors import DndError
-from .flags import in_flags
+from .flags import click_error
 
 # name: ("module:attribute", one-line help, extra that installs its dependencies)
 COMMANDS = {
@@ -18,8 +18,8 @@ COMMANDS = {
     "train": ("dnd_training.cli:train", "Train a tokenizer, extract codes, train a transformer.", "train"),
     "export": ("dnd_export.cli:main", "Export a checkpoint.pt to an ONNX model folder (same as dnd-export).", "export"),
     "import": ("dnd_training.importers.cli:import_group", "Turn published checkpoints into a dnd checkpoint.pt.", "train"),
-    "eval": ("dnd_training.eval_cli:evaluate", "Judge models, tokenizers, images or the dataset with OCR.", "eval"),
-    "bench": ("dnd_export.bench_cli:bench", "Images/s of the runtime vs the PyTorch reference, as JSON.", "export"),
+    "eval": ("dnd_eval.cli:evaluate", "Judge models, tokenizers, images or the dataset with OCR.", "eval"),
+    "bench": ("dnd_bench.cli:bench", "Images/s of the runtime vs the PyTorch reference, as JSON.", "export"),
 }
 
 
@@ -56,7 +56,7 @@ class CommandRegistry(click.Group):
             return super().invoke(ctx)
         except DndError as e:  # a user error: its message, exit 1, no traceback
             command = self.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
-            raise click.ClickException(in_flags(e, command) if command else str(e)) from None
+            raise click_error(e, command) from None
 
 
 @click.group(cls=CommandRegistry, context_settings={"help_option_names": ["-h", "--help"]})

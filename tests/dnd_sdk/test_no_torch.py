@@ -13,7 +13,8 @@ except SystemExit as e:
     assert e.code == 0, e.code
 images = dnd_sdk.Generator(sys.argv[1], threads=1).sample(labels=["cat", 2], seed=0, cfg_scale=2.0)
 assert len(images) == 2 and images[0].size == (32, 16)
-heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("dnd_training", "dnd_export", "dnd_engines", "onnx"))
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("dnd_training", "dnd_export", "dnd_engines", "dnd_eval",
+                                                           "dnd_bench", "onnx"))
 assert not heavy, heavy
 print("TORCH-FREE OK")
 """

@@ -14,7 +14,7 @@ from dnd_engines.cli import main as dnd_build
 from dnd_engines.profiles import profile_shapes
 from dnd_sdk import Generator
 from dnd_sdk.cli.main import cli
-from dnd_sdk.engines import EngineIndex, load_engine_index, tensorrt_major, write_engine_index
+from dnd_sdk.engine_index import EngineIndex, load_engine_index, tensorrt_major, write_engine_index
 from dnd_sdk.errors import BackendUnavailableError, ManifestError
 from dnd_sdk.manifest import FileRef, load_manifest
 

@@ -15,7 +15,7 @@ def _why_not() -> str:
     try:
         import tensorrt
         from dnd_sdk.backends.cuda_runtime import CudaRuntime
-        from dnd_sdk.engines import tensorrt_major
+        from dnd_sdk.engine_index import tensorrt_major
         tensorrt_major(tensorrt.__version__)
         CudaRuntime()
     except (ImportError, DndError) as e:

@@ -18,7 +18,8 @@ from dnd_sdk import Generator
 from dnd_sdk.cli.main import cli
 from dnd_sdk.errors import CheckpointError, DndError, ManifestError
 from dnd_sdk.manifest import load_manifest
-from dnd_training.checkpoint import atomic_torch_save, load_checkpoint
+from dnd_training.checkpoint import load_checkpoint
+from dnd_training.torch_files import atomic_torch_save
 from dnd_training.importers.official import ImportSettings, imagenet_labels, import_official
 from dnd_training.model import ModelArgs, Transformer
 from dnd_training.sampling import generate
@@ -341,9 +342,10 @@ def test_repeated_or_comma_labels_are_refused_when_a_checkpoint_or_folder_loads(
         load_manifest(folder)
 
 
-def test_tokenizer_files_from_before_the_published_layout_still_load():
+@pytest.mark.parametrize("mmap", [False, True])  # dnd-export reads with mmap; the migrated codebook is not the file's
+def test_tokenizer_files_from_before_the_published_layout_still_load(mmap):
     raw = torch.load(REPO / "models" / "words" / "checkpoint.pt", weights_only=True)
     assert "quantizer.codebook" in raw["tokenizer"]  # the shipped file keeps the old layout
-    tok = load_checkpoint(REPO / "models" / "words" / "checkpoint.pt").build_tokenizer()
+    tok = load_checkpoint(REPO / "models" / "words" / "checkpoint.pt", mmap=mmap).build_tokenizer()
     assert torch.equal(tok.quantizer.codebooks[0].weight[:-1], raw["tokenizer"]["quantizer.codebook"])
     assert all(b is tok.quantizer.codebooks[0] for b in tok.quantizer.codebooks)

@@ -22,9 +22,10 @@ import yaml
 
 from dnd_sdk.errors import CheckpointError, InvalidInputError
 from dnd_sdk.labels import label_problem
-from ..checkpoint import FORMAT, VERSION, check_weights, atomic_torch_save
+from ..checkpoint import FORMAT, VERSION, check_weights
 from ..model import ModelArgs, Transformer
 from ..tokenizer import RQTokenizer, TokenizerConfig
+from ..torch_files import atomic_torch_save
 from .safe_load import load_untrusted
 
 # GPT_models of the published code: n_layer, n_head, dim

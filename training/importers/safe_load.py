@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from dnd_sdk.errors import CheckpointError
-from ..checkpoint import read_torch_file
+from ..torch_files import read_torch_file
 
 # classes of the training run that only describe it; nothing of them is ever used
 HARMLESS_PREFIXES = ("omegaconf.",)

@@ -4,14 +4,18 @@ import json
 from click.testing import CliRunner
 
 from dnd_sdk.cli.main import cli
-from dnd_training.evaluate import eval_dataset, eval_images, eval_model, eval_tokenizer
+from dnd_eval.evaluate import eval_dataset, eval_images, eval_model, eval_tokenizer
+from system_tools import needs_dejavu, needs_tesseract
 
 
+@needs_tesseract
+@needs_dejavu
 def test_clean_dataset_reads_almost_perfectly():
     result = eval_dataset(num_classes=6, per_class=2)
     assert result["count"] == 12 and result["accuracy"] >= 0.9 and result["cer"] < 0.05
 
 
+@needs_tesseract
 def test_untrained_tokenizer_reconstructions_are_not_read(tiny_checkpoint):
     # the tiny test tokenizer has a 16x32 canvas: render words at that size through its labels
     result = eval_tokenizer(tiny_checkpoint, labels=["a", "b"], per_class=2)
@@ -19,6 +23,7 @@ def test_untrained_tokenizer_reconstructions_are_not_read(tiny_checkpoint):
     assert result["psnr"] < 20 and result["accuracy"] < 1.0
 
 
+@needs_tesseract
 def test_tokenizer_can_be_judged_on_other_words(tiny_checkpoint, tmp_path):
     runner = CliRunner()
     own = runner.invoke(cli, ["eval", "ocr", str(tiny_checkpoint), "--per-class", "1", "-o", str(tmp_path / "own.json")])
@@ -34,6 +39,7 @@ def test_tokenizer_can_be_judged_on_other_words(tiny_checkpoint, tmp_path):
     assert folder.exit_code == 1 and "own classes" in folder.output
 
 
+@needs_tesseract
 def test_model_folder_and_generated_folder_agree(tiny_model_dir, tmp_path):
     direct = eval_model(tiny_model_dir, per_class=1, seed=3)
     assert direct["count"] == 4 and direct["sampling"]["cfg_scale"] == 2.0
@@ -55,6 +61,7 @@ def test_model_folder_and_generated_folder_agree(tiny_model_dir, tmp_path):
     assert lines[2] == f"per-image results: {tmp_path / 'r.json'}" and len(lines) == 3
 
 
+@needs_tesseract
 def test_model_eval_can_keep_the_images_it_judged(tiny_model_dir, tmp_path):
     result = CliRunner().invoke(cli, ["eval", "ocr", str(tiny_model_dir), "--per-class", "1", "--save-images",
                                       str(tmp_path / "judged"), "-o", str(tmp_path / "r.json")])
@@ -69,6 +76,7 @@ def test_eval_without_target_is_a_clean_error():
     assert result.exit_code == 1 and "give a TARGET" in result.output
 
 
+@needs_tesseract
 def test_sweep_scores_every_setting_on_the_same_images(tiny_model_dir, tmp_path):
     result = CliRunner().invoke(cli, ["eval", "sweep", str(tiny_model_dir), "--cfg-scale", "1", "--cfg-scale", "2",
                                       "--temperature", "0", "--per-class", "1", "-o", str(tmp_path / "s.json")])

@@ -13,8 +13,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dnd_sdk.batch import png_name
 from dnd_sdk.errors import InvalidInputError
-from .data import WordImageDataset, load_words, to_image, to_tensor
+from dnd_training.data import WordImageDataset, load_words
+from dnd_training.pixels import to_image, to_tensor
 from .ocr import read_words, score
 
 
@@ -50,7 +52,7 @@ def eval_model(model_dir, per_class: int = 4, seed: int = 1000, sampling=None, t
     pngs = None
     if image_dir is not None:
         Path(image_dir).mkdir(parents=True, exist_ok=True)
-        pngs = [Path(image_dir) / f"{i:06d}.png" for i in range(len(images))]
+        pngs = [Path(image_dir) / png_name(i) for i in range(len(images))]
         for im, path in zip(images, pngs):
             save_png(im, path)
     return _report("generated", images, [gen.labels[c] for c in labels], pngs, progress, seed=seed,
@@ -70,7 +72,7 @@ def eval_images(folder, progress: bool = False) -> dict:
     if not meta.is_file():
         raise InvalidInputError(f"{folder}: no metadata.jsonl; give a finished `dnd generate` output folder")
     rows = [json.loads(line) for line in meta.read_text().splitlines() if line.strip()]
-    images, pngs = [], [Path(folder) / f"{r['index']:06d}.png" for r in rows]
+    images, pngs = [], [Path(folder) / png_name(r["index"]) for r in rows]
     for path in pngs:
         with Image.open(path) as im:
             images.append(im.convert("RGB"))  # loaded now, so the file closes
@@ -91,7 +93,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 def eval_tokenizer(tokenizer_path, labels=None, per_class: int = 4, seed: int = 1000, preset: str = "clean",
                    depth=None, progress: bool = False) -> dict:
     """rOCR and PSNR: render held-out words, encode, decode with the first `depth` codes, read."""
-    from .tokenizer_file import load_tokenizer
+    from dnd_training.tokenizer_file import load_tokenizer
     tokenizer, meta = load_tokenizer(tokenizer_path)
     labels = list(labels or meta.get("labels") or load_words(num_classes=32))
     ds = _dataset(labels, per_class, seed, preset)

@@ -7,14 +7,13 @@ A built folder is the exported folder plus `engines/*.plan` and this index, so e
 backend can still run it.
 """
 import dataclasses
-import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from .errors import BackendUnavailableError, ManifestError
-from .manifest import FileRef, read_json, sha256_file
+from .folders import atomic_write
+from .manifest import FileRef, json_bytes, read_json, sha256_file
 from .model_files import inside, verify as verify_file
 
 FORMAT, VERSION = "dnd-engines", 1
@@ -54,9 +53,7 @@ def write_engine_index(folder, index: EngineIndex) -> EngineIndex:
     for ref in index.files.values():
         path = folder / ref.file
         ref.sha256, ref.bytes = sha256_file(path), path.stat().st_size
-    tmp = folder / f".{ENGINES_NAME}.tmp"
-    tmp.write_text(json.dumps(dataclasses.asdict(index), indent=2) + "\n")
-    os.replace(tmp, folder / ENGINES_NAME)
+    atomic_write(folder / ENGINES_NAME, lambda f: f.write(json_bytes(dataclasses.asdict(index))))
     return index
 
 

@@ -35,7 +35,7 @@ def ocr(target, dataset, per_class, num_classes, seed, depth, cfg_scale, tempera
 
     Prints a summary; -o FILE keeps every image's result."""
     from . import evaluate as ev
-    from .data import load_words
+    from dnd_training.data import load_words
     progress = not quiet
     sampling = {k: v for k, v in (("cfg_scale", cfg_scale), ("temperature", temperature)) if v is not None}
     if dataset:

@@ -2,7 +2,8 @@
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from dnd_training.ocr import edit_distance, read_words, score
+from dnd_eval.ocr import edit_distance, read_words, score
+from system_tools import DEJAVU_SANS, needs_dejavu, needs_tesseract
 
 
 @pytest.mark.parametrize("a, b, d", [("", "", 0), ("cat", "cat", 0), ("cat", "cut", 1), ("cat", "", 3),
@@ -18,8 +19,10 @@ def test_score_counts_exact_matches_per_class_and_cer():
     assert s.cer == pytest.approx((0 + 2 + 0 + 3) / 12)
 
 
+@needs_tesseract
+@needs_dejavu
 def test_tesseract_reads_clean_rendered_words_and_not_a_blank_image():
-    font = ImageFont.truetype("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", 18)
+    font = ImageFont.truetype(str(DEJAVU_SANS), 18)
     words = ["house", "water", "green"]
     images = []
     for w in words:

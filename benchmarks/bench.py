@@ -21,27 +21,9 @@ import numpy as np
 import torch
 
 from dnd_sdk.errors import InvalidInputError
+from dnd_training.pixels import to_uint8
+from dnd_training.random_checkpoint import random_checkpoint
 from .profile import gemm_gflops, profile_runtime
-
-
-def random_checkpoint(folder: Path, preset: str = "tiny") -> Path:
-    """A MODEL_CONFIGS preset with random weights; heads scaled so logits vary (std about 2)."""
-    from dnd_training.checkpoint import save_checkpoint
-    from dnd_training.model import MODEL_CONFIGS, ModelArgs, Transformer
-    from dnd_training.tokenizer import RQTokenizer, TokenizerConfig
-
-    torch.manual_seed(0)
-    model = Transformer(ModelArgs(**MODEL_CONFIGS[preset]))
-    a = model.args
-    for head in model.output:  # zero-init heads give uniform logits; random ones make sampling do work
-        torch.nn.init.normal_(head.weight, std=2 / a.dim ** 0.5)
-    # the default tokenizer (8x downsampling), or a narrow one for the tiny test model
-    small = dict(ch=16, ch_mult=[1, 2, 2, 2], embed_dim=8) if preset == "tiny" else {}
-    tok = RQTokenizer(TokenizerConfig(image_height=8 * a.grid_h, image_width=8 * a.grid_w,
-                                      codebook_size=a.vocab_size, depth=a.num_pred_heads, **small))
-    path = folder / "checkpoint.pt"
-    save_checkpoint(path, model, tok, [f"class{i}" for i in range(a.num_classes)])
-    return path
 
 
 def _rate(fn, num: int, repeats: int) -> float:
@@ -78,7 +60,7 @@ def bench(checkpoint, model_dir, batches, num_batches: int, threads: int, repeat
             for lo in range(0, num, batch):
                 codes = generate(model, labels[lo:lo + batch], seed=0, image_indices=range(lo, lo + batch), **sampling)
                 x = tokenizer.decode(codes)
-                (255 * (x * 0.5 + 0.5).clamp(0, 1)).floor().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+                to_uint8(x).permute(0, 2, 3, 1).cpu().numpy()
 
         runtime = lambda: gen.sample(labels, seed=0, batch_size=batch, **sampling)  # noqa: E731
         ours, ref = _rate(runtime, num, repeats), _rate(reference, num, repeats)
@@ -104,9 +86,9 @@ def bench_command(checkpoint, model_dir, batches, num_batches=4, threads=1, repe
                   profile: bool = False, reference_device: str = "cpu") -> dict:
     """`bench` with defaults filled in: without a checkpoint, a random `preset` model exported to a temp dir."""
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = checkpoint or random_checkpoint(Path(tmp), preset)
+        checkpoint = checkpoint or random_checkpoint(Path(tmp) / "checkpoint.pt", preset)[0]
         if model_dir is None:
-            from .export import export_model
+            from dnd_export import export_model
             model_dir = export_model(checkpoint, Path(tmp) / "model", dtype=dtype)
         return bench(checkpoint, model_dir, batches, num_batches, threads, repeats, sampling or {}, backend,
                      reference_device, profile)

@@ -46,7 +46,7 @@ def test_bench_preset_dtype_and_profile(tmp_path):
 
 
 def test_flop_count_matches_the_reference_model_linears(tiny_checkpoint):
-    from dnd_export.profile import transformer_gflop
+    from dnd_bench.profile import transformer_gflop
     from dnd_training.checkpoint import load_checkpoint
     from dnd_training.sampling import generate
 

@@ -1,0 +1,13 @@
+"""The names and values a manifest.json may hold, apart from the code that reads and checks it:
+`dnd_sdk.manifest` (reading, writing) and `dnd_sdk.manifest_checks` (values) both import them from here,
+so neither has to import the other back. Import them from `dnd_sdk.manifest`.
+"""
+DTYPES = ("fp32", "fp16", "bf16", "int8", "int4")
+TENSOR_DTYPES = ("float32", "float16", "bfloat16", "int64", "uint8", "uint16", "bool")
+DIM_NAMES = ("batch_size",)
+SAMPLER_KEYS = ("cfg_scale", "temperature", "top_k", "top_p")
+KV_TEMPLATES = {"past_key": "past_key_values.%d.key", "past_value": "past_key_values.%d.value",
+                "new_key": "new_key_values.%d.key", "new_value": "new_key_values.%d.value"}
+# backend names as `Generator(backend=...)` takes them; `forms` maps each graph form to those that run it
+BACKEND_NAMES = ("tensorrt", "onnxruntime-cuda", "onnxruntime-cpu")
+ONNXRUNTIME_ONLY = ("onnxruntime-cuda", "onnxruntime-cpu")
