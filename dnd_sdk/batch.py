@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from .arguments import MAX_IMAGES, integer
 from .errors import InvalidInputError, OutputError
+from .sampler import SamplingParams
 from .images import TMP_SUFFIX, atomic_write, contact_sheet, save_png, write_npz
 
 RUN_FILE, METADATA_FILE, NPZ_FILE, GRID_FILE = "run.json", "metadata.jsonl", "samples.npz", "grid.png"
@@ -127,7 +128,7 @@ class RunPlan:
     identity: dict       # the contents of run.json
     labels: np.ndarray   # class id of every index of the run
     seed: int
-    sampling: dict       # the resolved sampling settings (None where unset)
+    params: SamplingParams  # the resolved sampling settings
     shard: tuple
     mine: range          # this shard's indices
     tag: str             # prefix of this shard's temporary files and lock
@@ -141,13 +142,11 @@ def plan_run(gen, job: BatchJob) -> RunPlan:
     labels = None if job.labels is None else list(job.labels)
     req = gen.request(labels, num, seed=job.seed, batch_size=job.batch_size, **job.sampling)  # validates everything
     mine = _shard_range(job.shard, num)
-    sampling = {"cfg_scale": req.params.cfg_scale, "temperature": req.params.temperature, "top_k": req.params.top_k,
-                "top_p": req.params.top_p, "head_temperatures": req.params.head_temperatures}
     identity = {"format": "dnd-generate-run", "version": 1,
                 "model_sha256": {name: e.sha256 for name, e in sorted(gen.manifest.files.items())},
                 "num": num, "labels": None if labels is None else [int(x) for x in req.labels[:len(labels)]],
-                "seed": req.seed, "sampling": {k: list(v) if isinstance(v, tuple) else v for k, v in sampling.items()}}
-    return RunPlan(identity, req.labels, req.seed, sampling, tuple(job.shard), mine,
+                "seed": req.seed, "sampling": req.params.as_dict()}
+    return RunPlan(identity, req.labels, req.seed, req.params, tuple(job.shard), mine,
                    f"shard{job.shard[0]}of{job.shard[1]}-", tuple(gen.labels),
                    (int(gen.manifest.image["width"]), int(gen.manifest.image["height"])))
 
@@ -168,7 +167,7 @@ def open_run(out: Path, plan: RunPlan):
 def sample_chunk(gen, plan: RunPlan, chunk: list) -> list:
     """The images of indices `chunk`, as PIL images."""
     return gen.sample(plan.labels[chunk], image_indices=chunk, seed=plan.seed, batch_size=len(chunk),
-                      **{k: v for k, v in plan.sampling.items() if v is not None})
+                      sampling=plan.params)
 
 
 def write_chunk(out: Path, plan: RunPlan, chunk: list, images: list) -> None:
@@ -270,7 +269,7 @@ def _write_errors(out: Path):
 def _write_aggregates(out: Path, plan: RunPlan, job: BatchJob) -> None:
     num, tag, names = len(plan.labels), plan.tag, plan.label_names
     lines = [json.dumps({"index": i, "file": png_name(i), "label": int(plan.labels[i]),
-                         "label_name": names[plan.labels[i]], "seed": plan.seed, **plan.sampling}) + "\n"
+                         "label_name": names[plan.labels[i]], "seed": plan.seed, **plan.params.as_dict()}) + "\n"
              for i in range(num)]
     atomic_write(out / METADATA_FILE, lambda f: f.write("".join(lines).encode()), tag)
     if job.npz:

@@ -36,3 +36,15 @@ class OutputError(DndError):
 class ClusterError(DndError):
     """A Ray run cannot start or go on: ray is not installed, the cluster is unreachable or too small,
     or its workers keep dying."""
+
+
+class OverloadedError(DndError):
+    """A Generator's queue of waiting requests is full: try again later (HTTP 429)."""
+
+
+class RequestTimeoutError(DndError, TimeoutError):
+    """A request did not finish within its timeout; its work was dropped (HTTP 504)."""
+
+
+class CancelledError(DndError):
+    """A request was cancelled, or its Generator closed, before it finished."""

@@ -4,20 +4,25 @@
     images = gen.sample(labels=["ocean", 3], seed=0)   # list of PIL images
     codes = gen.sample_codes(num=8, seed=0)            # int64 [8, h, w, D], image i of class i % num_classes
     images = gen.decode(codes)
+
+A Generator is safe to share between threads: one scheduler thread owns the backend and runs the
+images of all concurrent calls as rows of one batch (`dnd_sdk.scheduler`); every call returns what
+it returns alone, bit for bit.
 """
 import logging
-from dataclasses import dataclass, replace
+from concurrent.futures import Future, TimeoutError as FutureTimeout
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .backends import open_backend
 from .arguments import MAX_IMAGES, MAX_INDEX, integer
-from .errors import InvalidInputError
-from .images import to_pil
+from .errors import InvalidInputError, RequestTimeoutError
 from .manifest import load_manifest
 from .model_files import load_embeddings
-from .sampler import SamplingParams, decode_n_tokens, image_uniforms
+from .sampler import SamplingParams
+from .scheduler import Scheduler, Work
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +36,10 @@ class Request:
     params: SamplingParams
     batch_size: int
 
-    def batches(self):
-        for lo in range(0, len(self.labels), self.batch_size):
-            yield replace(self, labels=self.labels[lo:lo + self.batch_size], indices=self.indices[lo:lo + self.batch_size])
+
+# rows per call where the backend sets no limit. The ONNX Runtime backend's cache is np.zeros, whose pages
+# the OS maps only once a row is used: rows never used cost address space, not memory.
+DEFAULT_ROWS = 64
 
 
 def _float32_table(table: np.ndarray) -> np.ndarray:
@@ -50,13 +56,16 @@ class Generator:
         backend (str): "auto" (TensorRT, then ONNX Runtime CUDA, then ONNX Runtime CPU),
             "tensorrt", "onnxruntime-cuda" or "onnxruntime-cpu".
         threads (Optional[int]): CPU threads per ONNX Runtime session; None uses every core.
+        max_batch (Optional[int]): rows per backend call, shared by all concurrent requests (guidance
+            takes two per image); None: the backend's limit, else 64.
+        max_queue (int): requests that may wait for a row; one more raises OverloadedError.
 
     Raises:
         ManifestError: not a model folder, or a file does not match its sha256 in manifest.json.
         BackendUnavailableError: the requested backend cannot run here.
     """
 
-    def __init__(self, path, backend: str = "auto", *, threads=None):
+    def __init__(self, path, backend: str = "auto", *, threads=None, max_batch=None, max_queue: int = 1024):
         self.path = Path(path)
         # each file is checked against its sha256 as it is read (embeddings here, graphs by the backend)
         self.manifest = m = load_manifest(self.path, verify=False)
@@ -68,7 +77,14 @@ class Generator:
         self.vocab_size = int(m.model_config["vocab_size"])
         self.latent_shape = (int(m.latent["h"]), int(m.latent["w"]), m.depth)
         self._label_ids = {name: i for i, name in enumerate(self.labels)}
+        limit = None if max_batch is None else integer(max_batch, "max_batch", 1)
+        max_queue = integer(max_queue, "max_queue", 1)
         self.backend = open_backend(self.path, m, backend, threads)
+        if limit is not None and self.backend.max_batch is not None and limit > self.backend.max_batch:
+            self.backend.close()
+            raise InvalidInputError(f"max_batch {limit} exceeds the {self.backend.max_batch} rows {self.backend.name} "
+                                    "was built for", ["max_batch"])
+        self.scheduler = Scheduler(self, limit or self.backend.max_batch or DEFAULT_ROWS, max_queue)
         log.info("dnd_sdk.Generator: %s runs on %s", self.path, self.backend.name)
 
     @property
@@ -76,6 +92,8 @@ class Generator:
         return self.backend.name
 
     def close(self) -> None:
+        """Stop the scheduler (unfinished calls get CancelledError) and release the backend."""
+        self.scheduler.close()
         self.backend.close()
 
     def __enter__(self):
@@ -130,8 +148,8 @@ class Generator:
         num = integer(num, "num", 1, MAX_IMAGES)
         return np.arange(num, dtype=np.int64) + integer(start, "start", 0, MAX_INDEX - num)
 
-    def request(self, labels=None, num=None, *, seed=0, cfg_scale=None, temperature=None, top_k=None,
-                top_p=None, head_temperatures=None, batch_size=16, image_indices=None, start=0) -> Request:
+    def request(self, labels=None, num=None, *, seed=0, sampling=None, batch_size=None, image_indices=None, start=0,
+                **settings) -> Request:
         """Validate a sampling request before any work; arguments as in `sample`.
 
         Raises:
@@ -144,27 +162,53 @@ class Generator:
             ids = indices % self.num_classes
         else:
             ids = np.array([given[j % len(given)] for j in range(len(indices))])
-        defaults = self.manifest.sampler_defaults
-        pick = lambda value, key: defaults[key] if value is None else value  # noqa: E731
-        params = SamplingParams(pick(cfg_scale, "cfg_scale"), pick(temperature, "temperature"), pick(top_k, "top_k"),
-                                pick(top_p, "top_p"), head_temperatures)
-        params = params.validate(self.vocab_size, self.latent_shape[2], self.manifest.null_class is not None)
+        params = self._params(sampling, settings)
+        per_image = 2 if params.guided else 1
+        if batch_size is None:  # as many as one call of the scheduler holds
+            batch_size = max(1, self.scheduler.max_rows // per_image)
         batch_size = integer(batch_size, "batch_size", 1, MAX_IMAGES)
-        rows = min(batch_size, len(ids)) * (2 if params.guided else 1)
-        limit = self.backend.max_batch
-        if limit is not None and rows > limit:
+        rows = min(batch_size, len(ids)) * per_image
+        limit, limited_by = self.scheduler.max_rows, "this Generator runs (its max_batch)"
+        if self.backend.max_batch is not None and self.backend.max_batch < limit:
+            limit, limited_by = self.backend.max_batch, f"{self.backend_name} was built for"
+        if rows > limit:
             raise InvalidInputError(
                 f"batch_size {batch_size} needs {rows} rows{' (guidance doubles them)' if params.guided else ''}, but "
-                f"{self.backend_name} was built for at most {limit}; use batch_size <= "
-                f"{limit // 2 if params.guided else limit}", ["batch_size"])
+                f"{limited_by} at most {limit}; use batch_size <= {limit // per_image}", ["batch_size"])
         return Request(ids.astype(np.int64), indices.astype(np.int64), integer(seed, "seed"), params, batch_size)
 
-    def sample_codes(self, labels=None, num=None, **kwargs) -> np.ndarray:
-        """Sample latent codes; arguments as in `sample`. Returns int64 [n, h, w, D]."""
-        req = self.request(labels, num, **kwargs)
-        return np.concatenate([self._codes(part) for part in req.batches()])
+    def _params(self, sampling, settings: dict) -> SamplingParams:
+        """`sampling` (a SamplingParams, taken whole) or the given `settings`, the rest from the manifest's defaults."""
+        if sampling is not None and (settings or not isinstance(sampling, SamplingParams)):
+            raise InvalidInputError("give sampling (a SamplingParams) or single settings such as cfg_scale=2, not both",
+                                    ["sampling"])
+        if sampling is None:
+            fields = set(SamplingParams.__dataclass_fields__)
+            unknown = sorted(set(settings) - fields)
+            if unknown:
+                raise InvalidInputError(f"unknown sampling setting(s) {unknown}; the settings are {sorted(fields)}",
+                                        unknown)
+            given = {k: v for k, v in settings.items() if v is not None}
+            sampling = SamplingParams(**{**self.manifest.sampler_defaults, **given})
+        return sampling.validate(self.vocab_size, self.latent_shape[2], self.manifest.null_class is not None)
 
-    def sample(self, labels=None, num=None, **kwargs) -> list:
+    def submit(self, request: Request, images: bool = True) -> Future:
+        """Queue a validated `request` (see `request`) without waiting. Returns a concurrent.futures.Future
+        of its list of PIL images (with images=False, of its codes [n, h, w, D]); cancel() drops its work.
+
+        Raises:
+            OverloadedError: max_queue requests are waiting already; nothing was queued.
+        """
+        h, w, depth = self.latent_shape
+        codes = np.zeros((len(request.labels), h * w, depth), np.int64)
+        return self.scheduler.submit(Work(Future(), request.labels, request.indices, request.seed, request.params,
+                                          request.batch_size, images, codes))
+
+    def sample_codes(self, labels=None, num=None, *, timeout=None, **kwargs) -> np.ndarray:
+        """Sample latent codes; arguments as in `sample`. Returns int64 [n, h, w, D]."""
+        return _wait(self.submit(self.request(labels, num, **kwargs), images=False), timeout)
+
+    def sample(self, labels=None, num=None, *, timeout=None, **kwargs) -> list:
         """Sample images.
 
         Image j of the request is fully determined by (model, its class, the sampling parameters,
@@ -177,27 +221,25 @@ class Generator:
             num (int): how many images; default len(image_indices), else len(labels) (1 for a single
                 label), else num_classes.
             seed (int): request seed >= 0 (default 0).
+            sampling (Optional[SamplingParams]): all sampler settings at once; or give single ones:
             cfg_scale, temperature, top_k, top_p: sampling settings; None takes the manifest's
                 sampler_defaults. cfg_scale 1 turns guidance off; temperature 0 is greedy.
             head_temperatures (Optional[list[float]]): one temperature per depth, overriding temperature.
-            batch_size (int): images per backend call (guidance runs 2x rows in the same call).
+            batch_size (Optional[int]): at most this many of the request's images in one backend call
+                (guidance runs 2x rows in the same call); other requests' images may fill the call's
+                other rows. None: as many as a call holds (max_batch rows).
             image_indices (Optional[list[int]]): the image index of each image (default start + j).
             start (int): first image index, when image_indices is not given.
+            timeout (Optional[float]): seconds to wait; then the request is dropped and
+                RequestTimeoutError raised.
 
         Returns:
             list[PIL.Image.Image]: RGB images.
-        """
-        req = self.request(labels, num, **kwargs)
-        return [im for part in req.batches() for im in self.decode(self._codes(part))]
 
-    def _codes(self, req: Request) -> np.ndarray:
-        h, w, depth = self.latent_shape
-        n, guided = len(req.labels), req.params.guided
-        rows = np.concatenate([req.labels, np.full(n, self.manifest.null_class)]) if guided else req.labels
-        u = np.stack([image_uniforms(req.seed, int(i), h * w * depth) for i in req.indices]).reshape(n, h * w, depth)
-        self.backend.reset(len(rows))
-        hidden = self.cls_embedding[rows][:, None, :]  # [rows, 1, d] the condition token
-        return decode_n_tokens(self.backend.stage_step, self.tok_embeddings, hidden, u, req.params).reshape(n, h, w, depth)
+        Raises:
+            InvalidInputError, OverloadedError, RequestTimeoutError.
+        """
+        return _wait(self.submit(self.request(labels, num, **kwargs)), timeout)
 
     def check_codes(self, codes) -> np.ndarray:
         """codes -> int64 [n, h, w, D] with every value in [0, vocab_size), or InvalidInputError."""
@@ -211,9 +253,19 @@ class Generator:
             raise InvalidInputError(f"codes must lie in [0, {self.vocab_size}), got values in [{arr.min()}, {arr.max()}]")
         return arr.astype(np.int64)
 
-    def decode(self, codes, batch_size: int = 16) -> list:
+    def decode(self, codes, batch_size: int = 16, *, timeout=None) -> list:
         """Decode codes [n, h, w, D] (any integer dtype) into n RGB PIL images."""
         codes = self.check_codes(codes)
         batch_size = min(integer(batch_size, "batch_size", 1), self.backend.max_batch or batch_size)
-        return [im for lo in range(0, len(codes), batch_size)
-                for im in to_pil(self.backend.run("decoder", {"codes": codes[lo:lo + batch_size]})["image"])]
+        return _wait(self.scheduler.submit(Work(Future(), batch_size=batch_size, codes=codes)), timeout)
+
+
+def _wait(future: Future, timeout):
+    try:
+        return future.result(timeout)
+    except FutureTimeout:
+        if not future.cancel():  # it finished in the meantime
+            return future.result()
+        raise RequestTimeoutError(f"the request did not finish within its timeout of {timeout} s; it was dropped. "
+                                  "Retry with a longer timeout, or when the Generator is less busy",
+                                  ["timeout"]) from None

@@ -1,15 +1,17 @@
 """The numpy sampler: the design's sampling contract, token for token.
 
 `dnd_training.sampling` is the torch reference with the same function names; the two
-are meant to be read side by side.
+are meant to be read side by side. The numpy inference loop lives in `dnd_sdk.scheduler`,
+which runs many requests' images as rows of one batch.
 """
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Optional, Sequence
 
 import numpy as np
 
 from .arguments import integer, number
 from .errors import InvalidInputError
+from .manifest_schema import SAMPLER_KEYS  # noqa: F401 (the settings a model stores as its defaults)
 
 # Dividing logits by a temperature this small overflows float64 (1e-320 turns every row into
 # NaN), and long before that the distribution is one-hot: below it, sampling is greedy.
@@ -20,7 +22,9 @@ MAX_CFG_SCALE = 100.0
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How tokens are drawn. `head_temperatures` (one per depth) overrides `temperature`."""
+    """How tokens are drawn: the one definition of the sampler's settings, carried from the command line
+    (`dnd_sdk.cli.options`) and the server through `Generator.request` to every row of a batch, and
+    stored (SAMPLER_KEYS) as a model's defaults. `head_temperatures` (one per depth) overrides `temperature`."""
     cfg_scale: float = 1.0
     temperature: float = 1.0
     top_k: int = 0
@@ -30,6 +34,11 @@ class SamplingParams:
     @property
     def guided(self) -> bool:
         return self.cfg_scale != 1.0
+
+    def as_dict(self) -> dict:
+        """The settings as JSON values (metadata.jsonl, run.json, the server's replies)."""
+        d = asdict(self)
+        return {**d, "head_temperatures": None if self.head_temperatures is None else list(self.head_temperatures)}
 
     def temperature_of(self, head: int) -> float:
         return float(self.head_temperatures[head]) if self.head_temperatures else float(self.temperature)
@@ -121,36 +130,21 @@ def embed_codes(tok_embeddings: np.ndarray, codes: np.ndarray) -> np.ndarray:
     return h
 
 
-def decode_one_token(stage_step, tok_embeddings: np.ndarray, hidden: np.ndarray, u: np.ndarray,
-                     params: SamplingParams) -> np.ndarray:
-    """One latent position: run the D stages, sampling each head. Returns tokens [B, D].
+def sample_images(logits: np.ndarray, cond_rows: np.ndarray, uncond_rows: np.ndarray, u: np.ndarray,
+                  params: list, k: int) -> np.ndarray:
+    """The depth-k token of each of B images whose settings may differ. Returns tokens [B] int64.
 
-    `stage_step(k, hidden [R, S, d]) -> (logits [R, V], hidden_out [R, S, d])` runs stage k with its
-    KV cache (R = 2B rows [cond; uncond] under guidance); u [B, D] holds this position's uniforms.
+    Image i reads logits row cond_rows[i] (and, under guidance, uncond_rows[i]), its uniform u[i]
+    and its settings params[i]. Images with equal settings are sampled in one call. Every step is
+    row by row, so an image gets the very token it gets alone, whatever shares the batch.
     """
-    depth = u.shape[-1]
-    tokens = []
-    for k in range(depth):
-        logits, hidden = stage_step(k, hidden)
-        if params.guided:
-            logits = guide(logits, params.cfg_scale)
-        tok = sample(logits, u[:, k], params.temperature_of(k), params.top_k, params.top_p)
-        tokens.append(tok)
-        if k < depth - 1:
-            both = np.concatenate([tok, tok]) if params.guided else tok  # both halves get the same token
-            hidden = hidden + tok_embeddings[both][:, None, :]
-    return np.stack(tokens, axis=-1)
-
-
-def decode_n_tokens(stage_step, tok_embeddings: np.ndarray, hidden: np.ndarray, u: np.ndarray,
-                    params: SamplingParams, callback=None) -> np.ndarray:
-    """All latent positions from the condition embedding hidden [R, C, d]; u [B, L, D] -> codes [B, L, D]."""
-    codes = []
-    for p in range(u.shape[1]):
-        tokens = decode_one_token(stage_step, tok_embeddings, hidden, u[:, p], params)
-        codes.append(tokens)
-        both = np.concatenate([tokens, tokens]) if params.guided else tokens
-        hidden = embed_codes(tok_embeddings, both[:, None, :])
-        if callback is not None:
-            callback(p)
-    return np.stack(codes, axis=1)
+    groups = {}
+    for i, p in enumerate(params):
+        groups.setdefault((p.cfg_scale, p.temperature_of(k), p.top_k, p.top_p), []).append(i)
+    tokens = np.empty(len(params), np.int64)
+    for (cfg_scale, temperature, top_k, top_p), idx in groups.items():
+        rows = logits[cond_rows[idx]]
+        if cfg_scale != 1.0:
+            rows = guide(np.concatenate([rows, logits[uncond_rows[idx]]]), cfg_scale)
+        tokens[idx] = sample(rows, u[idx], temperature, top_k, top_p)
+    return tokens

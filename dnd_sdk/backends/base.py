@@ -36,17 +36,19 @@ class Backend(ABC):
 
     @abstractmethod
     def reset(self, rows: int) -> None:
-        """Start new sequences: empty the KV cache of every stage for `rows` rows."""
+        """Start new sequences: empty the KV cache of every stage for `rows` rows. Later calls may use
+        fewer rows: they run the first rows of the cache, the others keep their contents."""
 
     @abstractmethod
     def stage_step(self, k: int, hidden: np.ndarray, positions: Optional[np.ndarray] = None) -> tuple:
-        """Run stage k on one new position per row, hidden [rows, 1, d] float32, and write its keys and
-        values into the row's cache slot.
+        """Run stage k on one new position per row, hidden [rows, 1, d] float32 (rows <= the rows of
+        `reset`: the first ones), and write its keys and values into the row's cache slot.
 
         Args:
             positions: [rows] ints, each row's absolute position (0 = the condition token); the row
                 sees its cache slots below it. None: one past the row's previous call of stage k
-                (0 after reset). Rows may sit at different positions in one call.
+                (0 after reset). Rows may sit at different positions in one call; a row given position 0
+                starts a new sequence (its old slots are masked out and overwritten as it goes).
 
         Returns:
             (logits [rows, V] float32, hidden_out [rows, S, d] float32). IMPORTANT: the arrays
@@ -73,11 +75,11 @@ class RowPositions:
 
     def take(self, k: int, rows: int, positions=None) -> tuple:
         """(positions [rows] int64, kv_mask [rows, L] bool) for a call of stage k; InvalidInputError if out of range."""
-        if rows != self.rows:  # the cache holds self.rows rows: another count would read it wrongly
+        if rows > self.rows:  # the cache holds self.rows rows; fewer run the first ones
             raise InvalidInputError(f"stage_step got {rows} rows after reset({self.rows}); call reset(rows) first")
-        pos = self._next[k] if positions is None else np.asarray(positions)
+        pos = self._next[k][:rows] if positions is None else np.asarray(positions)
         if pos.shape != (rows,) or pos.dtype.kind not in "iu" or pos.min() < 0 or pos.max() >= self.length:
             raise InvalidInputError(f"positions must be {rows} ints in [0, {self.length}), got {positions!r}")
         pos = pos.astype(np.int64)
-        self._next[k] = pos + 1
+        self._next[k][:rows] = pos + 1
         return pos, self._slots[None, :] < pos[:, None]

@@ -100,42 +100,49 @@ class OnnxrtBackend(Backend):
     def reset(self, rows: int) -> None:
         m = self.manifest
         self._positions = RowPositions(m.depth, rows, m.cache_length)
-        self._caches, self._outputs = [], []
+        self._caches, self._outputs, self._bound_rows = [], [], [None] * m.depth
         d, vocab = int(m.model_config["dim"]), int(m.model_config["vocab_size"])
-        for stage, io in zip(m.stages, self._bindings):
+        for stage in m.stages:
             specs = {s.name: s for s in m.inputs(stage.graph)}
-            io.clear_binding_inputs()
-            io.clear_binding_outputs()
-            outputs = (np.empty((rows, vocab), np.float32), np.empty((rows, 1, d), np.float32))
-            for name, buf in zip(("logits", "hidden_out"), outputs):
-                io.bind_output(name, "cpu", 0, buf.dtype, list(buf.shape), buf.ctypes.data)
+            self._outputs.append((np.empty((rows, vocab), np.float32), np.empty((rows, 1, d), np.float32)))
             tensors = []
             for layer in stage.layers:
                 for past, new in zip(m.past_names(layer), m.new_names(layer)):
                     kv_heads, length, head_dim = specs[past].shape[1:]
                     dtype = np.dtype(specs[past].dtype)
-                    cache = np.zeros((rows, kv_heads, length, head_dim), dtype)
-                    fresh = np.empty((rows, kv_heads, 1, head_dim), dtype)
-                    io.bind_cpu_input(past, cache)  # on the CPU, ONNX Runtime reads this memory itself: bound once
-                    io.bind_output(new, "cpu", 0, dtype, list(fresh.shape), fresh.ctypes.data)
-                    tensors.append((past, cache, fresh))
+                    tensors.append((past, new, np.zeros((rows, kv_heads, length, head_dim), dtype),
+                                    np.empty((rows, kv_heads, 1, head_dim), dtype)))
             self._caches.append(tensors)
-            self._outputs.append(outputs)
+
+    def _bind(self, k: int, rows: int) -> None:
+        """Bind the first `rows` rows of stage k's buffers (views: ONNX Runtime on the CPU reads them in place)."""
+        io = self._bindings[k]
+        io.clear_binding_inputs()
+        io.clear_binding_outputs()
+        for name, buf in zip(("logits", "hidden_out"), self._outputs[k]):
+            io.bind_output(name, "cpu", 0, buf.dtype, [rows, *buf.shape[1:]], buf.ctypes.data)
+        for past, new, cache, fresh in self._caches[k]:
+            io.bind_cpu_input(past, cache[:rows])
+            io.bind_output(new, "cpu", 0, fresh.dtype, [rows, *fresh.shape[1:]], fresh.ctypes.data)
+        self._bound_rows[k] = rows
 
     def stage_step(self, k: int, hidden: np.ndarray, positions=None) -> tuple:
         io = self._bindings[k]
         hidden = np.ascontiguousarray(hidden, dtype=np.float32)
         rows = hidden.shape[0]
         positions, kv_mask = self._positions.take(k, rows, positions)
+        if self._bound_rows[k] != rows:
+            self._bind(k, rows)
         for name, array in (("hidden", hidden), ("positions", positions), ("kv_mask", kv_mask)):
             io.bind_cpu_input(name, array)
         if self.device != "cpu":  # a CUDA session copied the caches to the device when bound: bind them anew
-            for past, cache, _ in self._caches[k]:
-                io.bind_cpu_input(past, cache)
+            for past, _, cache, _ in self._caches[k]:
+                io.bind_cpu_input(past, cache[:rows])
         self.sessions[self.manifest.stages[k].graph].run_with_iobinding(io)
-        for _, cache, fresh in self._caches[k]:  # each row's new key/value into its own slot
-            cache[np.arange(rows), :, positions] = fresh[:, :, 0]
-        return self._outputs[k]
+        for _, _, cache, fresh in self._caches[k]:  # each row's new key/value into its own slot
+            cache[np.arange(rows), :, positions] = fresh[:rows, :, 0]
+        logits, hidden_out = self._outputs[k]
+        return logits[:rows], hidden_out[:rows]
 
     def close(self) -> None:
         self.sessions, self._bindings, self._caches, self._outputs = {}, [], [], []

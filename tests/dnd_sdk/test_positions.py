@@ -30,4 +30,4 @@ def test_positions_outside_the_cache_are_refused(tiny_model_dir):
         with pytest.raises(InvalidInputError, match=r"positions must be 2 ints in \[0, 8\)"):
             gen.backend.stage_step(0, hidden, np.array([0, 8]))
         with pytest.raises(InvalidInputError, match="after reset"):
-            gen.backend.stage_step(0, hidden[:1])
+            gen.backend.stage_step(0, gen.cls_embedding[[0, 1, 0]][:, None, :])

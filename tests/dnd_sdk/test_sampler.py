@@ -1,4 +1,7 @@
 """The numpy sampler follows the sampling contract and matches the torch reference function for function."""
+from concurrent.futures import Future
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -6,7 +9,8 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.extra.numpy import arrays
 
 from dnd_sdk.errors import InvalidInputError
-from dnd_sdk.sampler import SamplingParams, decode_n_tokens, image_uniforms, logits_to_probs, sample
+from dnd_sdk.sampler import SamplingParams, image_uniforms, logits_to_probs, sample
+from dnd_sdk.scheduler import Scheduler, Work
 from dnd_training import sampling as reference
 from dnd_training.model import MODEL_CONFIGS, ModelArgs, Transformer
 
@@ -92,24 +96,34 @@ def test_guidance_without_null_class_is_refused():
 @pytest.mark.parametrize("kw", [dict(cfg_scale=2.0, temperature=1.0, top_k=20, top_p=0.9),
                                 dict(cfg_scale=1.0, temperature=0.0), dict(cfg_scale=3.0, temperature=0.7)])
 def test_numpy_decode_loop_equals_torch_generate_on_the_same_stage_function(kw):
-    """decode_n_tokens around the torch model's own stages gives the reference codes exactly."""
+    """The scheduler's loop around the torch model's own stages gives the reference codes exactly."""
     torch.manual_seed(0)
     model = Transformer(ModelArgs(**MODEL_CONFIGS["tiny"])).eval()
     for head in model.output:
         torch.nn.init.normal_(head.weight, std=0.5)
     a, labels, seed = model.args, [0, 3, 1, 2, 1], 11
     want = reference.generate(model, labels, seed=seed, **kw).numpy()
-    params = SamplingParams(**kw)
-    rows = labels + [a.num_classes] * len(labels) if params.guided else labels
-    caches = [model.empty_cache(len(rows), model.stage_layers(k)) for k in range(a.num_pred_heads)]
+    params = SamplingParams(**kw).validate(a.vocab_size, a.num_pred_heads, True)
 
-    @torch.no_grad()
-    def stage_step(k, hidden):
-        logits, out, caches[k] = model.stage_forward(k, torch.from_numpy(hidden), caches[k])
-        return logits[:, -1].numpy(), out.numpy()
+    class TorchStages:
+        """The model's stages as a backend; one request, so every row sits at the same position."""
+        def reset(self, rows):
+            self.rows = rows
+            self.caches = [model.empty_cache(rows, model.stage_layers(k)) for k in range(a.num_pred_heads)]
 
-    table = model.tok_embeddings.weight.detach().numpy()
-    hidden = model.cls_embedding.embedding_table.weight.detach().numpy()[rows][:, None, :]
-    u = np.stack([image_uniforms(seed, i, a.seq_len * a.num_pred_heads) for i in range(len(labels))])
-    got = decode_n_tokens(stage_step, table, hidden, u.reshape(len(labels), a.seq_len, a.num_pred_heads), params)
+        @torch.no_grad()
+        def stage_step(self, k, hidden, positions):
+            assert len(hidden) == self.rows and (positions == positions[0]).all()
+            logits, out, self.caches[k] = model.stage_forward(k, torch.from_numpy(hidden), self.caches[k])
+            return logits[:, -1].numpy(), out.numpy()
+
+    gen = SimpleNamespace(backend=TorchStages(), tok_embeddings=model.tok_embeddings.weight.detach().numpy(),
+                          cls_embedding=model.cls_embedding.embedding_table.weight.detach().numpy(),
+                          manifest=SimpleNamespace(null_class=a.num_classes), latent_shape=(a.grid_h, a.grid_w, a.num_pred_heads))
+    rows = len(labels) * (2 if params.guided else 1)
+    scheduler = Scheduler(gen, max_rows=rows, max_queue=1)
+    work = Work(Future(), np.array(labels), np.arange(len(labels)), seed, params, len(labels), False,
+                np.zeros((len(labels), a.seq_len, a.num_pred_heads), np.int64))
+    got = scheduler.submit(work).result(60)
+    scheduler.close()
     assert np.array_equal(got.reshape(want.shape), want)

@@ -1,0 +1,238 @@
+"""The scheduler behind a `Generator`: one thread owns the backend and runs the images of every waiting
+request as rows of one batch (continuous batching).
+
+Each step runs one latent position of every image in flight: D stage calls over all rows, the
+sampler between them. A request that arrives while others run takes free rows at the next step and
+starts there at position 0: stage graphs v2 give every row its own position and cache slots
+(`Backend.stage_step(k, hidden, positions)`), so the row's old slots are masked out and overwritten
+as it goes. Sampling settings travel per image (`sampler.sample_images`), and every operation is row
+by row, so an image is the image its request gives alone, whatever shares the batch.
+
+A call runs rows 0..n-1 where n is one past the highest row in use: new images take the lowest free
+rows, so the batch stays packed at the front (a free row below a busy one runs idle until it is
+taken or the rows above it finish).
+"""
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from .errors import CancelledError, InvalidInputError, OverloadedError
+from .images import to_pil
+from .sampler import SamplingParams, embed_codes, image_uniforms, sample_images
+
+
+@dataclass
+class Work:
+    """One submitted request: its images' codes (and then images), or a decode of given codes."""
+    future: Future
+    labels: Optional[np.ndarray] = None   # [n] class ids; None for a decode
+    indices: Optional[np.ndarray] = None  # [n] image indices for the seeding rule
+    seed: int = 0
+    params: Optional[SamplingParams] = None
+    batch_size: int = 16                  # at most this many of its images in flight (and per decoder call)
+    want_images: bool = True
+    codes: Optional[np.ndarray] = None    # [n, L, D]; given for a decode, filled in for a sample
+    admitted: int = 0
+    running: int = 0
+    finished: int = 0
+
+
+@dataclass
+class _Image:
+    work: Work
+    j: int                   # its place in work
+    cond: int                # its row
+    uncond: int              # its unconditional row under guidance, else -1
+    u: np.ndarray            # [L, D] its uniforms
+    pos: int = 0             # the latent position it samples next
+    rows: tuple = field(init=False)
+
+    def __post_init__(self):
+        self.rows = (self.cond,) if self.uncond < 0 else (self.cond, self.uncond)
+
+
+class Scheduler:
+    """Runs `Work` on `gen`'s backend from one thread; `submit` is safe from any thread.
+
+    Args:
+        gen (dnd_sdk.Generator): supplies the backend, embedding tables, null class and latent shape.
+        max_rows (int): rows per backend call (guidance takes two per image).
+        max_queue (int): requests waiting for a row (or a decode) before `submit` raises OverloadedError.
+    """
+
+    def __init__(self, gen, max_rows: int, max_queue: int):
+        self.gen, self.max_rows, self.max_queue = gen, max_rows, max_queue
+        self.listeners = []  # f(images, rows, seconds) after each step, e.g. metrics
+        self._waiting, self._images = deque(), []
+        self._lock = threading.Condition()
+        self._thread, self._closed, self._reset = None, False, False
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def images_in_flight(self) -> int:
+        return len(self._images)
+
+    def submit(self, work: Work) -> Future:
+        if work.params is not None and work.params.guided and self.max_rows < 2:
+            raise InvalidInputError("guidance needs two rows per image, but this Generator runs one row per call; "
+                                    "use cfg_scale=1 or a larger max_batch", ["cfg_scale"])
+        with self._lock:
+            if self._closed:
+                raise CancelledError("this Generator is closed; open a new one")
+            if len(self._waiting) >= self.max_queue:
+                raise OverloadedError(f"{len(self._waiting)} requests are waiting already (max_queue "
+                                      f"{self.max_queue}); try again shortly")
+            self._waiting.append(work)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="dnd-scheduler", daemon=True)
+                self._thread.start()
+            self._lock.notify()
+        return work.future
+
+    def close(self) -> None:
+        """Stop the thread; requests not finished get CancelledError."""
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    # --- the scheduler thread -------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not (self._waiting or self._images or self._closed):
+                    self._lock.wait()
+                if self._closed:
+                    break
+                self._drop_cancelled()
+                decodes = self._admit()
+            try:
+                for work in decodes:
+                    _resolve(work.future, lambda w=work: self._decode(w.codes, w.batch_size))
+                if self._images:
+                    self._step()
+            except Exception as e:  # a backend failure fails the requests it touched, not the thread
+                for work in {im.work for im in self._images}:
+                    _fail(work.future, e)
+                self._images = []
+        for work in [*self._waiting, *(im.work for im in self._images)]:
+            _fail(work.future, CancelledError("the Generator closed before this request finished"))
+
+    def _drop_cancelled(self) -> None:
+        self._waiting = deque(w for w in self._waiting if not w.future.done())
+        self._images = [im for im in self._images if not im.work.future.done()]
+
+    def _admit(self) -> list:
+        """Give free rows to waiting images, first come first served; returns the decodes to run now."""
+        used = {r for im in self._images for r in im.rows}
+        free = [r for r in range(self.max_rows) if r not in used]
+        decodes, h, w, depth = [], *self.gen.latent_shape
+        while self._waiting:
+            work = self._waiting[0]
+            if work.labels is None:
+                decodes.append(self._waiting.popleft())
+                continue
+            need = 2 if work.params.guided else 1
+            while work.admitted < len(work.labels) and work.running < work.batch_size and len(free) >= need:
+                j = work.admitted
+                rows = free[:need]
+                del free[:need]
+                u = image_uniforms(work.seed, int(work.indices[j]), h * w * depth).reshape(h * w, depth)
+                self._images.append(_Image(work, j, rows[0], rows[1] if need == 2 else -1, u))
+                work.admitted, work.running = j + 1, work.running + 1
+            if work.admitted < len(work.labels):
+                break  # rows are full, or the request's own batch_size: keep arrival order either way
+            self._waiting.popleft()
+        return decodes
+
+    def _step(self) -> None:
+        """One latent position of every image in flight."""
+        t0, gen, images = time.perf_counter(), self.gen, self._images
+        if not self._reset:  # the cache is allocated once; rows are restarted by position 0 from then on
+            gen.backend.reset(self.max_rows)
+            self._reset = True
+        n = 1 + max(r for im in images for r in im.rows)
+        cond = np.array([im.cond for im in images])
+        uncond = np.array([im.uncond for im in images])
+        guided = uncond >= 0
+        positions = np.zeros(n, np.int64)
+        hidden = np.zeros((n, 1, gen.tok_embeddings.shape[1]), np.float32)
+        first = np.array([im.pos == 0 for im in images])
+        if first.any():  # the condition token: the class, and the null class for the unconditional row
+            labels = np.array([im.work.labels[im.j] for im in images])
+            hidden[cond[first]] = gen.cls_embedding[labels[first]][:, None, :]
+            hidden[uncond[first & guided]] = gen.cls_embedding[[gen.manifest.null_class]][:, None, :]
+        if not first.all():  # else the summed embeddings of the previous cell's codes
+            later = [im for im in images if im.pos > 0]
+            prev = np.stack([im.work.codes[im.j, im.pos - 1] for im in later])
+            emb = embed_codes(gen.tok_embeddings, prev[:, None, :])
+            for im, e in zip(later, emb):
+                hidden[list(im.rows)] = e
+        for im in images:
+            positions[list(im.rows)] = im.pos
+        u = np.stack([im.u[im.pos] for im in images])
+        params = [im.work.params for im in images]
+        depth = u.shape[1]
+        tokens = np.empty((len(images), depth), np.int64)
+        for k in range(depth):
+            logits, hidden_out = gen.backend.stage_step(k, hidden, positions)
+            tokens[:, k] = sample_images(logits, cond, uncond, u[:, k], params, k)
+            if k < depth - 1:  # both halves of a guided image get the same token
+                add = np.zeros((n, 1, hidden.shape[2]), np.float32)
+                add[cond] = gen.tok_embeddings[tokens[:, k]][:, None, :]
+                add[uncond[guided]] = gen.tok_embeddings[tokens[guided, k]][:, None, :]
+                hidden = hidden_out + add
+        self._advance(images, tokens)
+        for listener in self.listeners:
+            listener(len(images), n, time.perf_counter() - t0)
+
+    def _advance(self, images: list, tokens: np.ndarray) -> None:
+        length = self.gen.latent_shape[0] * self.gen.latent_shape[1]
+        for im, tok in zip(images, tokens):
+            im.work.codes[im.j, im.pos] = tok
+            im.pos += 1
+        done = [im for im in images if im.pos == length]
+        with self._lock:
+            self._images = [im for im in images if im.pos < length]
+        for im in done:
+            work = im.work
+            work.running, work.finished = work.running - 1, work.finished + 1
+            if work.finished == len(work.labels):
+                codes = work.codes.reshape(len(work.labels), *self.gen.latent_shape)
+                _resolve(work.future, lambda: self._decode(codes, work.batch_size) if work.want_images else codes)
+
+    def _decode(self, codes: np.ndarray, batch_size: int) -> list:
+        run = self.gen.backend.run
+        return [im for lo in range(0, len(codes), batch_size)
+                for im in to_pil(run("decoder", {"codes": codes[lo:lo + batch_size]})["image"])]
+
+
+def _resolve(future: Future, compute) -> None:
+    if future.done():  # cancelled meanwhile: its result is not wanted
+        return
+    try:
+        result = compute()
+    except Exception as e:
+        _fail(future, e)
+        return
+    try:
+        future.set_result(result)
+    except InvalidStateError:
+        pass
+
+
+def _fail(future: Future, error: Exception) -> None:
+    try:
+        future.set_exception(error)
+    except InvalidStateError:
+        pass

@@ -1,0 +1,106 @@
+"""One Generator shared by threads: concurrent calls are batched, and each returns what it returns alone."""
+import threading
+from concurrent.futures import CancelledError as FutureCancelled
+
+import numpy as np
+import pytest
+
+from dnd_sdk import Generator
+from dnd_sdk.errors import OverloadedError, RequestTimeoutError
+
+# mixed settings: guided and not, greedy, filtered, per-head temperatures, several seeds and labels
+CALLS = [
+    dict(labels=["cat"], seed=0, cfg_scale=1.0),
+    dict(labels=["dog", "fish"], seed=1, cfg_scale=2.0),
+    dict(num=3, seed=2, cfg_scale=1.0, temperature=0.0),
+    dict(labels=[3], seed=3, cfg_scale=3.0, top_k=5),
+    dict(labels=["bird", 0], seed=4, cfg_scale=1.0, top_p=0.7),
+    dict(labels="dog", start=7, seed=5, cfg_scale=1.5, head_temperatures=[0.5, 1.2]),
+    dict(num=2, seed=6, cfg_scale=1.0, temperature=0.6, top_k=10, top_p=0.9),
+    dict(labels=["fish"], image_indices=[4, 9], seed=7, cfg_scale=2.0, temperature=0.0),
+]
+
+
+@pytest.fixture()
+def gen(tiny_model_dir):
+    with Generator(tiny_model_dir, backend="onnxruntime-cpu", threads=1) as g:
+        yield g
+
+
+def _batch_sizes(gen) -> list:
+    sizes = []
+    gen.scheduler.listeners.append(lambda images, rows, seconds: sizes.append(images))
+    return sizes
+
+
+def test_threads_sharing_a_generator_get_their_serial_results(gen):
+    serial = [gen.sample_codes(**kw) for kw in CALLS]
+    sizes = _batch_sizes(gen)
+    results, start = [None] * 12, threading.Barrier(12)
+
+    def call(i):
+        start.wait()
+        results[i] = gen.sample_codes(**CALLS[i % len(CALLS)], timeout=60)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for i, got in enumerate(results):
+        np.testing.assert_array_equal(got, serial[i % len(CALLS)])
+    assert max(sizes) > 3  # the requests really shared backend calls
+
+
+def test_images_and_decode_from_threads_equal_serial_ones(gen):
+    serial = [np.asarray(im) for im in gen.sample(**CALLS[1])]
+    codes = gen.sample_codes(**CALLS[2])
+    decoded = [np.asarray(im) for im in gen.decode(codes)]
+    out = {}
+    threads = [threading.Thread(target=lambda: out.update(a=gen.sample(**CALLS[1]))),
+               threading.Thread(target=lambda: out.update(b=gen.decode(codes))),
+               threading.Thread(target=lambda: out.update(c=gen.sample_codes(**CALLS[0])))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert [np.asarray(im).tolist() for im in out["a"]] == [s.tolist() for s in serial]
+    assert [np.asarray(im).tolist() for im in out["b"]] == [d.tolist() for d in decoded]
+
+
+def test_a_request_joining_mid_batch_gets_its_image_alone(gen):
+    first, late = dict(num=2, seed=11, cfg_scale=2.0), dict(labels=["fish"], seed=12, cfg_scale=1.0, top_k=7)
+    alone_first, alone_late = gen.sample_codes(**first), gen.sample_codes(**late)
+    sizes, joined = _batch_sizes(gen), []
+
+    def join_at_step_three(images, rows, seconds):
+        if len(sizes) == 3:  # the first request sits at latent position 3 of 8 now
+            joined.append(gen.submit(gen.request(**late), images=False))
+
+    gen.scheduler.listeners.append(join_at_step_three)
+    got_first = gen.sample_codes(**first, timeout=60)
+    np.testing.assert_array_equal(got_first, alone_first)
+    np.testing.assert_array_equal(joined[0].result(60), alone_late)
+    # 3 steps alone, 5 together, 3 for the late one alone: it joined at the next position, not after the batch
+    assert sizes == [2, 2, 2, 3, 3, 3, 3, 3, 1, 1, 1]
+
+
+def test_timeout_and_cancel_drop_the_request_and_leave_others_alone(gen):
+    expected = gen.sample_codes(**CALLS[1])
+    with pytest.raises(RequestTimeoutError, match="within its timeout of 1e-05 s"):
+        gen.sample(num=64, seed=0, timeout=1e-5)
+    future = gen.submit(gen.request(num=64, seed=0), images=False)
+    assert future.cancel()
+    with pytest.raises(FutureCancelled):
+        future.result()
+    np.testing.assert_array_equal(gen.sample_codes(**CALLS[1], timeout=60), expected)
+    assert gen.scheduler.queue_depth == 0
+
+
+def test_a_full_queue_is_refused_at_once(tiny_model_dir):
+    with Generator(tiny_model_dir, backend="onnxruntime-cpu", threads=1, max_batch=2, max_queue=1) as gen:
+        long = gen.submit(gen.request(num=40, seed=0, cfg_scale=1.0), images=False)  # waits for rows 20 times
+        with pytest.raises(OverloadedError, match=r"1 requests are waiting already \(max_queue 1\)"):
+            gen.sample(labels=["cat"], seed=0)
+        assert long.result(60).shape == (40, 2, 4, 2)
+        assert len(gen.sample(labels=["cat"], seed=0, timeout=60)) == 1
