@@ -5,6 +5,7 @@ from pathlib import Path
 import click
 
 from dnd_sdk.backends import BACKEND_CHOICES
+from dnd_sdk.cli.options import sampler_options
 from dnd_training.model import MODEL_CONFIGS
 
 
@@ -23,16 +24,14 @@ from dnd_training.model import MODEL_CONFIGS
               help="The runtime's backend.")
 @click.option("--reference-device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="Where the PyTorch reference runs; cuda compares a GPU backend with PyTorch on the same GPU.")
-@click.option("--cfg-scale", type=float, help="[default: the model's own]")
-@click.option("--temperature", type=float, help="[default: the model's own]")
+@sampler_options(seed=False)
 @click.option("--profile", is_flag=True, help="Also time stage calls, sampling and decoder, and rate them in GFLOP/s "
                                               "against this run's GEMM rate.")
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the JSON here.")
 def bench(checkpoint, model_dir, preset, dtype, batches, num_batches, repeats, threads, backend, reference_device,
-          cfg_scale, temperature, profile, out):
+          sampling, profile, out):
     """Benchmark the exported runtime against the PyTorch reference sampler (ratio in the same run)."""
     from .bench import bench_command
-    sampling = {k: v for k, v in (("cfg_scale", cfg_scale), ("temperature", temperature)) if v is not None}
     result = bench_command(checkpoint, model_dir, list(batches), num_batches, threads, repeats, sampling, backend,
                            preset, dtype, profile, reference_device)
     text = json.dumps(result, indent=2)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from dnd_sdk.cli.options import sampler_grid_options, sampler_options
 from dnd_sdk.errors import InvalidInputError
 
 
@@ -21,23 +22,20 @@ def evaluate():
               help="--dataset or a tokenizer: judge the first N built-in words [default: 32; a tokenizer's own words].")
 @click.option("--seed", type=int, default=1000, show_default=True, help="Seed of the sampled or rendered images.")
 @click.option("--depth", type=int, help="Tokenizer: decode from the first DEPTH codes only.")
-@click.option("--cfg-scale", type=float, help="Model: guidance scale [default: the model's].")
-@click.option("--temperature", type=float, help="Model: temperature [default: the model's].")
+@sampler_options(seed=False)
 @click.option("--threads", type=int, help="Model: ONNX Runtime threads.")
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the full result here as JSON, with the per-image list (index, label, OCR text, PNG).")
 @click.option("--save-images", type=click.Path(file_okay=False, path_type=Path),
               help="Model: also save the judged images here, so the per-image list points at them.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def ocr(target, dataset, per_class, num_classes, seed, depth, cfg_scale, temperature, threads, out, save_images,
-        quiet):
+def ocr(target, dataset, per_class, num_classes, seed, depth, sampling, threads, out, save_images, quiet):
     """TARGET: an exported model folder, a `dnd generate` folder, or a tokenizer.pt / checkpoint.pt.
 
     Prints a summary; -o FILE keeps every image's result."""
     from . import evaluate as ev
     from dnd_training.data import load_words
     progress = not quiet
-    sampling = {k: v for k, v in (("cfg_scale", cfg_scale), ("temperature", temperature)) if v is not None}
     if dataset:
         result = ev.eval_dataset(num_classes=32 if num_classes is None else num_classes, per_class=per_class, seed=seed,
                                  progress=progress)
@@ -61,10 +59,7 @@ def ocr(target, dataset, per_class, num_classes, seed, depth, cfg_scale, tempera
 
 @evaluate.command("sweep")
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--cfg-scale", "cfg_scales", type=float, multiple=True, default=(1.0, 1.5, 2.0, 3.0), show_default=True,
-              help="Guidance scales to try (repeatable).")
-@click.option("--temperature", "temperatures", type=float, multiple=True, default=(0.0, 0.3, 0.6, 1.0),
-              show_default=True, help="Temperatures to try (repeatable).")
+@sampler_grid_options(cfg_scale=(1.0, 1.5, 2.0, 3.0), temperature=(0.0, 0.3, 0.6, 1.0))
 @click.option("--per-class", type=int, default=4, show_default=True, help="Images per class and setting.")
 @click.option("--seed", type=int, default=1000, show_default=True, help="Seed of the sampled images (the same for every setting).")
 @click.option("--threads", type=int, help="ONNX Runtime threads.")

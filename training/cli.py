@@ -15,6 +15,7 @@ import logging
 import click
 
 from dnd_sdk.cli.flags import user_errors
+from dnd_sdk.cli.options import sampler_options
 
 
 def _run_options(fn):
@@ -83,15 +84,12 @@ def transformer_cmd(config_path, overrides, steps, batch_size, out_dir, resume, 
 
 @train.command("set-defaults")
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
-@click.option("--cfg-scale", type=float, help="Guidance scale (1 = off).")
-@click.option("--temperature", type=float, help="Sampling temperature (0 = greedy).")
-@click.option("--top-k", type=int, help="Keep the k most likely codes (0 = off).")
-@click.option("--top-p", type=float, help="Nucleus mass (1 = off).")
+@sampler_options(seed=False, unset="keep the stored value")
 @user_errors
-def set_defaults_cmd(checkpoint, cfg_scale, temperature, top_k, top_p):
+def set_defaults_cmd(checkpoint, sampling):
     """Make these the checkpoint's default sampling settings (kept in meta, exported to the manifest)."""
     from .checkpoint import set_sampler_defaults
-    stored = set_sampler_defaults(checkpoint, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p)
+    stored = set_sampler_defaults(checkpoint, **sampling)
     click.echo(f"{checkpoint}: sampler defaults " + ", ".join(f"{k}={v}" for k, v in stored.items()))
 
 

@@ -6,7 +6,7 @@ import click
 
 from ..batch import BatchJob, run_batch
 from ..generator import Generator
-from .options import backend_options, ray_options, sampling_options
+from .options import backend_options, ray_options, sampler_options
 
 
 def _shard(ctx, param, value):
@@ -34,7 +34,7 @@ def _labels(ctx, param, value):
 @click.option("--per-class", type=int, help="K images of every class (num = K x classes).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Images per backend call.")
-@sampling_options
+@sampler_options
 @click.option("--shard", default="0/1", show_default=True, callback=_shard,
               help="I/N: make only the I-th (0-based) of N disjoint parts of the index range.")
 @click.option("--npz", is_flag=True, help="Also write samples.npz (arr_0: uint8 NHWC), as FID evaluators read.")

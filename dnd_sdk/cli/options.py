@@ -5,8 +5,17 @@ import functools
 import click
 
 from ..backends import BACKEND_CHOICES
+from ..sampler import SAMPLER_KEYS
 
-SAMPLING_KEYS = ("cfg_scale", "temperature", "top_k", "top_p")
+# The sampler's settings on a command line, declared once for every command that samples or stores them:
+# SamplingParams field -> (flag, type, what it does)
+SAMPLER_FLAGS = {
+    "cfg_scale": ("--cfg-scale", float, "Guidance scale; 1 turns guidance off."),
+    "temperature": ("--temperature", float, "0 is greedy."),
+    "top_k": ("--top-k", int, "Keep the k most likely tokens; 0 keeps all."),
+    "top_p": ("--top-p", float, "Nucleus mass in (0, 1]; 1 keeps all."),
+}
+assert tuple(SAMPLER_FLAGS) == SAMPLER_KEYS
 
 
 def _stack(*decorators):
@@ -17,20 +26,33 @@ def _stack(*decorators):
     return apply
 
 
-def sampling_options(f):
-    """Sampling: seed and the sampler settings -> `seed` and `sampling` (dict of the ones given)."""
-    @_stack(
-        click.option("--seed", type=int, default=0, show_default=True, help="Request seed; image i depends on (seed, i) only."),
-        click.option("--cfg-scale", type=float, help="Guidance scale; 1 turns guidance off. [default: the model's]"),
-        click.option("--temperature", type=float, help="0 is greedy. [default: the model's]"),
-        click.option("--top-k", type=int, help="Keep the k most likely tokens; 0 keeps all. [default: the model's]"),
-        click.option("--top-p", type=float, help="Nucleus mass in (0, 1]; 1 keeps all. [default: the model's]"),
-    )
-    @functools.wraps(f)
-    def wrapper(**kwargs):
-        given = {k: kwargs.pop(k) for k in SAMPLING_KEYS}
-        return f(sampling={k: v for k, v in given.items() if v is not None}, **kwargs)
-    return wrapper
+def sampler_options(f=None, *, seed: bool = True, seed_default: int = 0, unset: str = "the model's"):
+    """The sampler settings -> `sampling` (dict of the ones given; the rest take the model's defaults),
+    and with seed=True `--seed` -> `seed`. `unset` says in --help what an absent setting means."""
+    def decorate(f):
+        options = [click.option(flag, type=kind, help=f"{text} [default: {unset}]")
+                   for flag, kind, text in SAMPLER_FLAGS.values()]
+        if seed:
+            options.insert(0, click.option("--seed", type=int, default=seed_default, show_default=True,
+                                           help="Request seed; image i depends on (seed, i) only."))
+
+        @_stack(*options)
+        @functools.wraps(f)
+        def wrapper(**kwargs):
+            given = {k: kwargs.pop(k) for k in SAMPLER_KEYS}
+            return f(sampling={k: v for k, v in given.items() if v is not None}, **kwargs)
+        return wrapper
+    return decorate if f is None else decorate(f)
+
+
+def sampler_grid_options(**values):
+    """Several values of some sampler settings, e.g. sampler_grid_options(cfg_scale=(1.0, 2.0)) ->
+    `cfg_scales` (tuple; the flag is repeatable, `values` its default)."""
+    def decorate(f):
+        return _stack(*(click.option(SAMPLER_FLAGS[k][0], f"{k}s", type=SAMPLER_FLAGS[k][1], multiple=True,
+                                     default=v, show_default=True, help=f"{SAMPLER_FLAGS[k][2]} Values to try "
+                                     "(repeatable).") for k, v in values.items()))(f)
+    return decorate
 
 
 def backend_options(f):
