@@ -11,7 +11,7 @@ $(VENV)/.installed: setup.py
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[train,cpu,eval,dev,ray]"
+	$(PY) -m pip install -q -e ".[train,cpu,eval,dev,ray,serve]"
 	touch $@
 
 setup: $(VENV)/.installed

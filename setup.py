@@ -38,7 +38,8 @@ setup(
         "export": ["torch>=2.4", "onnx", "onnxscript", "polygraphy"],
         "eval": ["pytesseract"],
         "ray": ["ray>=2.60,<3"],
-        "dev": ["pytest", "hypothesis"],
+        "serve": ["starlette>=0.37", "uvicorn>=0.30", "prometheus_client>=0.20"],
+        "dev": ["pytest", "hypothesis", "httpx"],
     },
     entry_points={
         "console_scripts": [

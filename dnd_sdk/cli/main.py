@@ -14,6 +14,7 @@ from .flags import click_error
 # name: ("module:attribute", one-line help, extra that installs its dependencies)
 COMMANDS = {
     "generate": ("dnd_sdk.cli.generate:generate", "Sample numbered PNGs (+ metadata, npz, grid) into a folder; resumable.", None),
+    "serve": ("dnd_sdk.cli.serve:serve", "Serve a model over HTTP, batching concurrent requests.", "serve"),
     "info": ("dnd_sdk.cli.info:info", "Print the summary of a model folder's manifest.", None),
     "train": ("dnd_training.cli:train", "Train a tokenizer, extract codes, train a transformer.", "train"),
     "export": ("dnd_export.cli:main", "Export a checkpoint.pt to an ONNX model folder (same as dnd-export).", "export"),
