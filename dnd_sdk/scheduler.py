@@ -26,7 +26,7 @@ from .images import to_pil
 from .sampler import SamplingParams, embed_codes, image_uniforms, sample_images
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity: a set of requests holds each once
 class Work:
     """One submitted request: its images' codes (and then images), or a decode of given codes."""
     future: Future
@@ -171,7 +171,8 @@ class Scheduler:
         if first.any():  # the condition token: the class, and the null class for the unconditional row
             labels = np.array([im.work.labels[im.j] for im in images])
             hidden[cond[first]] = gen.cls_embedding[labels[first]][:, None, :]
-            hidden[uncond[first & guided]] = gen.cls_embedding[[gen.manifest.null_class]][:, None, :]
+            if (first & guided).any():
+                hidden[uncond[first & guided]] = gen.cls_embedding[gen.manifest.null_class]
         if not first.all():  # else the summed embeddings of the previous cell's codes
             later = [im for im in images if im.pos > 0]
             prev = np.stack([im.work.codes[im.j, im.pos - 1] for im in later])
