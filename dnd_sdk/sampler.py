@@ -11,7 +11,6 @@ import numpy as np
 
 from .arguments import integer, number
 from .errors import InvalidInputError
-from .manifest_schema import SAMPLER_KEYS  # noqa: F401 (the settings a model stores as its defaults)
 
 # Dividing logits by a temperature this small overflows float64 (1e-320 turns every row into
 # NaN), and long before that the distribution is one-hot: below it, sampling is greedy.
@@ -24,7 +23,7 @@ MAX_CFG_SCALE = 100.0
 class SamplingParams:
     """How tokens are drawn: the one definition of the sampler's settings, carried from the command line
     (`dnd_sdk.cli.options`) and the server through `Generator.request` to every row of a batch, and
-    stored (SAMPLER_KEYS) as a model's defaults. `head_temperatures` (one per depth) overrides `temperature`."""
+    stored (manifest_schema.SAMPLER_KEYS) as a model's defaults. `head_temperatures` (one per depth) overrides `temperature`."""
     cfg_scale: float = 1.0
     temperature: float = 1.0
     top_k: int = 0

@@ -5,7 +5,7 @@ import functools
 import click
 
 from ..backends import BACKEND_CHOICES
-from ..sampler import SAMPLER_KEYS
+from ..manifest_schema import SAMPLER_KEYS
 
 # The sampler's settings on a command line, declared once for every command that samples or stores them:
 # SamplingParams field -> (flag, type, what it does)
