@@ -18,6 +18,8 @@ from typing import Optional
 import torch
 
 from dnd_sdk.errors import InvalidInputError
+from dnd_sdk.manifest_schema import SAMPLER_KEYS
+from dnd_sdk.sampler import SamplingParams
 from .checkpoint import load_checkpoint, save_checkpoint
 from .codes import CodesConfig, CodeSet, load_codes
 from .config import save_config
@@ -31,20 +33,12 @@ from .train_common import Loop, TrainConfig, batch_indices, check_same_settings,
 
 
 @dataclass
-class SamplerDefaults:
-    cfg_scale: float = 1.0
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-
-
-@dataclass
 class TransformerRunConfig:
     model_preset: Optional[str] = None  # a MODEL_CONFIGS name; `model` entries override it
     model: dict = field(default_factory=dict)
     codes: CodesConfig = field(default_factory=CodesConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="runs/transformer"))
-    sampler_defaults: Optional[SamplerDefaults] = None  # stored in meta; also used for the sample grids
+    sampler_defaults: Optional[SamplingParams] = None  # stored in meta (SAMPLER_KEYS); also used for the sample grids
     sample_classes: int = 8  # classes shown in each sample grid (2 images each)
 
 
@@ -100,7 +94,8 @@ def train_transformer(cfg: TransformerRunConfig, *, resume: bool = False, stop_a
     codes = torch.from_numpy(data.codes.astype("int64")).flatten(1, 2)  # [N, L, D], raster order
     labels = torch.from_numpy(data.labels)
     local = d.local_slice(tcfg.batch_size)
-    sampler = dataclasses.asdict(cfg.sampler_defaults or SamplerDefaults())
+    defaults = cfg.sampler_defaults or SamplingParams()
+    sampler = {k: getattr(defaults, k) for k in SAMPLER_KEYS}
     if not args.has_null_class:
         sampler["cfg_scale"] = 1.0  # no null class: guidance is impossible
     meta = {"stage": "transformer", "codes": dataclasses.asdict(cfg.codes), "train": dataclasses.asdict(tcfg),

@@ -7,15 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dnd_sdk import Generator
 from dnd_sdk.batch import BatchJob, run_batch
 from dnd_sdk.errors import InvalidInputError
-
-
-@pytest.fixture(scope="module")
-def gen(tiny_model_dir):
-    with Generator(tiny_model_dir, threads=1) as g:
-        yield g
 
 
 def tree(folder):

@@ -11,19 +11,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from dnd_sdk import Generator
 from dnd_sdk import folders
 from dnd_sdk.batch import BatchJob, _shard_lock, run_batch
 from dnd_sdk.cli.main import cli
 from dnd_sdk.errors import InvalidInputError, OutputError
 
 JOB = BatchJob(num=6, seed=2, batch_size=2, npz=True, grid=True)
-
-
-@pytest.fixture(scope="module")
-def gen(tiny_model_dir):
-    with Generator(tiny_model_dir, threads=1) as g:
-        yield g
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,6 @@ from dnd_sdk.errors import BackendUnavailableError, InvalidInputError, ManifestE
 
 
 @pytest.fixture(scope="module")
-def gen(tiny_model_dir):
-    with Generator(tiny_model_dir, threads=1) as g:
-        yield g
-
-
-@pytest.fixture(scope="module")
 def unguided_model_dir(make_checkpoint, tmp_path_factory):
     from dnd_export import export_model
     folder = tmp_path_factory.mktemp("no_null")

@@ -326,6 +326,7 @@ def test_cli_import_with_release_labels_and_sampler_defaults(own_files, tmp_path
     assert code == 1 and "unique" in output and not (tmp_path / "b.pt").exists()
 
 
+@needs_fixtures
 def test_repeated_or_comma_labels_are_refused_when_a_checkpoint_or_folder_loads(imported, exported, tmp_path):
     raw = torch.load(imported[1], weights_only=True)
     for labels, word in ((["a"] * 10, "unique"), (["a,b"] + [str(i) for i in range(9)], "comma")):
