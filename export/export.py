@@ -36,7 +36,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, 
 DECODER_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.float32, "int8": torch.float32,
                   "int4": torch.float32}
 DEFAULT_OPSET = 17
-# scaled_dot_product_attention exports from opset 14; 20 is the TorchScript exporter's ceiling
+# the opsets the suite exports and lints (14 to 20); 20 is the TorchScript exporter's ceiling
 MIN_OPSET, MAX_OPSET = 14, 20
 SAMPLER_DEFAULTS = {"cfg_scale": 1.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
 

@@ -3,7 +3,6 @@
     specs_in, specs_out, extra_files = export_graph(wrapper, args, out_dir / "stage0.onnx",
                                                     inputs, outputs, dynamic_axes, opset=17)
 """
-import contextlib
 import shutil
 import tempfile
 import warnings
@@ -11,7 +10,6 @@ from pathlib import Path
 
 import onnx
 import torch
-from torch.onnx import symbolic_helper
 
 from dnd_sdk.folders import usual_mode
 from dnd_sdk.manifest import DIM_NAMES, TensorSpec
@@ -31,7 +29,7 @@ def export_graph(module, args, path: Path, input_names, output_names, dynamic_ax
     # folder, then save once in the layout we want (all weights in one file beside the graph)
     scratch = Path(tempfile.mkdtemp(prefix=".scratch-", dir=path.parent))
     try:
-        with torch.no_grad(), warnings.catch_warnings(), _attention_in_input_dtype():
+        with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
             torch.onnx.export(module, args, str(scratch / path.name), dynamo=False, opset_version=opset,
                               input_names=list(input_names), output_names=list(output_names),
@@ -96,34 +94,3 @@ def _spec(value: onnx.ValueInfoProto) -> TensorSpec:
     shape = [d.dim_param if d.dim_param else int(d.dim_value) for d in t.shape.dim]
     assert all(isinstance(d, int) or d in DIM_NAMES for d in shape), f"{value.name}: unexpected dims {shape}"
     return TensorSpec(value.name, ONNX_DTYPES[t.elem_type], shape)
-
-
-@symbolic_helper.parse_args("v", "v", "v", "v", "f", "b", "v", "b")
-def _sdpa(g, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-    """scaled_dot_product_attention with a boolean mask, kept in the query's dtype.
-
-    torch's own symbolic builds the mask from float32 constants, which promotes everything
-    after the first attention (weights included) to float32 in an fp16/bf16 export.
-    """
-    assert symbolic_helper._is_none(scale) and not is_causal and not enable_gqa and dropout_p == 0
-    dtype = query.type().dtype()
-    # head_dim ** -0.25 from the query's shape (traced shapes are symbolic here), in float32
-    head_dim = g.op("Gather", g.op("Shape", query), g.op("Constant", value_t=torch.tensor(-1)))
-    root = g.op("Sqrt", g.op("Sqrt", g.op("Cast", head_dim, to_i=onnx.TensorProto.FLOAT)))
-    root_scale = g.op("Cast", g.op("Reciprocal", root), to_i=torch.onnx.JitScalarType.from_value(query).onnx_type())
-    key_t = g.op("Transpose", key, perm_i=[0, 1, 3, 2])
-    # scale q and k by sqrt(scale) each, as torch's math kernel does, to keep fp16 products in range
-    scores = g.op("MatMul", g.op("Mul", query, root_scale), g.op("Mul", key_t, root_scale))
-    # every query sees at least itself, so no row is fully masked and softmax never meets all -inf
-    bias = g.op("Where", attn_mask, g.op("Constant", value_t=torch.tensor(0.0, dtype=dtype)),
-                g.op("Constant", value_t=torch.tensor(float("-inf"), dtype=dtype)))
-    return g.op("MatMul", g.op("Softmax", g.op("Add", scores, bias), axis_i=-1), value)
-
-
-@contextlib.contextmanager
-def _attention_in_input_dtype():
-    torch.onnx.register_custom_op_symbolic("aten::scaled_dot_product_attention", _sdpa, 14)
-    try:
-        yield
-    finally:
-        torch.onnx.unregister_custom_op_symbolic("aten::scaled_dot_product_attention", 14)
