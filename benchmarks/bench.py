@@ -1,7 +1,8 @@
 """Images/s of the torch-free runtime (dnd_sdk.Generator) vs the PyTorch reference sampler, same model, same run.
 
     dnd bench                                                   # random "tiny" model, exported to a temp dir
-    dnd bench --preset mid --dtype int8 --batch 1 --batch 16    # a random MODEL_CONFIGS preset, int8 stage graphs
+    dnd bench --preset mid --dtype int8 --batch 1 --batch 16    # a random MODEL_CONFIGS preset, int8 stages and decoder
+    dnd bench --preset mid --decoder-dtype int8                 # fp32 stages (exact tokens), int8 decoder
     dnd bench --checkpoint ckpt.pt --model out/model --batch 1 --batch 16 --threads 2 -o bench.json
     dnd bench --preset mid --batch 64 --profile                 # where the runtime's time goes
     dnd bench --checkpoint ckpt.pt --model out/engines --backend tensorrt --reference-device cuda   # both on the GPU
@@ -69,7 +70,7 @@ def bench(checkpoint, model_dir, batches, num_batches: int, threads: int, repeat
         if profile:
             rows[-1]["profile"] = profile_runtime(gen, model.args, tokenizer, runtime, num, sampling["cfg_scale"] != 1.0)
     report = {"model": str(model_dir), "backend": gen.backend_name, "reference": f"PyTorch on {reference_device}",
-              "dtype": gen.manifest.dtype, "threads": threads, "sampling": sampling, "torch": torch.__version__,
+              "dtype": gen.manifest.dtype, "decoder_dtype": gen.manifest.decoder_dtype, "threads": threads, "sampling": sampling, "torch": torch.__version__,
               "results": rows}
     if profile:
         report["gemm_gflops_per_s"] = round(gemm_gflops(threads), 2)
@@ -83,12 +84,12 @@ def bench(checkpoint, model_dir, batches, num_batches: int, threads: int, repeat
 
 def bench_command(checkpoint, model_dir, batches, num_batches=4, threads=1, repeats=3, sampling=None,
                   backend: str = "onnxruntime-cpu", preset: str = "tiny", dtype: str = "fp32",
-                  profile: bool = False, reference_device: str = "cpu") -> dict:
+                  profile: bool = False, reference_device: str = "cpu", decoder_dtype: str = "auto") -> dict:
     """`bench` with defaults filled in: without a checkpoint, a random `preset` model exported to a temp dir."""
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = checkpoint or random_checkpoint(Path(tmp) / "checkpoint.pt", preset)[0]
         if model_dir is None:
             from dnd_export import export_model
-            model_dir = export_model(checkpoint, Path(tmp) / "model", dtype=dtype)
+            model_dir = export_model(checkpoint, Path(tmp) / "model", dtype=dtype, decoder_dtype=decoder_dtype)
         return bench(checkpoint, model_dir, batches, num_batches, threads, repeats, sampling or {}, backend,
                      reference_device, profile)

@@ -6,6 +6,7 @@ import click
 
 from dnd_sdk.backends import BACKEND_CHOICES
 from dnd_sdk.cli.options import sampler_options
+from dnd_sdk.manifest_schema import DECODER_DTYPES
 from dnd_training.model import MODEL_CONFIGS
 
 
@@ -16,6 +17,8 @@ from dnd_training.model import MODEL_CONFIGS
               help="Without --checkpoint: this MODEL_CONFIGS preset with random weights.")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "int8", "int4"]), default="fp32", show_default=True,
               help="Without --model: the export dtype of the temp folder.")
+@click.option("--decoder-dtype", type=click.Choice(["auto", *DECODER_DTYPES]), default="auto", show_default=True,
+              help="Without --model: the temp folder's decoder precision (dnd-export --decoder-dtype).")
 @click.option("--batch", "batches", type=int, multiple=True, default=(1, 16), show_default=True, help="Batch sizes (repeatable).")
 @click.option("--num-batches", type=int, default=4, show_default=True, help="Batches per timed run.")
 @click.option("--repeats", type=int, default=3, show_default=True, help="Timed runs per setting; the best counts.")
@@ -28,12 +31,12 @@ from dnd_training.model import MODEL_CONFIGS
 @click.option("--profile", is_flag=True, help="Also time stage calls, sampling and decoder, and rate them in GFLOP/s "
                                               "against this run's GEMM rate.")
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the JSON here.")
-def bench(checkpoint, model_dir, preset, dtype, batches, num_batches, repeats, threads, backend, reference_device,
+def bench(checkpoint, model_dir, preset, dtype, decoder_dtype, batches, num_batches, repeats, threads, backend, reference_device,
           sampling, profile, out):
     """Benchmark the exported runtime against the PyTorch reference sampler (ratio in the same run)."""
     from .bench import bench_command
     result = bench_command(checkpoint, model_dir, list(batches), num_batches, threads, repeats, sampling, backend,
-                           preset, dtype, profile, reference_device)
+                           preset, dtype, profile, reference_device, decoder_dtype)
     text = json.dumps(result, indent=2)
     if out:
         out.write_text(text + "\n")

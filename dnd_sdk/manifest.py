@@ -9,7 +9,7 @@ Public API:
     Stage(graph, layers, head)
     Manifest                        the whole file; helpers: depth, stage_names, graph_path(name),
                                     file_path(name), inputs(name), outputs(name), past_names(layer),
-                                    new_names(layer), stage_backends, to_dict(), from_dict(d)
+                                    new_names(layer), backends, to_dict(), from_dict(d)
     write_manifest(model_dir, manifest) -> Manifest   fills sha256/bytes of every file, writes json
     load_manifest(model_dir, verify=True) -> Manifest validates fields and every file's sha256
 """
@@ -25,7 +25,7 @@ from .errors import ManifestError
 from .folders import atomic_write
 from .manifest_checks import problems
 from .manifest_schema import (  # noqa: F401 (the schema's names are imported from here)
-    BACKEND_NAMES, DIM_NAMES, DTYPES, KV_TEMPLATES, ONNXRUNTIME_ONLY, SAMPLER_KEYS, TENSOR_DTYPES)
+    BACKEND_NAMES, DECODER_DTYPES, DIM_NAMES, DTYPES, KV_TEMPLATES, ONNXRUNTIME_ONLY, SAMPLER_KEYS, TENSOR_DTYPES)
 from .model_files import RERUN as _RERUN, inside, verify as verify_file, verify_graph
 
 FORMAT, VERSION = "dnd-model", 2
@@ -96,6 +96,7 @@ class Manifest:
     files: dict    # name -> FileEntry; names stage0..stage{D-1}, decoder, embeddings
     cache_length: int  # L, the slots of every fixed KV cache tensor [rows, kv_heads, L, head_dim]
     forms: dict = field(default_factory=lambda: {"stages": list(BACKEND_NAMES)})  # graph form -> backends
+    decoder_dtype: str = ""  # fp32, fp16 or int8; "" in folders written before it was recorded (the export's)
     producer: dict = field(default_factory=dict)
     kv: dict = field(default_factory=lambda: dict(KV_TEMPLATES))
     format: str = FORMAT
@@ -135,9 +136,16 @@ class Manifest:
         return self.kv["new_key"] % layer, self.kv["new_value"] % layer
 
     @property
-    def stage_backends(self) -> list:
-        """The backends that may run the stage graphs (int8/int4 graphs: ONNX Runtime only)."""
-        return list(self.forms["stages"])
+    def backends(self) -> list:
+        """The backends that may run this folder: those of every graph form (int8/int4 stage graphs and
+        int8 decoders use ONNX Runtime's own operators). A folder without a decoder form predates it:
+        its decoder runs everywhere."""
+        return [b for b in self.forms["stages"] if b in self.forms.get("decoder", BACKEND_NAMES)]
+
+    @property
+    def graph_kinds(self) -> str:
+        """The graphs' precisions in words, e.g. "int8 stages, int8 decoder"."""
+        return f"{self.dtype} stages, {self.decoder_dtype or 'float'} decoder"
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -157,7 +165,7 @@ class Manifest:
             # version 1 stage graphs grew their cache by concatenation; no backend runs them any more
             raise ManifestError(f"manifest version {d.get('version')!r} is not supported (this build reads {VERSION}). {_RERUN}")
         names = [f.name for f in dataclasses.fields(cls) if f.name != "model_dir"]
-        required = [n for n in names if n not in ("producer", "kv", "forms")]
+        required = [n for n in names if n not in ("producer", "kv", "forms", "decoder_dtype")]
         missing = [n for n in required if n not in d]
         if missing:
             raise ManifestError(f"manifest.json is missing required field(s) {missing}. {_RERUN}")

@@ -4,7 +4,7 @@ when the list is not empty, so the runtime never allocates from a number it has 
 """
 from .errors import InvalidInputError
 from .labels import label_problem
-from .manifest_schema import BACKEND_NAMES, DTYPES, KV_TEMPLATES, SAMPLER_KEYS
+from .manifest_schema import BACKEND_NAMES, DECODER_DTYPES, DTYPES, KV_TEMPLATES, SAMPLER_KEYS
 from .sampler import SamplingParams
 
 # generous bounds: far beyond any trained model, far below what would exhaust memory
@@ -51,9 +51,12 @@ def problems(m) -> list:
         need(label_problem(m.labels) is None, str(label_problem(m.labels)))
         need(m.null_class is None or _int_in(m.null_class, len(m.labels), len(m.labels)),
              f"null_class must be null or {len(m.labels)} (the number of labels), got {m.null_class!r}")
-    need(isinstance(m.forms, dict) and isinstance(m.forms.get("stages"), list) and m.forms["stages"]
-         and set(m.forms["stages"]) <= set(BACKEND_NAMES),
-         f"forms.stages must be a non-empty list of backends among {BACKEND_NAMES}, got {m.forms!r}")
+    need(isinstance(m.forms, dict) and set(m.forms) <= {"stages", "decoder"} and "stages" in m.forms
+         and all(isinstance(v, list) and v and set(v) <= set(BACKEND_NAMES) for v in m.forms.values()),
+         f"forms needs stages (and may have decoder), each a non-empty list of backends among {BACKEND_NAMES}, "
+         f"got {m.forms!r}")
+    need(m.decoder_dtype in ("", *DECODER_DTYPES), f"decoder_dtype must be one of {DECODER_DTYPES}, got "
+                                                    f"{m.decoder_dtype!r}")
     need(_int_in(m.cache_length, 1, LIMITS["tensor dim"]),
          f"cache_length must be an int in 1..{LIMITS['tensor dim']}, got {m.cache_length!r}")
     need(isinstance(m.kv, dict) and set(m.kv) == set(KV_TEMPLATES) and all(_kv_template(t) for t in m.kv.values()),

@@ -3,6 +3,7 @@
 so neither has to import the other back. Import them from `dnd_sdk.manifest`.
 """
 DTYPES = ("fp32", "fp16", "bf16", "int8", "int4")
+DECODER_DTYPES = ("fp32", "fp16", "int8")  # the decoder graph's own: int8 is ONNX Runtime's QLinearConv
 TENSOR_DTYPES = ("float32", "float16", "bfloat16", "int64", "uint8", "uint16", "bool")
 DIM_NAMES = ("batch_size",)
 SAMPLER_KEYS = ("cfg_scale", "temperature", "top_k", "top_p")

@@ -72,9 +72,9 @@ def build_engines(model_dir, out_dir, config: BuildConfig = BuildConfig(), force
     manifest = load_manifest(model_dir)  # every file verified before hours of GPU time go into it
     if out_dir.resolve() == model_dir.resolve():
         raise InvalidInputError("the engine folder must differ from the model folder; choose another -o")
-    if "tensorrt" not in manifest.stage_backends:  # int8/int4 graphs use ONNX Runtime's own operators
-        raise InvalidInputError(f"{model_dir} holds {manifest.dtype} stage graphs for {', '.join(manifest.stage_backends)} "
-                                "only; export with --dtype fp32, fp16 or bf16 for TensorRT")
+    if "tensorrt" not in manifest.backends:  # int8/int4 stages and int8 decoders use ONNX Runtime's own operators
+        raise InvalidInputError(f"{model_dir} holds graphs for {', '.join(manifest.backends)} only ({manifest.graph_kinds}); "
+                                "export with --dtype fp32, fp16 or bf16 and a float --decoder-dtype for TensorRT")
     check_target(out_dir, force)
     trt = _import_tensorrt()
     max_rows = config.max_batch * (2 if manifest.null_class is not None else 1)

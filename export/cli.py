@@ -1,4 +1,5 @@
-"""`dnd-export CHECKPOINT -o DIR [--dtype fp32|fp16|bf16|int8|int4] [--opset N] [--check] [--force]`."""
+"""`dnd-export CHECKPOINT -o DIR [--dtype fp32|fp16|bf16|int8|int4] [--decoder-dtype auto|fp32|fp16|int8] [--opset N]
+[--check] [--force]`."""
 import logging
 import sys
 import time
@@ -6,6 +7,7 @@ import time
 import click
 
 from dnd_sdk.cli.flags import user_errors
+from dnd_sdk.manifest_schema import DECODER_DTYPES
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -13,11 +15,14 @@ from dnd_sdk.cli.flags import user_errors
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder to write.")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16", "int8", "int4"]), default="fp32", show_default=True,
               help="Weight and KV-cache precision of the graphs (hidden and logits stay float32).")
+@click.option("--decoder-dtype", type=click.Choice(["auto", *DECODER_DTYPES]), default="auto", show_default=True,
+              help="The image decoder's precision. auto: as --dtype (fp32 for bf16, int8 for int8/int4). int8 "
+                   "(ONNX Runtime only) decodes about twice as fast on a CPU; the tokens stay the same.")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (14..20).")
 @click.option("--check", is_flag=True, help="Compare the graphs with PyTorch (Polygraphy) and fail past tolerance.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists and is not empty.")
 @user_errors
-def main(checkpoint, out_dir, dtype, opset, check, force):
+def main(checkpoint, out_dir, dtype, decoder_dtype, opset, check, force):
     """Export CHECKPOINT to an ONNX model folder that `dnd generate` and `dnd-build` read."""
     from .export import export_model  # torch loads here, after --help has been answered
 
@@ -28,7 +33,8 @@ def main(checkpoint, out_dir, dtype, opset, check, force):
     log.setLevel(logging.INFO)
     start = time.perf_counter()
     try:
-        path = export_model(checkpoint, out_dir, dtype=dtype, opset=opset, check=check, force=force)
+        path = export_model(checkpoint, out_dir, dtype=dtype, opset=opset, check=check, force=force,
+                            decoder_dtype=decoder_dtype)
     finally:
         log.removeHandler(handler)
         log.setLevel(level)

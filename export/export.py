@@ -2,6 +2,7 @@
 
     from dnd_export import export_model
     export_model("runs/words/checkpoint.pt", "out/model", dtype="fp16", check=True)
+    export_model("runs/words/checkpoint.pt", "out/cpu-model", dtype="fp32", decoder_dtype="int8")
 
 Everything is written into a hidden temporary folder beside the target and renamed into
 place at the end, so a failed, interrupted or disk-full export never leaves a folder that
@@ -23,7 +24,7 @@ from dnd_sdk.sampler import SamplingParams
 from dnd_training.checkpoint import load_checkpoint
 from .errors import ExportError
 from .onnx_export import EXTERNAL_DATA_THRESHOLD, export_graph
-from .quantize import QUANTIZED, quantize_weights
+from .quantize import QUANTIZED, quantize_decoder, quantize_weights
 from .stages import DecoderWrapper, StageWrapper, cache_length
 
 log = logging.getLogger(__name__)
@@ -31,29 +32,39 @@ log = logging.getLogger(__name__)
 # int8/int4: float32 graphs whose MatMul weights ONNX Runtime's quantization tools then rewrite
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.float32,
           "int4": torch.float32}
-# ONNX Conv takes bfloat16 only from opset 22 (past the TorchScript exporter), so a bf16
-# export keeps the small tokenizer decoder in float32; its I/O is int64 -> uint8 either way
-DECODER_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.float32, "int8": torch.float32,
-                  "int4": torch.float32}
+# decoder_dtype="auto": the decoder's dtype for each export dtype. ONNX Conv takes bfloat16 only from
+# opset 22 (past the TorchScript exporter), so a bf16 export keeps the small tokenizer decoder in
+# float32; int8/int4 exports are for ONNX Runtime, whose int8 convolution runs it about twice as fast.
+# Its I/O is int64 -> uint8 either way.
+AUTO_DECODER_DTYPES = {"fp32": "fp32", "fp16": "fp16", "bf16": "fp32", "int8": "int8", "int4": "int8"}
+DECODER_TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "int8": torch.float32}
 DEFAULT_OPSET = 17
 # the opsets the suite exports and lints (14 to 20); 20 is the TorchScript exporter's ceiling
 MIN_OPSET, MAX_OPSET = 14, 20
+CALIBRATION_IMAGES = 16  # int8 decoders: code grids whose activation ranges set the int8 scales
 SAMPLER_DEFAULTS = {"cfg_scale": 1.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
 
 
 def export_model(checkpoint_path, out_dir, dtype: str = "fp32", opset: int = DEFAULT_OPSET,
-                 check: bool = False, force: bool = False,
+                 check: bool = False, force: bool = False, decoder_dtype: str = "auto",
                  external_threshold: int = EXTERNAL_DATA_THRESHOLD) -> Path:
-    """Export a checkpoint to `out_dir` and return its path. Raises a DndError on bad input."""
+    """Export a checkpoint to `out_dir` and return its path. Raises a DndError on bad input.
+
+    decoder_dtype: "auto" (AUTO_DECODER_DTYPES[dtype]), "fp32", "fp16" or "int8" (ONNX Runtime only:
+    tokens stay those of `dtype`, pixels come from int8 convolutions)."""
     if dtype not in DTYPES:
         raise InvalidInputError(f"dtype {dtype!r} is not supported; choose one of {sorted(DTYPES)}")
+    if decoder_dtype not in ("auto", *DECODER_TORCH_DTYPES):
+        raise InvalidInputError(f"decoder_dtype {decoder_dtype!r} is not supported; choose auto or one of "
+                                f"{sorted(DECODER_TORCH_DTYPES)}")
+    decoder_dtype = AUTO_DECODER_DTYPES[dtype] if decoder_dtype == "auto" else decoder_dtype
     if not MIN_OPSET <= int(opset) <= MAX_OPSET:
         raise InvalidInputError(f"opset {opset} is not supported; choose {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})")
     if check and dtype == "bf16":
         raise InvalidInputError("--check runs the graphs in ONNX Runtime, which has no bfloat16 CPU kernels; "
                                 "check an fp16 or fp32 export, or validate bf16 engines with dnd-build")
-    if check and dtype in QUANTIZED:
-        raise InvalidInputError(f"--check compares with PyTorch at float tolerances, which {dtype} weights do not "
+    if check and (dtype in QUANTIZED or decoder_dtype == "int8"):
+        raise InvalidInputError("--check compares with PyTorch at float tolerances, which int8/int4 graphs do not "
                                 "meet by design; judge a quantized export with `dnd eval ocr MODEL_DIR`")
     out_dir = Path(out_dir)
     check_target(out_dir, force)
@@ -64,14 +75,14 @@ def export_model(checkpoint_path, out_dir, dtype: str = "fp32", opset: int = DEF
     # defaults the runtime would refuse must fail here, not at every later sample() call
     SamplingParams(**sampler_defaults).validate(ckpt.model_args.vocab_size, ckpt.model_args.num_pred_heads,
                                                 ckpt.model_args.has_null_class)
-    tokenizer = ckpt.build_tokenizer().to(DECODER_DTYPES[dtype])
+    tokenizer = ckpt.build_tokenizer().to(DECODER_TORCH_DTYPES[decoder_dtype])
     model = ckpt.stream_model(DTYPES[dtype])
     labels = list(ckpt.labels)
     del ckpt  # its last tensors hold the file's mapping
 
     try:
         with staged_folder(out_dir, force) as tmp:
-            files, stages = _write_graphs(tmp, model, tokenizer, int(opset), external_threshold, dtype)
+            files, stages = _write_graphs(tmp, model, tokenizer, int(opset), external_threshold, dtype, decoder_dtype)
             manifest = Manifest(
                 dtype=dtype, opset=int(opset), model_config=dataclasses.asdict(model.args),
                 tokenizer_config=dataclasses.asdict(tokenizer.config), labels=labels,
@@ -79,7 +90,9 @@ def export_model(checkpoint_path, out_dir, dtype: str = "fp32", opset: int = DEF
                 image={"height": tokenizer.config.image_height, "width": tokenizer.config.image_width},
                 null_class=model.args.num_classes if model.args.has_null_class else None,
                 sampler_defaults=sampler_defaults, stages=stages, files=files, cache_length=cache_length(model.args),
-                forms={"stages": list(ONNXRUNTIME_ONLY if dtype in QUANTIZED else BACKEND_NAMES)},
+                forms={"stages": list(ONNXRUNTIME_ONLY if dtype in QUANTIZED else BACKEND_NAMES),
+                       "decoder": list(ONNXRUNTIME_ONLY if decoder_dtype == "int8" else BACKEND_NAMES)},
+                decoder_dtype=decoder_dtype,
                 producer={"dnd_sdk": dnd_sdk.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
                           "exporter": "torch.onnx TorchScript"})
             write_manifest(tmp, manifest)
@@ -93,7 +106,7 @@ def export_model(checkpoint_path, out_dir, dtype: str = "fp32", opset: int = DEF
     return out_dir
 
 
-def _write_graphs(tmp: Path, model, tokenizer, opset: int, threshold: int, dtype: str) -> tuple:
+def _write_graphs(tmp: Path, model, tokenizer, opset: int, threshold: int, dtype: str, decoder_dtype: str) -> tuple:
     files, stages = {}, []
     for k in range(model.args.num_pred_heads):
         wrapper = StageWrapper(model, k)
@@ -108,11 +121,20 @@ def _write_graphs(tmp: Path, model, tokenizer, opset: int, threshold: int, dtype
     codes = torch.randint(0, a.vocab_size, (2, a.grid_h, a.grid_w, a.num_pred_heads), generator=torch.Generator().manual_seed(0))
     ins, outs, extra = export_graph(DecoderWrapper(tokenizer), (codes,), tmp / "decoder.onnx", ["codes"], ["image"],
                                     DecoderWrapper.dynamic_axes(), opset, threshold)
+    if decoder_dtype == "int8":
+        quantize_decoder(tmp / "decoder.onnx", _calibration_codes(a))
     files["decoder"] = FileEntry("decoder.onnx", inputs=ins, outputs=outs, external_data=[FileRef(f) for f in extra])
     np.savez(tmp / "embeddings.npz", tok_embeddings=_to_numpy(model.tok_embeddings.weight),
              cls_embedding=_to_numpy(model.cls_embedding.embedding_table.weight))
     files["embeddings"] = FileEntry("embeddings.npz")
     return files, stages
+
+
+def _calibration_codes(args, images: int = CALIBRATION_IMAGES) -> np.ndarray:
+    """Uniformly random code grids: they sum D random codebook rows per cell, so the decoder's activations
+    span at least the ranges real images reach, and the export needs no sampling run."""
+    shape = (images, args.grid_h, args.grid_w, args.num_pred_heads)
+    return np.random.default_rng(0).integers(0, args.vocab_size, shape)
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from dnd_sdk.manifest import DIM_NAMES, KV_TEMPLATES
+from dnd_training.model import rope_angles
 from dnd_training.pixels import to_uint8, unit_range
 
 (BATCH,) = DIM_NAMES
@@ -39,30 +40,24 @@ class StageIO:
         return {name: {0: BATCH} for name in self.inputs + self.outputs}
 
 
-def row_rope_angles(args, positions: torch.Tensor) -> tuple:
-    """cos, sin [B, head_dim/2] for one position per row, equal to `rope_angles` at those positions.
-
-    Float arithmetic only (exact for integer positions), so the graph has no Mod, Clip or
-    Range on integers that TensorRT's ONNX parser would reject.
-    """
-    quarter = args.head_dim // 4
-    theta = args.rope_base ** (-torch.arange(quarter, dtype=torch.float32) * 4 / args.head_dim)
-    p = positions.to(torch.float32)
-    cell = torch.clamp(p - args.cls_token_num, min=0.0)
-    row = torch.floor(cell / args.grid_w)
-    col = cell - row * args.grid_w
-    angles = torch.cat([row[:, None] * theta, col[:, None] * theta], dim=-1)
-    is_latent = (p >= args.cls_token_num).to(torch.float32)[:, None]
-    return torch.cos(angles) * is_latent, torch.sin(angles) * is_latent
+def rope_tables(args) -> tuple:
+    """cos and signed sin [L, 1, head_dim] for every cache slot, from `rope_angles` itself (so they are
+    the reference's very values) and laid out per element of each interleaved pair (x[2j], x[2j+1]):
+    cos twice, sin as (-sin, +sin). A stage reads its rows' angles with one Gather per table instead of
+    computing them, and `rotate` needs no pair reshapes."""
+    cos, sin = rope_angles(args, torch.arange(cache_length(args)))  # [L, hd/2]
+    return cos.repeat_interleave(2, dim=-1)[:, None, :], torch.stack([-sin, sin], dim=-1).flatten(1)[:, None, :]
 
 
-def rotate(pairs, cos, sin):
-    """`apply_rope`'s float ops on x already split into (x[2j], x[2j+1]) pairs [..., hd/2, 2]."""
-    x0, x1 = pairs[..., 0], pairs[..., 1]
-    return torch.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], dim=-1)
+def rotate(x, cos, signed_sin, swap):
+    """`apply_rope`'s float ops on x [..., hd]: x0*cos + x1*(-sin) is x0*cos - x1*sin exactly, and
+    x1*cos + x0*sin is the same sum. `swap` [hd, hd] is the permutation matrix that exchanges each
+    pair's elements: a product with it adds only exact zeros to x's own values, and a MatMul costs
+    ONNX Runtime far less than a Gather along the last axis."""
+    return x * cos + torch.matmul(x, swap) * signed_sin
 
 
-def cached_attention(attention, x, cos, sin, past_k, past_v, bias) -> tuple:
+def cached_attention(attention, x, cos, sin, swap, past_k, past_v, bias) -> tuple:
     """One new position per row against the fixed cache; returns (output [B, 1, d], (new k, new v)).
 
     Scores against the cache ([B, kvh, rep, L], masked by `bias`) and against the row's own new
@@ -73,18 +68,24 @@ def cached_attention(attention, x, cos, sin, past_k, past_v, bias) -> tuple:
     a = attention.args
     kvh, hd, L = a.n_kv_head, a.head_dim, cache_length(a)
     rep = a.n_head // kvh
-    q, k, v = attention.wqkv(x).split([a.dim, kvh * hd, kvh * hd], dim=-1)
-    # head h reads kv head h // rep, so consecutive query heads share one cache head
-    q = rotate(q.float().reshape(-1, kvh, rep, hd // 2, 2), cos[:, None, None, :], sin[:, None, None, :])
-    k = rotate(k.float().reshape(-1, kvh, 1, hd // 2, 2), cos[:, None, None, :], sin[:, None, None, :])
-    q = q.reshape(-1, kvh, rep, hd).to(x.dtype) * (hd ** -0.5)
-    k, v = k.reshape(-1, kvh, 1, hd).to(x.dtype), v.reshape(-1, kvh, 1, hd)
+    qk, v = attention.wqkv(x).split([a.dim + kvh * hd, kvh * hd], dim=-1)
+    # q and k rotate together, as n_head + kvh heads; head h reads kv head h // rep, so
+    # consecutive query heads share one cache head
+    qk = rotate(_to(qk, torch.float32).reshape(-1, a.n_head + kvh, hd), cos, sin, swap)
+    q, k = _to(qk, x.dtype).split([a.n_head, kvh], dim=1)
+    q = q.reshape(-1, kvh, rep, hd) * (hd ** -0.5)
+    k, v = k.reshape(-1, kvh, 1, hd), v.reshape(-1, kvh, 1, hd)
     past_scores = torch.matmul(q, past_k.transpose(2, 3)) + bias       # [B, kvh, rep, L]
-    own_score = torch.matmul(q, k.transpose(2, 3))                     # [B, kvh, rep, 1]
+    own_score = (q * k).sum(-1, keepdim=True)                          # [B, kvh, rep, 1]
     # softmax in float32: one row of L + 1 scores per head is cheap, and fp16 exp/sum over L drifts
-    probs = torch.softmax(torch.cat([past_scores, own_score], dim=-1).float(), dim=-1).to(x.dtype)
+    probs = _to(torch.softmax(_to(torch.cat([past_scores, own_score], dim=-1), torch.float32), dim=-1), x.dtype)
     y = torch.matmul(probs[..., :L], past_v) + probs[..., L:] * v      # [B, kvh, rep, hd]
     return attention.wo(y.reshape(-1, 1, a.dim)), (k, v)
+
+
+def _to(t: torch.Tensor, dtype) -> torch.Tensor:
+    """t in dtype, with no Cast node in the graph when it is already."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 class StageWrapper(nn.Module):
@@ -95,23 +96,29 @@ class StageWrapper(nn.Module):
         self.model, self.k = model, k
         self.io = StageIO(list(model.stage_layers(k)))
         self.dtype = next(model.parameters()).dtype
+        cos, sin = rope_tables(model.args)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        pairs_swapped = torch.arange(model.args.head_dim).reshape(-1, 2).flip(-1).flatten()
+        self.register_buffer("pair_swap", torch.eye(model.args.head_dim)[pairs_swapped], persistent=False)
         # the exporter restores the wrapper's mode afterwards, recursively: a wrapper left in
         # training mode would switch the model's class dropout on for whoever uses it next
         self.eval()
 
     def forward(self, hidden, positions, kv_mask, *past_flat):
-        cos, sin = row_rope_angles(self.model.args, positions)
+        cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # [B, 1, hd]
         zero, minus_inf = (torch.tensor(v, dtype=self.dtype) for v in (0.0, float("-inf")))
         bias = torch.where(kv_mask, zero, minus_inf)[:, None, None, :]  # [B, 1, 1, L]
-        h, new = hidden.to(self.dtype), []
+        h, new = _to(hidden, self.dtype), []
         for i, past_k, past_v in zip(self.io.layers, past_flat[0::2], past_flat[1::2]):
             block = self.model.layers[i]  # the same steps as Block.forward
-            attn, kv = cached_attention(block.attention, block.attention_norm(h), cos, sin, past_k, past_v, bias)
+            attn, kv = cached_attention(block.attention, block.attention_norm(h), cos, sin, self.pair_swap,
+                                        past_k, past_v, bias)
             h = h + attn
             h = h + block.feed_forward(block.ffn_norm(h))
             new += kv
         logits = self.model.head(self.k, h)[:, 0]  # [B, V]: a non-negative index, as TensorRT wants
-        return (logits.float(), h.float(), *new)
+        return (_to(logits, torch.float32), _to(h, torch.float32), *new)
 
     def example_inputs(self, batch: int = 2) -> tuple:
         # rows at different positions, so the tracer cannot fold a shared position into a constant

@@ -38,7 +38,7 @@ SUPPORTED_TYPES = {
     **dict.fromkeys(["Add", "Sub", "Mul", "Div", "Max", "Min", "Mod", "Pow", "Range", "Equal", "Less",
                      "LessOrEqual", "Greater", "GreaterOrEqual"], FLOATS | INTS),
     **dict.fromkeys(["Cos", "Sin", "Sqrt", "Reciprocal", "Sigmoid", "Softmax", "MatMul", "Conv", "Floor",
-                     "InstanceNormalization", "ReduceMean", "Resize", "Clip"], FLOATS),  # Clip: no integer types
+                     "InstanceNormalization", "ReduceMean", "ReduceSum", "Resize", "Clip"], FLOATS),  # Clip: no integer types
     **dict.fromkeys(["Concat", "Constant", "ConstantOfShape", "Gather", "Identity", "Reshape", "Shape", "Slice",
                      "Split", "Squeeze", "Unsqueeze", "Tile", "Transpose", "Where"], ANY),
     **dict.fromkeys(["And", "Or", "Xor", "Not"], {"BOOL"}),
@@ -49,7 +49,7 @@ TYPED_TENSOR = {"Where": ("input", 1), "Constant": ("output", 0), "ConstantOfSha
                 "Cast": ("output", 0)}
 # [ops] Restrictions column, for the ops above that have one: these inputs must be build-time
 # constants (Squeeze/Unsqueeze axes became dynamic only in 10.7, per the onnx-tensorrt changelog)
-CONSTANT_INPUTS = {"ReduceMean": 1, "Squeeze": 1, "Unsqueeze": 1}
+CONSTANT_INPUTS = {"ReduceMean": 1, "ReduceSum": 1, "Squeeze": 1, "Unsqueeze": 1}
 # [ops] Resize: the modes TensorRT implements; antialiasing is not supported
 RESIZE_ATTRIBUTES = {
     "mode": {"nearest", "linear"},
@@ -73,10 +73,11 @@ class Finding:
 
 
 def lint_folder(model_dir) -> list:
-    """Lint every graph of an exported folder that is meant for TensorRT (dnd-build builds each); stage
-    graphs whose `forms.stages` leaves TensorRT out (int8/int4) are ONNX-Runtime-only and exempt."""
+    """Lint every graph of an exported folder that is meant for TensorRT (dnd-build builds each); a folder
+    whose `forms.stages` leaves TensorRT out (int8/int4: ONNX Runtime's quantized operators in the stage
+    graphs and the decoder) is ONNX-Runtime-only, refused by dnd-build, and exempt."""
     manifest = load_manifest(model_dir, verify=False)
-    graphs = [*(manifest.stage_names if "tensorrt" in manifest.stage_backends else []), "decoder"]
+    graphs = [*manifest.stage_names, "decoder"] if "tensorrt" in manifest.backends else []
     return [f for graph in graphs for f in lint_graph(manifest.graph_path(graph))]
 
 

@@ -29,9 +29,9 @@ def open_backend(model_dir, manifest, backend: str = "auto", threads=None) -> Ba
     reasons = []
     for name in (BACKENDS if backend == "auto" else [backend]):
         module, attr, options = BACKENDS[name]
-        if name not in manifest.stage_backends:  # e.g. int8 graphs use ONNX Runtime's own operators
-            reasons.append(f"{name}: the {manifest.dtype} stage graphs of this folder are for "
-                           f"{', '.join(manifest.stage_backends)} only")
+        if name not in manifest.backends:  # e.g. int8 graphs use ONNX Runtime's own operators
+            reasons.append(f"{name}: this folder's graphs ({manifest.graph_kinds}) are for "
+                           f"{', '.join(manifest.backends)} only")
             log.info("backend %s skipped: %s", name, reasons[-1])
             continue
         try:

@@ -14,12 +14,13 @@ def summary(model_dir) -> str:
     size = sum(e.bytes + sum(r.bytes for r in e.external_data) for e in m.files.values())
     guidance = "available" if m.null_class is not None else "unavailable (no null class)"
     lines = [
-        f"{model_dir}: {m.format} v{m.version}, dtype {m.dtype}, opset {m.opset}",
+        f"{model_dir}: {m.format} v{m.version}, dtype {m.dtype}"
+        + (f" (decoder {m.decoder_dtype})" if m.decoder_dtype else "") + f", opset {m.opset}",
         f"classes:  {len(m.labels)} ({labels}); guidance {guidance}",
         f"latent:   {m.latent['h']}x{m.latent['w']} cells x depth {m.depth}, vocab {m.model_config.get('vocab_size')}",
         f"image:    {m.image['height']}x{m.image['width']} RGB",
         "sampler:  " + ", ".join(f"{k}={v}" for k, v in m.sampler_defaults.items()),
-        f"runs on:  {', '.join(m.stage_backends)} (stage graphs v2, cache of {m.cache_length} positions)",
+        f"runs on:  {', '.join(m.backends)} (stage graphs v2, cache of {m.cache_length} positions)",
         f"files:    {len(m.files)} ({size / 2**20:.1f} MiB), sha256 verified",
         "producer: " + ", ".join(f"{k} {v}" for k, v in m.producer.items()),
     ]

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from dnd_engines.cli import main as dnd_build
 from dnd_export import export_model
-from dnd_sdk.errors import ManifestError
+from dnd_sdk.errors import InvalidInputError, ManifestError
 from dnd_sdk.manifest import load_manifest
 from dnd_training.checkpoint import load_checkpoint
 from export_helpers import teacher_forced_logits
@@ -97,15 +97,40 @@ def test_quantized_export_is_onnxruntime_only_and_samples(tiny_checkpoint, tmp_p
 
     out = export_model(tiny_checkpoint, tmp_path / dtype, dtype=dtype)
     m = load_manifest(out)
-    assert m.dtype == dtype and m.stage_backends == ["onnxruntime-cuda", "onnxruntime-cpu"]
+    assert m.dtype == dtype and m.backends == ["onnxruntime-cuda", "onnxruntime-cpu"]
     ops = {n.op_type for n in onnx.load(str(m.graph_path("stage0"))).graph.node}
     assert ({"MatMulInteger"} if dtype == "int8" else {"MatMulNBits"}) <= ops
     with pytest.raises(BackendUnavailableError, match="for onnxruntime-cuda, onnxruntime-cpu only"):
         Generator(out, backend="tensorrt")
     result = CliRunner().invoke(dnd_build, [str(out), "-o", str(tmp_path / "engines")])
-    assert result.exit_code == 1 and "export with --dtype fp32, fp16 or bf16 for TensorRT" in result.output
+    assert result.exit_code == 1 and "export with --dtype fp32, fp16 or bf16 and a float --decoder-dtype" in result.output
     codes, labels, expected = reference(tiny_checkpoint)
     err = np.abs(teacher_forced_logits(out, codes, labels) - expected).max()
     assert 0 < err < 0.5 * np.abs(expected).max(), err  # close to the float model, not equal
     with Generator(out, threads=1) as gen:
         assert gen.sample_codes(num=2, seed=0).shape == (2, 2, 4, 2)
+
+
+def test_int8_decoder_keeps_the_tokens_and_approximates_the_pixels(tiny_checkpoint, tiny_model_dir, tmp_path):
+    from dnd_sdk import Generator
+    from dnd_export.trt_lint import lint_folder
+
+    out = export_model(tiny_checkpoint, tmp_path / "m", decoder_dtype="int8")
+    m = load_manifest(out)
+    assert (m.dtype, m.decoder_dtype) == ("fp32", "int8") and m.backends == ["onnxruntime-cuda", "onnxruntime-cpu"]
+    assert "QLinearConv" in {n.op_type for n in onnx.load(str(m.graph_path("decoder"))).graph.node}
+    assert lint_folder(out) == []  # an ONNX-Runtime-only folder is not for dnd-build
+    with Generator(tiny_model_dir, threads=1) as fp32, Generator(out, threads=1) as int8:
+        codes = fp32.sample_codes(num=4, seed=3)
+        assert np.array_equal(int8.sample_codes(num=4, seed=3), codes)  # the stage graphs are the same
+        exact, approx = (np.stack([np.asarray(im, np.float64) for im in g.decode(codes)]) for g in (fp32, int8))
+    error = np.abs(exact - approx)
+    assert 0 < error.mean() < 0.05 * 255, error.mean()  # close to the float decoder, not equal
+
+
+def test_decoder_dtype_is_checked(tiny_checkpoint, tmp_path):
+    with pytest.raises(InvalidInputError, match="decoder_dtype 'int4' is not supported"):
+        export_model(tiny_checkpoint, tmp_path / "m", decoder_dtype="int4")
+    with pytest.raises(InvalidInputError, match="--check compares with PyTorch"):
+        export_model(tiny_checkpoint, tmp_path / "m", decoder_dtype="int8", check=True)
+    assert not (tmp_path / "m").exists()

@@ -33,7 +33,7 @@ def test_manifest_describes_the_folder(tiny_checkpoint, tiny_model_dir):
     ins = {s.name: (s.dtype, s.shape) for s in m.inputs("stage1")}
     outs = {s.name: (s.dtype, s.shape) for s in m.outputs("stage1")}
     # graph v2: the cache is fixed at L = 1 condition slot + 2*4 - 1 cells; only rows are dynamic
-    assert m.cache_length == 8 and m.stage_backends == ["tensorrt", "onnxruntime-cuda", "onnxruntime-cpu"]
+    assert m.cache_length == 8 and m.backends == ["tensorrt", "onnxruntime-cuda", "onnxruntime-cpu"]
     assert ins == {"hidden": ("float32", ["batch_size", 1, 32]), "positions": ("int64", ["batch_size"]),
                    "kv_mask": ("bool", ["batch_size", 8]),
                    "past_key_values.2.key": ("float32", ["batch_size", kv, 8, 8]),
@@ -86,7 +86,10 @@ def test_missing_file_and_missing_manifest(model_copy, tmp_path):
     (lambda d: d.update(format="other"), "format is 'other'"),
     (lambda d: d.update(version=1), r"version 1 is not supported \(this build reads 2\)\. Re-export the model with "
                                     r"`dnd-export CHECKPOINT"),
-    (lambda d: d.update(forms={"stages": ["openvino"]}), "forms.stages must be a non-empty list of backends"),
+    (lambda d: d.update(forms={"stages": ["openvino"]}), "forms needs stages .and may have decoder., each a non-empty"),
+    (lambda d: d.update(forms={"stages": ["onnxruntime-cpu"], "decoder": []}), "forms needs stages"),
+    (lambda d: d.update(forms={"stages": ["onnxruntime-cpu"], "postprocess": ["tensorrt"]}), "forms needs stages"),
+    (lambda d: d.update(decoder_dtype="int4"), "decoder_dtype must be one of"),
     (lambda d: d.update(cache_length=0), "cache_length must be an int in"),
     (lambda d: d.pop("stages"), r"missing required field\(s\) \['stages'\]"),
     (lambda d: d.update(dtype="int2"), "dtype 'int2' is not one of"),

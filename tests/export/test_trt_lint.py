@@ -24,8 +24,9 @@ def test_every_exported_graph_form_passes(tiny_checkpoint, tiny_model_dir, tmp_p
 
 def test_ort_only_stage_graphs_are_exempt(tiny_checkpoint, tmp_path):
     folder = export_model(tiny_checkpoint, tmp_path / "m", dtype="int8")
-    assert "tensorrt" not in load_manifest(folder).stage_backends
-    assert lint_graph(load_manifest(folder).graph_path("stage0"))  # quantized ops TensorRT's parser does not take
+    assert "tensorrt" not in load_manifest(folder).backends
+    for graph in ("stage0", "decoder"):  # quantized ops TensorRT's parser does not take
+        assert lint_graph(load_manifest(folder).graph_path(graph))
     assert lint_folder(folder) == []
 
 
