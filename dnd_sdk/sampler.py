@@ -147,6 +147,8 @@ def sample_images(logits: np.ndarray, cond_rows: np.ndarray, uncond_rows: np.nda
         groups.setdefault((p.cfg_scale, p.temperature_of(k), p.top_k, p.top_p), []).append(i)
     tokens = np.empty(len(params), np.int64)
     for (cfg_scale, temperature, top_k, top_p), idx in groups.items():
+        if len(idx) == len(params):  # one group (the usual case): every image in order, taken without a gather
+            idx = slice(None)
         rows = logits[cond_rows[idx]]
         if cfg_scale != 1.0:
             rows = guide(rows, logits[uncond_rows[idx]], cfg_scale)
