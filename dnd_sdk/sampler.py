@@ -76,18 +76,18 @@ def image_uniforms(seed: int, index: int, count: int) -> np.ndarray:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, index]))).random(count)
 
 
-def guide(logits: np.ndarray, cfg_scale: float) -> np.ndarray:
-    """[2B, V] logits laid out [cond; uncond] -> [B, V] guided logits, in float32."""
-    cond, uncond = np.split(logits.astype(np.float32, copy=False), 2)
+def guide(cond: np.ndarray, uncond: np.ndarray, cfg_scale: float) -> np.ndarray:
+    """[B, V] conditional and unconditional logits -> [B, V] guided logits, in float32."""
+    cond, uncond = cond.astype(np.float32, copy=False), uncond.astype(np.float32, copy=False)
     return uncond + np.float32(cfg_scale) * (cond - uncond)
 
 
 def logits_to_probs(logits: np.ndarray, temperature: float, top_k: int, top_p: float) -> np.ndarray:
     """[B, V] float32 logits -> [B, V] float64 probabilities with filtered entries at 0."""
     x = logits.astype(np.float64) / temperature
-    keep = np.ones(x.shape, dtype=bool)
     if not (0 < top_k < x.shape[-1] or top_p < 1.0):
-        return _softmax(x, keep)
+        return _softmax(x, None)  # nothing filtered
+    keep = np.ones(x.shape, dtype=bool)
     order = np.argsort(-x, axis=-1, kind="stable")  # descending, lower index first on ties
     if 0 < top_k < x.shape[-1]:
         ranks = np.empty_like(order)
@@ -101,8 +101,8 @@ def logits_to_probs(logits: np.ndarray, temperature: float, top_k: int, top_p: f
     return _softmax(x, keep)
 
 
-def _softmax(x: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    z = np.where(keep, x, -np.inf)
+def _softmax(x: np.ndarray, keep: Optional[np.ndarray]) -> np.ndarray:
+    z = x if keep is None else np.where(keep, x, -np.inf)
     e = np.exp(z - z.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
 
@@ -114,8 +114,12 @@ def sample(logits: np.ndarray, u: np.ndarray, temperature: float, top_k: int = 0
     probs = logits_to_probs(logits, temperature, top_k, top_p)
     cdf = np.cumsum(probs, axis=-1)
     token = (cdf <= u[:, None]).sum(axis=-1)  # first index whose cdf exceeds u
-    last_kept = probs.shape[-1] - 1 - np.argmax(probs[:, ::-1] > 0, axis=-1)
-    return np.minimum(token, last_kept)
+    # The cdf is flat past the last kept entry, so a token past it counts every index and is V. That needs
+    # u >= cdf[-1] (filtered entries end the row, or the float64 sum falls short of 1): only then clamp.
+    if (token == probs.shape[-1]).any():
+        last_kept = probs.shape[-1] - 1 - np.argmax(probs[:, ::-1] > 0, axis=-1)
+        token = np.minimum(token, last_kept)
+    return token
 
 
 def embed_codes(tok_embeddings: np.ndarray, codes: np.ndarray) -> np.ndarray:
@@ -123,9 +127,10 @@ def embed_codes(tok_embeddings: np.ndarray, codes: np.ndarray) -> np.ndarray:
 
     The model adds them in the same order, so the float32 sums are bit-identical.
     """
-    h = tok_embeddings[codes[..., 0]]
+    e = tok_embeddings[codes]  # [B, S, D, d]
+    h = e[..., 0, :]
     for k in range(1, codes.shape[-1]):
-        h = h + tok_embeddings[codes[..., k]]
+        h = h + e[..., k, :]
     return h
 
 
@@ -142,8 +147,10 @@ def sample_images(logits: np.ndarray, cond_rows: np.ndarray, uncond_rows: np.nda
         groups.setdefault((p.cfg_scale, p.temperature_of(k), p.top_k, p.top_p), []).append(i)
     tokens = np.empty(len(params), np.int64)
     for (cfg_scale, temperature, top_k, top_p), idx in groups.items():
+        if len(idx) == len(params):  # one group (the usual case): every image in order, taken without a gather
+            idx = slice(None)
         rows = logits[cond_rows[idx]]
         if cfg_scale != 1.0:
-            rows = guide(np.concatenate([rows, logits[uncond_rows[idx]]]), cfg_scale)
+            rows = guide(rows, logits[uncond_rows[idx]], cfg_scale)
         tokens[idx] = sample(rows, u[idx], temperature, top_k, top_p)
     return tokens

@@ -161,37 +161,35 @@ class Scheduler:
         if not self._reset:  # the cache is allocated once; rows are restarted by position 0 from then on
             gen.backend.reset(self.max_rows)
             self._reset = True
-        n = 1 + max(r for im in images for r in im.rows)
+        # the rows in use, and the image (its index in `images`) of each: a guided image has two
+        rows = [r for im in images for r in im.rows]
+        n, d = 1 + max(rows), gen.tok_embeddings.shape[1]
+        rows, owner = np.array(rows), np.array([i for i, im in enumerate(images) for _ in im.rows])
+        positions = np.zeros(n, np.int64)
+        positions[rows] = [im.pos for im in images for _ in im.rows]
+        hidden = np.zeros((n, 1, d), np.float32)
+        later = [im for im in images if im.pos > 0]
+        if later:  # the summed embeddings of the previous cell's codes, on every row of the image
+            prev = np.array([im.work.codes[im.j, im.pos - 1] for im in later])
+            emb = embed_codes(gen.tok_embeddings, prev[:, None, :])
+            hidden[[r for im in later for r in im.rows]] = emb[[i for i, im in enumerate(later) for _ in im.rows]]
+        for im in images:
+            if im.pos == 0:  # the condition token: the class, and the null class on the unconditional row
+                hidden[im.cond] = gen.cls_embedding[im.work.labels[im.j]]
+                if im.uncond >= 0:
+                    hidden[im.uncond] = gen.cls_embedding[gen.manifest.null_class]
         cond = np.array([im.cond for im in images])
         uncond = np.array([im.uncond for im in images])
-        guided = uncond >= 0
-        positions = np.zeros(n, np.int64)
-        hidden = np.zeros((n, 1, gen.tok_embeddings.shape[1]), np.float32)
-        first = np.array([im.pos == 0 for im in images])
-        if first.any():  # the condition token: the class, and the null class for the unconditional row
-            labels = np.array([im.work.labels[im.j] for im in images])
-            hidden[cond[first]] = gen.cls_embedding[labels[first]][:, None, :]
-            if (first & guided).any():
-                hidden[uncond[first & guided]] = gen.cls_embedding[gen.manifest.null_class]
-        if not first.all():  # else the summed embeddings of the previous cell's codes
-            later = [im for im in images if im.pos > 0]
-            prev = np.stack([im.work.codes[im.j, im.pos - 1] for im in later])
-            emb = embed_codes(gen.tok_embeddings, prev[:, None, :])
-            for im, e in zip(later, emb):
-                hidden[list(im.rows)] = e
-        for im in images:
-            positions[list(im.rows)] = im.pos
-        u = np.stack([im.u[im.pos] for im in images])
+        u = np.array([im.u[im.pos] for im in images])
         params = [im.work.params for im in images]
         depth = u.shape[1]
         tokens = np.empty((len(images), depth), np.int64)
         for k in range(depth):
             logits, hidden_out = gen.backend.stage_step(k, hidden, positions)
             tokens[:, k] = sample_images(logits, cond, uncond, u[:, k], params, k)
-            if k < depth - 1:  # both halves of a guided image get the same token
-                add = np.zeros((n, 1, hidden.shape[2]), np.float32)
-                add[cond] = gen.tok_embeddings[tokens[:, k]][:, None, :]
-                add[uncond[guided]] = gen.tok_embeddings[tokens[guided, k]][:, None, :]
+            if k < depth - 1:  # every row of an image gets its token
+                add = np.zeros((n, 1, d), np.float32)
+                add[rows, 0] = gen.tok_embeddings[tokens[owner, k]]
                 hidden = hidden_out + add
         self._advance(images, tokens)
         for listener in self.listeners:

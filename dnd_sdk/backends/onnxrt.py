@@ -4,8 +4,9 @@ Stage graphs v2 take the whole fixed cache and return only each row's new key/va
 backend writes those into the row's slot of its preallocated `[rows, kv_heads, L, head_dim]`
 buffers. On the CPU, IO binding reads the buffers in place, so they are bound once per
 reset and nothing is copied per step. With CUDA the buffers are copied to the device per
-call (the TensorRT backend keeps its cache on the GPU). Logits, hidden state and new rows
-land in host buffers bound once per reset.
+call (the TensorRT backend keeps its cache on the GPU). The hidden state, positions and mask
+go in, and logits, hidden state and new rows come out, through host buffers bound once per
+reset: a call copies its inputs into them instead of binding new arrays.
 """
 import numpy as np
 
@@ -102,6 +103,10 @@ class OnnxrtBackend(Backend):
         self._positions = RowPositions(m.depth, rows, m.cache_length)
         self._caches, self._outputs, self._bound_rows = [], [], [None] * m.depth
         d, vocab = int(m.model_config["dim"]), int(m.model_config["vocab_size"])
+        specs = {s.name: s for s in m.inputs(m.stages[0].graph)}
+        # hidden, positions and kv_mask: one set of buffers bound into every stage, filled by each call
+        self._inputs = {name: np.zeros((rows, *specs[name].shape[1:]), np.dtype(specs[name].dtype))
+                        for name in ("hidden", "positions", "kv_mask")}
         for stage in m.stages:
             specs = {s.name: s for s in m.inputs(stage.graph)}
             self._outputs.append((np.empty((rows, vocab), np.float32), np.empty((rows, 1, d), np.float32)))
@@ -119,6 +124,8 @@ class OnnxrtBackend(Backend):
         io = self._bindings[k]
         io.clear_binding_inputs()
         io.clear_binding_outputs()
+        for name, buf in self._inputs.items():
+            io.bind_input(name, "cpu", 0, buf.dtype, [rows, *buf.shape[1:]], buf.ctypes.data)
         for name, buf in zip(("logits", "hidden_out"), self._outputs[k]):
             io.bind_output(name, "cpu", 0, buf.dtype, [rows, *buf.shape[1:]], buf.ctypes.data)
         for past, new, cache, fresh in self._caches[k]:
@@ -127,18 +134,13 @@ class OnnxrtBackend(Backend):
         self._bound_rows[k] = rows
 
     def stage_step(self, k: int, hidden: np.ndarray, positions=None) -> tuple:
-        io = self._bindings[k]
-        hidden = np.ascontiguousarray(hidden, dtype=np.float32)
         rows = hidden.shape[0]
         positions, kv_mask = self._positions.take(k, rows, positions)
-        if self._bound_rows[k] != rows:
-            self._bind(k, rows)
         for name, array in (("hidden", hidden), ("positions", positions), ("kv_mask", kv_mask)):
-            io.bind_cpu_input(name, array)
-        if self.device != "cpu":  # a CUDA session copied the caches to the device when bound: bind them anew
-            for past, _, cache, _ in self._caches[k]:
-                io.bind_cpu_input(past, cache[:rows])
-        self.sessions[self.manifest.stages[k].graph].run_with_iobinding(io)
+            self._inputs[name][:rows] = array
+        if self._bound_rows[k] != rows or self.device != "cpu":  # a CUDA session copies its inputs when bound
+            self._bind(k, rows)
+        self.sessions[self.manifest.stages[k].graph].run_with_iobinding(self._bindings[k])
         for _, _, cache, fresh in self._caches[k]:  # each row's new key/value into its own slot
             cache[np.arange(rows), :, positions] = fresh[:rows, :, 0]
         logits, hidden_out = self._outputs[k]

@@ -67,6 +67,30 @@ def test_numpy_sampler_equals_torch_reference(logits, temperature, k, top_p, dat
                                    rtol=1e-12, atol=1e-15)
 
 
+@settings(max_examples=80, deadline=None)
+@given(logit_rows, st.floats(1.0, 3.0))
+def test_unfiltered_probabilities_equal_a_filter_that_keeps_every_entry(logits, temperature):
+    """top_k=0, top_p=1 skip the filter; top_p a hair below 1 runs it, and here it keeps every entry
+    (the least probability, e^-16 / 40, is far above 1 - top_p), so the two must agree bit for bit."""
+    filtered = logits_to_probs(logits, temperature, 0, np.nextafter(1.0, 0.0))
+    assert (filtered > 0).all()
+    np.testing.assert_array_equal(logits_to_probs(logits, temperature, 0, 1.0), filtered)
+
+
+@settings(max_examples=120, deadline=None)
+@given(logit_rows, st.floats(0.05, 3.0), st.integers(0, 40), st.floats(0.05, 1.0), st.data())
+def test_a_draw_at_the_end_of_the_cdf_is_the_last_kept_token(logits, temperature, k, top_p, data):
+    """`sample` clamps only a token past the end; it equals min(count(cdf <= u), last kept index) for every
+    u, also where rows of one call draw at or past the cdf's last step (u = cdf[-1], u just below 1)."""
+    probs = logits_to_probs(logits, temperature, k, top_p)
+    cdf = np.cumsum(probs, axis=-1)
+    below_one = np.nextafter(1.0, 0.0)
+    u = np.array([data.draw(st.sampled_from([min(c, below_one), below_one]) | uniforms) for c in cdf[:, -1]])
+    last_kept = probs.shape[-1] - 1 - np.argmax(probs[:, ::-1] > 0, axis=-1)
+    want = np.minimum((cdf <= u[:, None]).sum(-1), last_kept)
+    np.testing.assert_array_equal(sample(logits, u, temperature, k, top_p), want)
+
+
 def test_inverse_cdf_picks_first_index_whose_cumulative_probability_exceeds_u():
     logits = np.log(np.array([[0.1, 0.2, 0.3, 0.4]] * 4, dtype=np.float32))
     assert sample(logits, np.array([0.0, 0.1, 0.35, 0.9999]), temperature=1.0).tolist() == [0, 1, 2, 3]
