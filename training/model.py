@@ -112,14 +112,13 @@ class RMSNorm(nn.Module):
 def rope_angles(args: ModelArgs, positions: torch.Tensor) -> tuple:
     """cos, sin [S, head_dim/2] for sequence positions (condition tokens first).
 
-    Computed from the positions rather than read from a table so an exported graph
-    derives them from the cache length. Condition positions get cos = sin = 0, which
+    The export evaluates it once for every cache slot (`dnd_export.stages.rope_tables`), so the
+    stage graphs read these very values. Condition positions get cos = sin = 0, which
     zeroes the condition token's q and k exactly like the published model.
     """
     quarter = args.head_dim // 4
     theta = args.rope_base ** (-torch.arange(quarter, dtype=torch.float32) * 4 / args.head_dim)
-    # integer ops TensorRT 10 parses (export/trt_lint.py): Max rather than clamp (Clip takes no
-    # int64), and, since cell >= 0, truncating division and a subtraction rather than floor and %
+    # since cell >= 0, truncating division and a subtraction give floor and %
     cell = torch.maximum(positions - args.cls_token_num, torch.zeros_like(positions))
     row = torch.div(cell, args.grid_w, rounding_mode="trunc")
     col = (cell - row * args.grid_w).to(torch.float32)
