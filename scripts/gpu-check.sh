@@ -119,11 +119,11 @@ for dtype in fp32 fp16 bf16; do
   fi
 done
 
-# --- an int8 export runs on ONNX Runtime only (forms.stages): dnd-build must refuse it before building
+# --- an int8 export runs on ONNX Runtime only (forms): dnd-build must refuse it before building
 if [ "$HAVE_EXPORT" != 1 ] || [ ! -f "$CKPT" ]; then skip build-int8-refused "no int8 export can be made here"
 elif step export-int8 90 dnd-export "$CKPT" -o "$WORK/model-int8" --dtype int8; then
   step build-int8-refused 30 bash -c "dnd-build '$WORK/model-int8' -o '$WORK/engines-int8' 2>&1 | tee /dev/stderr |
-    grep -q 'int8 stage graphs for onnxruntime' && [ ! -e '$WORK/engines-int8' ] && echo 'refused, nothing written'"
+    grep -q 'holds graphs for onnxruntime-cuda, onnxruntime-cpu only' && [ ! -e '$WORK/engines-int8' ] && echo 'refused, nothing written'"
 fi
 
 # --- engines

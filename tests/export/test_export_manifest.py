@@ -64,6 +64,15 @@ def test_round_trip_through_dict_and_file(model_copy):
     assert again == m and load_manifest(model_copy) == m
 
 
+def test_folder_from_before_the_decoder_form_runs_everywhere(model_copy):
+    raw = json.loads((model_copy / "manifest.json").read_text())
+    assert raw["decoder_dtype"] == "fp32" and raw["forms"]["decoder"] == raw["forms"]["stages"]
+    del raw["decoder_dtype"], raw["forms"]["decoder"]
+    (model_copy / "manifest.json").write_text(json.dumps(raw))
+    m = load_manifest(model_copy)
+    assert m.decoder_dtype == "" and m.backends == ["tensorrt", "onnxruntime-cuda", "onnxruntime-cpu"]
+
+
 @pytest.mark.parametrize("victim", ["stage1.onnx", "decoder.onnx", "embeddings.npz"])
 def test_tampered_file_is_named(model_copy, victim):
     data = bytearray((model_copy / victim).read_bytes())
