@@ -104,3 +104,15 @@ def test_a_full_queue_is_refused_at_once(tiny_model_dir):
             gen.sample(labels=["cat"], seed=0)
         assert long.result(60).shape == (40, 2, 4, 2)
         assert len(gen.sample(labels=["cat"], seed=0, timeout=60)) == 1
+
+
+def test_a_backend_failure_fails_its_requests_and_the_generator_goes_on(gen):
+    expected = gen.sample_codes(**CALLS[1])
+    stage1 = gen.backend.sessions["stage1"]
+    gen.backend.sessions["stage1"] = gen.backend.sessions["decoder"]  # ONNX Runtime refuses the next stage-1 call
+    try:
+        with pytest.raises(ValueError, match="IOBinding must be used with the session that created it"):
+            gen.sample_codes(**CALLS[1], timeout=60)  # raised to the caller, not a hang
+    finally:
+        gen.backend.sessions["stage1"] = stage1
+    np.testing.assert_array_equal(gen.sample_codes(**CALLS[1], timeout=60), expected)
