@@ -84,7 +84,7 @@ def transformer_cmd(config_path, overrides, steps, batch_size, out_dir, resume, 
 
 @train.command("set-defaults")
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
-@sampler_options(seed=False, unset="keep the stored value")
+@sampler_options(seed=False, unset="keep the stored value", per_head=False)
 @user_errors
 def set_defaults_cmd(checkpoint, sampling):
     """Make these the checkpoint's default sampling settings (kept in meta, exported to the manifest)."""

@@ -26,12 +26,18 @@ def _stack(*decorators):
     return apply
 
 
-def sampler_options(f=None, *, seed: bool = True, seed_default: int = 0, unset: str = "the model's"):
+def sampler_options(f=None, *, seed: bool = True, seed_default: int = 0, unset: str = "the model's",
+                    per_head: bool = True):
     """The sampler settings -> `sampling` (dict of the ones given; the rest take the model's defaults),
-    and with seed=True `--seed` -> `seed`. `unset` says in --help what an absent setting means."""
+    and with seed=True `--seed` -> `seed`. `unset` says in --help what an absent setting means.
+    per_head adds `--head-temperatures` (a request's setting; a model stores no default for it)."""
     def decorate(f):
         options = [click.option(flag, type=kind, help=f"{text} [default: {unset}]")
                    for flag, kind, text in SAMPLER_FLAGS.values()]
+        if per_head:
+            options.append(click.option("--head-temperatures", callback=_numbers, metavar="T0,T1,...",
+                                        help="One temperature per depth head, in head order; overrides "
+                                             "--temperature. [default: --temperature for every head]"))
         if seed:
             options.insert(0, click.option("--seed", type=int, default=seed_default, show_default=True,
                                            help="Request seed; image i depends on (seed, i) only."))
@@ -39,10 +45,20 @@ def sampler_options(f=None, *, seed: bool = True, seed_default: int = 0, unset: 
         @_stack(*options)
         @functools.wraps(f)
         def wrapper(**kwargs):
-            given = {k: kwargs.pop(k) for k in SAMPLER_KEYS}
+            given = {k: kwargs.pop(k) for k in (*SAMPLER_KEYS, *(["head_temperatures"] if per_head else []))}
             return f(sampling={k: v for k, v in given.items() if v is not None}, **kwargs)
         return wrapper
     return decorate if f is None else decorate(f)
+
+
+def _numbers(ctx, param, value):
+    """"0.5,1,1" -> (0.5, 1.0, 1.0); how many a model takes is checked with the model."""
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers, e.g. 0.5,1.0") from None
 
 
 def sampler_grid_options(**values):

@@ -1,10 +1,12 @@
 """The `dnd` command line: registry, user errors without tracebacks, and resume after SIGKILL."""
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -58,6 +60,8 @@ def test_generate_writes_images_npz_and_grid(tiny_model_dir, tmp_path):
     (["--num", "4", "--shard", "3/2"], "Error: --shard must be I/N with 0 <= I < N, got 3/2\n"),
     (["--labels", "cat", "--per-class", "2"], "Error: give --labels or --per-class, not both\n"),
     (["--per-class", "99999999"], "Error: --per-class must be an integer in [1, 2500000]"),
+    (["--num", "4", "--head-temperatures", "0.5"], "Error: --head-temperatures must be a list of 2 numbers (one per depth)"),
+    (["--num", "4", "--head-temperatures", "0.5,-1"], "Error: --head-temperatures must be >= 0 (0 = greedy), got -1.0\n"),
 ])
 def test_bad_input_is_a_clean_error_and_writes_nothing(tiny_model_dir, tmp_path, args, fragment):
     out = tmp_path / "out"
@@ -65,6 +69,18 @@ def test_bad_input_is_a_clean_error_and_writes_nothing(tiny_model_dir, tmp_path,
     assert result.exit_code == 1, result.output
     assert fragment in result.output and "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_head_temperatures_flag_samples_what_the_api_samples(tiny_model_dir, gen, tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["generate", str(tiny_model_dir), "--num", "3", "--out", str(out), "--npz",
+                                      "--head-temperatures", "0,1.5", "--threads", "1", "--quiet"])
+    assert result.exit_code == 0, result.output
+    codes = gen.sample_codes(num=3, seed=0, head_temperatures=[0.0, 1.5])
+    assert not np.array_equal(codes, gen.sample_codes(num=3, seed=0))  # the flag changes the sample
+    expected = np.stack([np.asarray(im) for im in gen.decode(codes)])
+    np.testing.assert_array_equal(np.load(out / "samples.npz")["arr_0"], expected)
+    assert json.loads((out / "run.json").read_text())["sampling"]["head_temperatures"] == [0.0, 1.5]
 
 
 def test_not_a_model_folder_exits_1_without_traceback(tmp_path):
@@ -113,6 +129,7 @@ def test_concurrent_shards_in_one_folder_equal_a_single_run(tiny_model_dir, tmp_
     (["--num", "4", "--labels", "cat,,dog"], "Invalid value for '--labels': empty entry in 'cat,,dog'"),
     (["--num", "4", "--labels", "cat,"], "empty entry"),
     (["--num", "1e13"], "Invalid value for '--num': '1e13' is not a valid integer"),
+    (["--num", "4", "--head-temperatures", "0.5,hot"], "Invalid value for '--head-temperatures': '0.5,hot' is not a"),
 ])
 def test_malformed_flags_are_usage_errors_that_write_nothing(tiny_model_dir, tmp_path, args, fragment):
     out = tmp_path / "out"
