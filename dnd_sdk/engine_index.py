@@ -14,7 +14,7 @@ from typing import Optional
 from .errors import BackendUnavailableError, ManifestError
 from .folders import atomic_write
 from .manifest import FileRef, json_bytes, read_json, sha256_file
-from .model_files import inside, verify as verify_file
+from .model_files import inside, read_verified, verify as verify_file
 
 FORMAT, VERSION = "dnd-engines", 1
 ENGINES_NAME = "engines.json"
@@ -77,3 +77,10 @@ def load_engine_index(folder, graphs=(), verify: bool = True) -> Optional[Engine
         for ref in index.files.values():
             verify_file(inside(folder, ref.file, ENGINES_NAME, _REBUILD), ref, ENGINES_NAME, _REBUILD)
     return index
+
+
+def read_plan(folder, index: EngineIndex, graph: str) -> bytes:
+    """The plan of `graph`, read once and checked against its size and sha256: TensorRT deserializes
+    the very bytes that were hashed, so a file swapped after a check cannot slip in."""
+    ref = index.files[graph]
+    return read_verified(inside(folder, ref.file, ENGINES_NAME, _REBUILD), ref, ENGINES_NAME, _REBUILD)

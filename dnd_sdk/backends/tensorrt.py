@@ -15,7 +15,7 @@ try:
 except ImportError as e:
     raise ImportError(f"TensorRT is not installed ({e}); pip install 'dnd-sdk[gpu]' (README, 'GPU install')") from None
 
-from ..engine_index import ENGINES_NAME, load_engine_index, tensorrt_major
+from ..engine_index import ENGINES_NAME, load_engine_index, read_plan, tensorrt_major
 from ..errors import BackendUnavailableError, InvalidInputError
 from .base import Backend, RowPositions
 from .cuda_runtime import DEVICE_TO_HOST, HOST_TO_DEVICE, CudaRuntime
@@ -44,8 +44,8 @@ class DeviceBuffer:
 class Engine:
     """One deserialized engine, its execution context and the names and dtypes of its I/O tensors."""
 
-    def __init__(self, runtime, path: Path, built_with: str):
-        self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
+    def __init__(self, runtime, plan: bytes, path: Path, built_with: str):
+        self.engine = runtime.deserialize_cuda_engine(plan)
         if self.engine is None:  # TensorRT logged why: usually another GPU or TensorRT version
             raise BackendUnavailableError(
                 f"TensorRT {trt.__version__} could not load {path} (built with TensorRT {built_with}, maybe for "
@@ -85,7 +85,7 @@ class TensorrtBackend(Backend):
 
     def __init__(self, model_dir, manifest, *, threads=None):
         graphs = [*manifest.stage_names, "decoder"]
-        index = load_engine_index(model_dir, graphs)
+        index = load_engine_index(model_dir, graphs, verify=False)  # each plan is checked as it is read
         if index is None:
             raise BackendUnavailableError(f"{model_dir} has no {ENGINES_NAME}, so no TensorRT engines; build them "
                                           f"with `dnd-build {model_dir} -o ENGINE_DIR` and load ENGINE_DIR")
@@ -99,7 +99,8 @@ class TensorrtBackend(Backend):
         try:  # a failure part-way (an engine from another TensorRT) must not leak what is allocated
             runtime = trt.Runtime(_LOGGER)
             for g in graphs:
-                self.engines[g] = Engine(runtime, Path(model_dir) / index.files[g].file, index.tensorrt_version)
+                self.engines[g] = Engine(runtime, read_plan(model_dir, index, g), Path(model_dir) / index.files[g].file,
+                                         index.tensorrt_version)
             self._hidden_out.ensure(self.max_batch * d * 4)
             self._logits.ensure(self.max_batch * vocab * 4)
             self._caches = [self._cache_buffers(k) for k in range(manifest.depth)]

@@ -14,7 +14,7 @@ from dnd_engines.cli import main as dnd_build
 from dnd_engines.profiles import profile_shapes
 from dnd_sdk import Generator
 from dnd_sdk.cli.main import cli
-from dnd_sdk.engine_index import EngineIndex, load_engine_index, tensorrt_major, write_engine_index
+from dnd_sdk.engine_index import EngineIndex, load_engine_index, read_plan, tensorrt_major, write_engine_index
 from dnd_sdk.errors import BackendUnavailableError, ManifestError
 from dnd_sdk.manifest import FileRef, load_manifest
 
@@ -54,9 +54,12 @@ def test_engine_index_round_trip_and_tampering(tiny_model_dir, tmp_path):
     assert info.exit_code == 0 and "engines:  TensorRT 10.9.0, up to 8 rows per call" in info.output
     with pytest.raises(ManifestError, match="no engine for"):
         load_engine_index(folder, ["stage0", "stage7"])
+    assert read_plan(folder, index, "stage1") == bytes([1]) * 100  # what TensorRT deserializes
     (folder / "engines" / "stage1.plan").write_bytes(b"x" * 100)
     with pytest.raises(ManifestError, match="stage1.plan: contents do not match engines.json"):
         load_engine_index(folder)
+    with pytest.raises(ManifestError, match="stage1.plan: contents do not match engines.json"):
+        read_plan(folder, load_engine_index(folder, verify=False), "stage1")
     # the ONNX backends still run the folder
     with Generator(folder, backend="onnxruntime-cpu", threads=1) as gen:
         assert gen.sample_codes(num=2).shape == (2, 2, 4, 2)
