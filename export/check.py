@@ -36,6 +36,9 @@ SCALE_ATOL = {"fp32": 0.0, "fp16": 2e-3, "bf16": 1.6e-2}
 # ONNX Runtime has no bfloat16 CPU kernels (MatMul, Mul...), so bf16 graphs are checked by TensorRT only
 CHECKABLE = ("fp32", "fp16")
 PIXEL_ATOL = {"fp32": 1, "fp16": 4, "bf16": 8}
+# An int8 decoder approximates the float one by design: it passes on the PSNR of its uint8 images
+# against PyTorch's (the shipped word model's, whose OCR it keeps, is 37 dB on random codes)
+MIN_INT8_PSNR_DB = 30.0
 
 
 @dataclass
@@ -45,11 +48,12 @@ class OutputError:
     max_abs: float
     max_rel: float
     passed: bool
+    note: str = ""
 
     def __str__(self) -> str:
         mark = "ok  " if self.passed else "FAIL"
         rel = f"{self.max_rel:.3g}" if np.isfinite(self.max_rel) else "n/a"  # pixels have no relative error
-        return f"{mark} {self.graph:<8} {self.output:<24} max abs {self.max_abs:.3g}  max rel {rel}"
+        return f"{mark} {self.graph:<8} {self.output:<24} max abs {self.max_abs:.3g}  max rel {rel}{self.note}"
 
 
 def check_export(model_dir, model, tokenizer, decode_steps: int = 3, batch: int = 2, seed: int = 0) -> list:
@@ -80,14 +84,18 @@ def check_export(model_dir, model, tokenizer, decode_steps: int = 3, batch: int 
     codes = torch.randint(0, a.vocab_size, (batch, a.grid_h, a.grid_w, a.num_pred_heads), generator=g)
     feeds = [{"codes": codes.numpy()}]
     expected = [_run_torch(DecoderWrapper(tokenizer), ["image"], feeds[0])]
-    rows += _compare(manifest.graph_path("decoder"), feeds, expected, PIXEL_ATOL[manifest.dtype], 0.0)
+    if manifest.decoder_dtype == "int8":
+        rows.append(_compare_psnr(manifest.graph_path("decoder"), feeds[0], expected[0]["image"]))
+    else:
+        rows += _compare(manifest.graph_path("decoder"), feeds, expected, PIXEL_ATOL[manifest.dtype], 0.0)
     for row in rows:
         log.info("%s", row)
     failed = [r for r in rows if not r.passed]
     if failed:
         raise ExportCheckError(
             f"{len(failed)} output(s) differ from PyTorch beyond tolerance (atol {atol}, rtol {rtol}; pixels "
-            f"{PIXEL_ATOL[manifest.dtype]}): " + "; ".join(f"{r.graph}/{r.output} abs {r.max_abs:.3g}" for r in failed)
+            f"{PIXEL_ATOL[manifest.dtype]}, or {MIN_INT8_PSNR_DB:g} dB for an int8 decoder): "
+            + "; ".join(f"{r.graph}/{r.output} abs {r.max_abs:.3g}{r.note}" for r in failed)
             + ". Nothing was written; report this with the checkpoint's config, or try --dtype fp32.")
     return rows
 
@@ -148,3 +156,14 @@ def _compare(graph: Path, feeds: list, expected: list, atol: float, rtol: float,
         rows.append(OutputError(graph.stem, name, max(s.max_absdiff for s in stats),
                                 max(s.max_reldiff for s in stats), all(bool(s) for s in stats)))
     return rows
+
+
+def _compare_psnr(graph: Path, feed: dict, expected: np.ndarray) -> OutputError:
+    import onnxruntime as ort
+
+    got = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"]).run(["image"], feed)[0]
+    diff = got.astype(np.float64) - expected.astype(np.float64)
+    mse = float(np.mean(diff ** 2))
+    psnr = float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+    return OutputError(graph.stem, "image", float(np.abs(diff).max()), float("nan"), psnr >= MIN_INT8_PSNR_DB,
+                       f"  PSNR {psnr:.1f} dB (int8, at least {MIN_INT8_PSNR_DB:g})")

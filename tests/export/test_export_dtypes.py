@@ -132,5 +132,13 @@ def test_decoder_dtype_is_checked(tiny_checkpoint, tmp_path):
     with pytest.raises(InvalidInputError, match="decoder_dtype 'int4' is not supported"):
         export_model(tiny_checkpoint, tmp_path / "m", decoder_dtype="int4")
     with pytest.raises(InvalidInputError, match="--check compares with PyTorch"):
-        export_model(tiny_checkpoint, tmp_path / "m", decoder_dtype="int8", check=True)
+        export_model(tiny_checkpoint, tmp_path / "m", dtype="int8", check=True)
     assert not (tmp_path / "m").exists()
+
+
+def test_check_judges_an_int8_decoder_by_psnr(tiny_checkpoint, tmp_path, caplog):
+    with caplog.at_level("INFO", logger="dnd_export"):
+        export_model(tiny_checkpoint, tmp_path / "m", decoder_dtype="int8", check=True)
+    row = next(r.getMessage() for r in caplog.records if "decoder" in r.getMessage())
+    assert row.startswith("ok") and "PSNR" in row, row
+    assert float(row.split("PSNR ")[1].split(" dB")[0]) >= 30
