@@ -70,8 +70,8 @@ def bench(checkpoint, model_dir, batches, num_batches: int, threads: int, repeat
         if profile:
             rows[-1]["profile"] = profile_runtime(gen, model.args, tokenizer, runtime, num, sampling["cfg_scale"] != 1.0)
     report = {"model": str(model_dir), "backend": gen.backend_name, "reference": f"PyTorch on {reference_device}",
-              "dtype": gen.manifest.dtype, "decoder_dtype": gen.manifest.decoder_dtype, "threads": threads, "sampling": sampling, "torch": torch.__version__,
-              "results": rows}
+              "dtype": gen.manifest.dtype, "decoder_dtype": gen.manifest.decoder_dtype, "threads": threads,
+              "sampling": sampling, "torch": torch.__version__, "results": rows}
     if profile:
         report["gemm_gflops_per_s"] = round(gemm_gflops(threads), 2)
         for row in rows:  # utilization of each part against the same run's GEMM rate

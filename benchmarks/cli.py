@@ -31,8 +31,8 @@ from dnd_training.model import MODEL_CONFIGS
 @click.option("--profile", is_flag=True, help="Also time stage calls, sampling and decoder, and rate them in GFLOP/s "
                                               "against this run's GEMM rate.")
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the JSON here.")
-def bench(checkpoint, model_dir, preset, dtype, decoder_dtype, batches, num_batches, repeats, threads, backend, reference_device,
-          sampling, profile, out):
+def bench(checkpoint, model_dir, preset, dtype, decoder_dtype, batches, num_batches, repeats, threads, backend,
+          reference_device, sampling, profile, out):
     """Benchmark the exported runtime against the PyTorch reference sampler (ratio in the same run)."""
     from .bench import bench_command
     result = bench_command(checkpoint, model_dir, list(batches), num_batches, threads, repeats, sampling, backend,
