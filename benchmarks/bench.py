@@ -27,14 +27,18 @@ from dnd_training.random_checkpoint import random_checkpoint
 from .profile import gemm_gflops, profile_runtime
 
 
-def _rate(fn, num: int, repeats: int) -> float:
-    fn()  # warm-up: session arenas, first-call allocations
-    best = float("inf")
+def _rates(num: int, repeats: int, *fns) -> list:
+    """Images/s of each fn, the best of `repeats` timed runs. The runs take turns, so both sides of a
+    ratio meet the same machine: a slow minute on a shared host slows both, not just one."""
+    for fn in fns:
+        fn()  # warm-up: session arenas, first-call allocations
+    best = [float("inf")] * len(fns)
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return num / best
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - t0)
+    return [num / b for b in best]
 
 
 def bench(checkpoint, model_dir, batches, num_batches: int, threads: int, repeats: int, sampling: dict,
@@ -64,7 +68,7 @@ def bench(checkpoint, model_dir, batches, num_batches: int, threads: int, repeat
                 to_uint8(x).permute(0, 2, 3, 1).cpu().numpy()
 
         runtime = lambda: gen.sample(labels, seed=0, batch_size=batch, **sampling)  # noqa: E731
-        ours, ref = _rate(runtime, num, repeats), _rate(reference, num, repeats)
+        ours, ref = _rates(num, repeats, runtime, reference)
         rows.append({"batch_size": batch, "images": num, "runtime_images_per_s": round(ours, 2),
                      "reference_images_per_s": round(ref, 2), "ratio": round(ours / ref, 2)})
         if profile:

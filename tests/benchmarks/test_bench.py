@@ -1,10 +1,12 @@
 """`dnd bench`: both sides run on the same model in the same process and the JSON carries their ratio."""
 import json
+import time
 
 import pytest
 import torch
 from click.testing import CliRunner
 
+from dnd_bench.bench import _rates
 from dnd_sdk.cli.main import cli
 
 
@@ -62,3 +64,17 @@ def test_flop_count_matches_the_reference_model_linears(tiny_checkpoint):
     attention = 2 * (a.pred_head_positions[-1] + 1) * 2 * a.n_head * a.head_dim * positions * (positions + 1) // 2
     assert transformer_gflop(a, guided=False) * 1e9 == pytest.approx(2 * sum(macs) + attention, rel=1e-9)
     assert transformer_gflop(a, guided=True) == 2 * transformer_gflop(a, guided=False)
+
+
+def test_timed_runs_take_turns_and_each_side_keeps_its_best():
+    calls, slow = [], {"runtime": [0.03, 0.0, 0.03], "reference": [0.03, 0.03, 0.03]}  # warm-up, then 2 runs
+
+    def side(name):
+        def run():
+            time.sleep(slow[name][sum(c == name for c in calls)])
+            calls.append(name)
+        return run
+
+    ours, ref = _rates(10, 2, side("runtime"), side("reference"))
+    assert calls == ["runtime", "reference"] * 3  # warm-ups, then alternating timed runs
+    assert ours > 10 / 0.02 and ref <= 10 / 0.03  # the runtime's fast first timed run is its best
