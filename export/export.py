@@ -114,7 +114,7 @@ def _write_graphs(tmp: Path, model, tokenizer, opset: int, threshold: int, dtype
         ins, outs, extra = export_graph(wrapper, wrapper.example_inputs(), tmp / f"{name}.onnx", wrapper.io.inputs,
                                         wrapper.io.outputs, wrapper.io.dynamic_axes, opset, threshold)
         if dtype in QUANTIZED:
-            quantize_weights(tmp / f"{name}.onnx", dtype)
+            extra = quantize_weights(tmp / f"{name}.onnx", dtype, threshold)
         files[name] = FileEntry(f"{name}.onnx", inputs=ins, outputs=outs, external_data=[FileRef(f) for f in extra])
         stages.append(Stage(name, wrapper.io.layers, k))
     a = model.args
@@ -122,7 +122,7 @@ def _write_graphs(tmp: Path, model, tokenizer, opset: int, threshold: int, dtype
     ins, outs, extra = export_graph(DecoderWrapper(tokenizer), (codes,), tmp / "decoder.onnx", ["codes"], ["image"],
                                     DecoderWrapper.dynamic_axes(), opset, threshold)
     if decoder_dtype == "int8":
-        quantize_decoder(tmp / "decoder.onnx", _calibration_codes(a))
+        extra = quantize_decoder(tmp / "decoder.onnx", _calibration_codes(a), threshold)
     files["decoder"] = FileEntry("decoder.onnx", inputs=ins, outputs=outs, external_data=[FileRef(f) for f in extra])
     np.savez(tmp / "embeddings.npz", tok_embeddings=_to_numpy(model.tok_embeddings.weight),
              cls_embedding=_to_numpy(model.cls_embedding.embedding_table.weight))

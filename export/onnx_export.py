@@ -45,18 +45,26 @@ def export_graph(module, args, path: Path, input_names, output_names, dynamic_ax
     return [_spec(v) for v in model.graph.input], [_spec(v) for v in model.graph.output], extra
 
 
+def save_graph(model: onnx.ModelProto, path: Path, threshold: int) -> list:
+    """Write `model`, held whole in memory, to `path` (replacing it and any external data it had);
+    weights over `threshold` bytes go to one `path.data` file. Returns the external file names."""
+    data = path.parent / (path.name + ".data")
+    data.unlink(missing_ok=True)  # onnx appends to an existing data file
+    if sum(len(t.raw_data) for t in model.graph.initializer) <= threshold:
+        onnx.save_model(model, str(path))
+        return []
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data.name, size_threshold=1024)
+    usual_mode(data)  # onnx creates it 0600: another user could not read it
+    return [data.name]
+
+
 def _save(model: onnx.ModelProto, scratch: Path, path: Path, threshold: int) -> list:
     """Write `model` to `path`; weights over `threshold` bytes go to one `path.data` file. Returns the
     external file names. Spilled weights are streamed from the scratch files, never all held at once."""
     spilled = [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
     if not spilled:
-        if sum(len(t.raw_data) for t in model.graph.initializer) <= threshold:
-            onnx.save_model(model, str(path))
-            return []
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.name + ".data", size_threshold=1024)
-        usual_mode(path.parent / (path.name + ".data"))  # onnx creates it 0600: another user could not read it
-        return [path.name + ".data"]
+        return save_graph(model, path, threshold)
     data = path.name + ".data"
     with open(path.parent / data, "wb") as out:
         for tensor in spilled:

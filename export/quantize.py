@@ -1,32 +1,56 @@
-"""Quantization of float32 graphs with ONNX Runtime's own tools (in place).
+"""Quantization of float32 graphs, rewritten in place (with their external data, if any).
 
-    quantize_weights(Path("stage0.onnx"), "int8")   # MatMul weights int8 (DynamicQuantizeLinear + MatMulInteger)
-    quantize_weights(Path("stage0.onnx"), "int4")   # MatMul weights int4 blocks (MatMulNBits)
-    quantize_decoder(Path("decoder.onnx"), codes)   # every Conv int8 (QLinearConv), calibrated on `codes`
+    extra = quantize_weights(Path("stage0.onnx"), "int8", threshold)  # int8 weights, int8 rows (MatMulInteger)
+    extra = quantize_weights(Path("stage0.onnx"), "int4", threshold)  # int4 weight blocks (MatMulNBits)
+    extra = quantize_decoder(Path("decoder.onnx"), codes, threshold)  # every Conv int8 (QLinearConv)
+
+Each returns the graph's external data files, as `export_graph` does.
 
 In stage graphs only MatMuls whose second input is a weight are rewritten: attention's activation
-products stay float32. The decoder's convolutions take int8 activations too, with ranges measured
-on calibration codes: ONNX Runtime has no fast kernel for a float convolution with int8 weights, and
-its int8 convolution runs the decoder about twice as fast. The operators are ONNX Runtime's, so such
-graphs are marked ONNX-Runtime-only.
+products stay float32. Activations are quantized row by row, never over the whole call, so a row's
+logits are the same whatever the other rows hold and however many there are (the runtime promises
+that an image never depends on its batch): ONNX Runtime's own dynamic quantization takes one scale
+for the whole input tensor, which would make every image depend on its neighbours.
+
+The decoder's convolutions take int8 activations too, with fixed ranges measured on calibration
+codes: ONNX Runtime has no fast kernel for a float convolution with int8 weights, and its int8
+convolution runs the decoder about twice as fast. The operators are ONNX Runtime's, so such graphs
+are marked ONNX-Runtime-only.
 """
 import logging
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import TensorProto, helper, numpy_helper
 
-from dnd_sdk.folders import atomic_write
+from .onnx_export import save_graph
 
 QUANTIZED = ("int8", "int4")
 INT4_BLOCK = 32  # MatMulNBits block size along the input dimension
+# MatMulNBits accuracy level 4: the activations of each row are quantized to int8 per block and the
+# products run on int8 units; it is faster than the float level and treats every row on its own
+INT4_ACCURACY = 4
+ROW_ZERO_POINT = 128  # symmetric int8 rows, stored as uint8 for ONNX Runtime's fast u8 x s8 kernels
 
 
-def quantize_weights(path: Path, dtype: str) -> None:
-    _rewrite(path, lambda tmp: _quantize(path, tmp, dtype))
+def quantize_weights(path: Path, dtype: str, threshold: int) -> list:
+    model = onnx.load(str(path))
+    if dtype == "int8":
+        quantize_rows_int8(model)
+    else:
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        with _quiet_quantizer():
+            quantizer = MatMulNBitsQuantizer(model, block_size=INT4_BLOCK, is_symmetric=True,
+                                             accuracy_level=INT4_ACCURACY)
+            quantizer.process()
+        model = quantizer.model.model
+    return save_graph(model, path, threshold)
 
 
-def quantize_decoder(path: Path, codes: np.ndarray, batch: int = 1) -> None:
+def quantize_decoder(path: Path, codes: np.ndarray, threshold: int, batch: int = 1) -> list:
     """Rewrite the decoder's Convs as int8 QLinearConv (per-channel weights, activation ranges from the
     min and max each reaches on `codes` [N, h, w, D], run `batch` at a time: only each tensor's min and
     max are kept per run, so memory is one run's activations)."""
@@ -40,34 +64,89 @@ def quantize_decoder(path: Path, codes: np.ndarray, batch: int = 1) -> None:
             chunk = next(self.batches, None)
             return None if chunk is None else {"codes": chunk}
 
-    _rewrite(path, lambda tmp: quantize_static(path, tmp, Codes(), quant_format=QuantFormat.QOperator,
-                                               per_channel=True, activation_type=QuantType.QUInt8,
-                                               weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"]))
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp, _quiet_quantizer():
+        out = Path(tmp) / path.name
+        quantize_static(path, out, Codes(), quant_format=QuantFormat.QOperator, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"])
+        model = onnx.load(str(out))
+    return save_graph(model, path, threshold)
 
 
-def _rewrite(path: Path, quantize) -> None:
-    root = logging.getLogger()
-    level, handlers = root.level, list(root.handlers)
-    # importing the int4 quantizer runs logging.basicConfig(level=INFO): let it happen here, where the
-    # root logger's level and handlers are put back afterwards
-    import onnxruntime.quantization.matmul_nbits_quantizer  # noqa: F401
-    # the quantizer logs every tensor at INFO, and advice (pre-processing) as warnings
-    root.setLevel(max(level, logging.ERROR))
-    try:
-        atomic_write(path, quantize, to_name=True)
-    finally:
-        root.setLevel(level)
-        root.handlers[:] = handlers
+def quantize_rows_int8(model: onnx.ModelProto) -> None:
+    """Every MatMul of an activation by a float32 weight [K, N] becomes MatMulInteger: the weight int8
+    per output column, the activation int8 per row (scale max|row| / 127), then back to float32 by the
+    two scales (ONNX Runtime fuses that into MatMulIntegerToFloat). MatMuls that share an activation
+    share its quantization."""
+    graph = model.graph
+    weights = {t.name: t for t in graph.initializer}
+    consts = _constants(graph, {"rq_zero_point": np.array(ROW_ZERO_POINT, np.uint8),
+                                "rq_step": np.array(1 / 127, np.float32),
+                                "rq_floor": np.array(1e-30, np.float32)})  # an all-zero row stays zero
+    rows, columns, nodes = {}, {}, []
+    for node in graph.node:
+        w = weights.get(node.input[1]) if node.op_type == "MatMul" else None
+        if w is None or w.data_type != TensorProto.FLOAT or len(w.dims) != 2:
+            nodes.append(node)
+            continue
+        if node.input[0] not in rows:
+            rows[node.input[0]] = _quantize_rows(node.input[0], nodes, consts, len(rows))
+        if w.name not in columns:
+            columns[w.name] = _quantize_columns(w)
+        nodes += _integer_matmul(node, *rows[node.input[0]], columns[w.name], consts)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    kept = [t for t in graph.initializer if t.name not in columns]
+    del graph.initializer[:]
+    graph.initializer.extend(kept + [t for pair in columns.values() for t in pair])
 
 
-def _quantize(path: Path, tmp: Path, dtype: str) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+def _constants(graph, values: dict) -> dict:
+    graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in values.items())
+    return {k: k for k in values}
 
-    if dtype == "int8":
-        quantize_dynamic(path, tmp, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"], per_channel=True,
-                         extra_options={"MatMulConstBOnly": True})
-    else:
-        quantizer = MatMulNBitsQuantizer(onnx.load(str(path)), block_size=INT4_BLOCK, is_symmetric=True)
-        quantizer.process()
-        quantizer.model.save_model_to_file(str(tmp), use_external_data_format=False)
+
+def _quantize_rows(x: str, nodes: list, consts: dict, i: int) -> tuple:
+    """(uint8 rows, float row maxima [.., 1]) of activation `x`: round(127 x / max|row|) + 128, the
+    rounding and offset in one QuantizeLinear. The 1/127 of the row scale lives in the column scales."""
+    n = f"rq{i}_"
+    nodes += [helper.make_node("Abs", [x], [n + "abs"]),
+              helper.make_node("ReduceMax", [n + "abs"], [n + "max"], axes=[-1], keepdims=1),
+              helper.make_node("Max", [n + "max", consts["rq_floor"]], [n + "max_pos"]),
+              helper.make_node("Div", [x, n + "max_pos"], [n + "unit"]),
+              helper.make_node("QuantizeLinear", [n + "unit", consts["rq_step"], consts["rq_zero_point"]], [n + "q"])]
+    return n + "q", n + "max_pos"
+
+
+def _quantize_columns(w) -> tuple:
+    """(int8 weight, float32 column scales) initializers for float weight initializer `w` [K, N]."""
+    values = numpy_helper.to_array(w).astype(np.float64)
+    scale = np.maximum(np.abs(values).max(axis=0), 1e-30) / 127
+    q = np.clip(np.round(values / scale), -127, 127).astype(np.int8)
+    # times the rows' 1/127 step, so that the product needs only the rows' maxima
+    return (numpy_helper.from_array(q, w.name + "_int8"),
+            numpy_helper.from_array((scale / 127).astype(np.float32), w.name + "_scale"))
+
+
+def _integer_matmul(node, q: str, row_scale: str, weight: tuple, consts: dict) -> list:
+    w, col_scale = (t.name for t in weight)
+    n, (y,) = node.name or node.output[0], node.output
+    return [helper.make_node("MatMulInteger", [q, w, consts["rq_zero_point"]], [n + "_int32"]),
+            helper.make_node("Cast", [n + "_int32"], [n + "_float"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", [row_scale, col_scale], [n + "_scales"]),
+            helper.make_node("Mul", [n + "_float", n + "_scales"], [y])]
+
+
+class _quiet_quantizer:
+    """ONNX Runtime's quantizers log every tensor at INFO and advice as warnings, and importing the int4
+    one runs logging.basicConfig(level=INFO): keep the root logger's level and handlers as they were."""
+
+    def __enter__(self):
+        root = logging.getLogger()
+        self.level, self.handlers = root.level, list(root.handlers)
+        import onnxruntime.quantization.matmul_nbits_quantizer  # noqa: F401  (its basicConfig runs here)
+        root.setLevel(max(self.level, logging.ERROR))
+
+    def __exit__(self, *exc):
+        root = logging.getLogger()
+        root.setLevel(self.level)
+        root.handlers[:] = self.handlers

@@ -111,6 +111,42 @@ def test_quantized_export_is_onnxruntime_only_and_samples(tiny_checkpoint, tmp_p
         assert gen.sample_codes(num=2, seed=0).shape == (2, 2, 4, 2)
 
 
+@pytest.mark.parametrize("dtype", ["int8", "int4"])
+def test_a_quantized_row_does_not_depend_on_the_rows_beside_it(tiny_checkpoint, tmp_path, dtype):
+    # the runtime promises an image that never depends on its batch: activations are quantized per row
+    m = load_manifest(export_model(tiny_checkpoint, tmp_path / dtype, dtype=dtype))
+    session = ort.InferenceSession(str(m.graph_path("stage0")), providers=["CPUExecutionProvider"])
+    rng, rows = np.random.default_rng(0), 5
+    feed = {s.name: rng.standard_normal([rows if d == "batch_size" else d for d in s.shape]).astype(np.float32)
+            for s in m.inputs("stage0") if s.dtype == "float32"}
+    feed["hidden"] *= np.array([1, 30, 0.01, 0, 5], np.float32)[:, None, None]  # neighbours of any range
+    feed["positions"] = np.array([3, 0, 5, 1, 7])
+    feed["kv_mask"] = np.arange(m.cache_length)[None, :] < feed["positions"][:, None]
+    together = session.run(None, feed)
+    for r in range(rows):
+        alone = session.run(None, {k: v[r:r + 1] for k, v in feed.items()})
+        assert all(np.array_equal(a[0], t[r]) for a, t in zip(alone, together)), r
+
+
+@pytest.mark.parametrize("dtype, decoder_dtype", [("int8", "int8"), ("int4", "fp32")])
+def test_quantized_graphs_keep_only_their_own_external_data(tiny_checkpoint, tmp_path, dtype, decoder_dtype):
+    from dnd_sdk import Generator
+    from dnd_sdk.onnx_refs import onnx_external_files
+
+    out = export_model(tiny_checkpoint, tmp_path / "m", dtype=dtype, decoder_dtype=decoder_dtype, external_threshold=0)
+    fp32 = export_model(tiny_checkpoint, tmp_path / "fp32", external_threshold=0)
+    m = load_manifest(out)
+    for name in m.stage_names + ["decoder"]:
+        listed = [r.file for r in m.files[name].external_data]
+        assert listed == [f"{name}.onnx.data"] and sorted(onnx_external_files(m.graph_path(name).read_bytes())) == listed
+        if name != "decoder" or decoder_dtype == "int8":  # quantized weights, no float copy left beside them
+            assert (out / listed[0]).stat().st_size < 0.5 * (fp32 / listed[0]).stat().st_size, name
+    assert sorted(f.name for f in out.iterdir()) == sorted(["manifest.json", "embeddings.npz"] + [
+        f for name in m.stage_names + ["decoder"] for f in (f"{name}.onnx", f"{name}.onnx.data")])
+    with Generator(out, threads=1) as gen:
+        assert gen.sample_codes(num=2, seed=0).shape == (2, 2, 4, 2)
+
+
 def test_int8_decoder_keeps_the_tokens_and_approximates_the_pixels(tiny_checkpoint, tiny_model_dir, tmp_path):
     from dnd_sdk import Generator
     from dnd_export.trt_lint import lint_folder
