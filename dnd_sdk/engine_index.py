@@ -21,6 +21,7 @@ ENGINES_NAME = "engines.json"
 _REBUILD = "Rebuild them with `dnd-build MODEL_DIR -o ENGINE_DIR`."
 # the TensorRT major versions dnd-build and the TensorRT backend are written for (the gpu extras' pin)
 TENSORRT_MAJORS = (10, 11)
+MAX_ROWS = 1 << 16  # rows per engine call: far beyond any GPU's memory for the cache they need
 
 
 def tensorrt_major(version: str) -> int:
@@ -67,9 +68,16 @@ def load_engine_index(folder, graphs=(), verify: bool = True) -> Optional[Engine
     try:
         if raw.get("format") != FORMAT or raw.get("version") != VERSION:
             raise ManifestError(f"{path}: not a {FORMAT} v{VERSION} index. {_REBUILD}")
-        index = EngineIndex(**{**raw, "files": {k: FileRef(**v) for k, v in raw["files"].items()}})
+        index = EngineIndex(**{**raw, "files": {k: FileRef.from_dict(v, ENGINES_NAME, _REBUILD)
+                                                for k, v in raw["files"].items()}})
     except (ValueError, TypeError, KeyError, AttributeError) as e:
         raise ManifestError(f"{path}: malformed ({type(e).__name__}: {e}). {_REBUILD}") from None
+    if not (isinstance(index.max_rows, int) and not isinstance(index.max_rows, bool)
+            and 1 <= index.max_rows <= MAX_ROWS):
+        raise ManifestError(f"{path}: max_rows must be an int in 1..{MAX_ROWS}, got {index.max_rows!r}. {_REBUILD}")
+    if not (isinstance(index.tensorrt_version, str) and index.tensorrt_version):
+        raise ManifestError(f"{path}: tensorrt_version must be a version string, got {index.tensorrt_version!r}. "
+                            f"{_REBUILD}")
     missing = [g for g in graphs if g not in index.files]
     if missing:
         raise ManifestError(f"{path}: no engine for {missing}. {_REBUILD}")

@@ -56,6 +56,15 @@ class FileRef:
     sha256: str = ""
     bytes: int = 0
 
+    @classmethod
+    def from_dict(cls, d: dict, listed_in: str = "manifest.json", remedy: str = _RERUN) -> "FileRef":
+        ref = cls(**d)
+        if not (isinstance(ref.file, str) and isinstance(ref.sha256, str) and isinstance(ref.bytes, int)
+                and not isinstance(ref.bytes, bool) and ref.bytes >= 0):
+            raise ManifestError(f"{listed_in} lists {d!r}: a file needs a name, a sha256 string and a size in "
+                                f"bytes. {remedy}")
+        return ref
+
 
 @dataclass
 class FileEntry:
@@ -70,8 +79,9 @@ class FileEntry:
     def from_dict(cls, d: dict) -> "FileEntry":
         inputs, outputs = ([TensorSpec.from_dict(s) for s in d[key]] if d.get(key) is not None else None
                            for key in ("inputs", "outputs"))
-        return cls(str(d["file"]), str(d.get("sha256", "")), int(d.get("bytes", 0)), inputs, outputs,
-                   [FileRef(**r) for r in d.get("external_data", [])])
+        ref = FileRef.from_dict({k: d[k] for k in ("file", "sha256", "bytes") if k in d})
+        return cls(ref.file, ref.sha256, ref.bytes, inputs, outputs,
+                   [FileRef.from_dict(r) for r in d.get("external_data", [])])
 
 
 @dataclass
@@ -171,7 +181,7 @@ class Manifest:
             raise ManifestError(f"manifest.json is missing required field(s) {missing}. {_RERUN}")
         try:
             m = cls(**{n: d[n] for n in names if n in d})
-            m.stages = [Stage(str(s["graph"]), [int(i) for i in s["layers"]], int(s["head"])) for s in d["stages"]]
+            m.stages = [Stage(str(s["graph"]), list(s["layers"]), s["head"]) for s in d["stages"]]
             m.files = {str(k): FileEntry.from_dict(v) for k, v in d["files"].items()}
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ManifestError(f"manifest.json is malformed ({type(e).__name__}: {e}). {_RERUN}") from None

@@ -4,12 +4,13 @@ when the list is not empty, so the runtime never allocates from a number it has 
 """
 from .errors import InvalidInputError
 from .labels import label_problem
-from .manifest_schema import BACKEND_NAMES, DECODER_DTYPES, DTYPES, KV_TEMPLATES, SAMPLER_KEYS
+from .manifest_schema import (BACKEND_NAMES, CACHE_DTYPES, DECODER_DTYPES, DIM_NAMES, DTYPES, KV_TEMPLATES,
+                              SAMPLER_KEYS)
 from .sampler import SamplingParams
 
 # generous bounds: far beyond any trained model, far below what would exhaust memory
 LIMITS = {"latent side": 1024, "depth": 64, "image side": 16384, "vocab_size": 1 << 20, "dim": 1 << 16,
-          "n_layer": 1024, "labels": 1 << 20, "tensor dim": 1 << 31}
+          "n_layer": 1024, "n_head": 1024, "n_kv_head": 1024, "labels": 1 << 20, "tensor dim": 1 << 31, "opset": 1000}
 
 
 def _int_in(value, lo: int, hi: int) -> bool:
@@ -19,6 +20,10 @@ def _int_in(value, lo: int, hi: int) -> bool:
 def _kv_template(value) -> bool:
     """A template takes exactly one layer index: 'new_key_values.%d.key'."""
     return isinstance(value, str) and value.count("%") == 1 and "%d" in value
+
+
+def _strings(value) -> bool:
+    return isinstance(value, list) and all(isinstance(x, str) for x in value)
 
 
 def problems(m) -> list:
@@ -31,6 +36,7 @@ def problems(m) -> list:
 
     lat, img, cfg = m.latent, m.image, m.model_config
     need(m.dtype in DTYPES, f"dtype {m.dtype!r} is not one of {DTYPES}")
+    need(_int_in(m.opset, 1, LIMITS["opset"]), f"opset must be an int in 1..{LIMITS['opset']}, got {m.opset!r}")
     shape_ok = need(isinstance(lat, dict) and isinstance(img, dict) and isinstance(cfg, dict),
                     "latent, image and model_config must be objects")
     if shape_ok:
@@ -40,7 +46,7 @@ def problems(m) -> list:
                          f"got {lat}")
         shape_ok &= need(all(_int_in(img.get(k), 1, LIMITS["image side"]) for k in ("height", "width")),
                          f"image needs ints height, width in 1..{LIMITS['image side']}, got {img}")
-        for key in ("vocab_size", "dim", "n_layer"):
+        for key in ("vocab_size", "dim", "n_layer", "n_head", "n_kv_head"):
             shape_ok &= need(_int_in(cfg.get(key), 1 + (key == "vocab_size"), LIMITS[key]),
                              f"model_config.{key} must be an int in {1 + (key == 'vocab_size')}..{LIMITS[key]}, "
                              f"got {cfg.get(key)!r}")
@@ -52,11 +58,13 @@ def problems(m) -> list:
         need(m.null_class is None or _int_in(m.null_class, len(m.labels), len(m.labels)),
              f"null_class must be null or {len(m.labels)} (the number of labels), got {m.null_class!r}")
     need(isinstance(m.forms, dict) and set(m.forms) <= {"stages", "decoder"} and "stages" in m.forms
-         and all(isinstance(v, list) and v and set(v) <= set(BACKEND_NAMES) for v in m.forms.values()),
+         and all(_strings(v) and v and set(v) <= set(BACKEND_NAMES) for v in m.forms.values()),
          f"forms needs stages (and may have decoder), each a non-empty list of backends among {BACKEND_NAMES}, "
          f"got {m.forms!r}")
     need(m.decoder_dtype in ("", *DECODER_DTYPES), f"decoder_dtype must be one of {DECODER_DTYPES}, got "
                                                     f"{m.decoder_dtype!r}")
+    need(isinstance(m.producer, dict) and all(isinstance(v, str) for v in m.producer.values()),
+         f"producer must be an object of strings (tool -> version), got {m.producer!r}")
     need(_int_in(m.cache_length, 1, LIMITS["tensor dim"]),
          f"cache_length must be an int in 1..{LIMITS['tensor dim']}, got {m.cache_length!r}")
     need(isinstance(m.kv, dict) and set(m.kv) == set(KV_TEMPLATES) and all(_kv_template(t) for t in m.kv.values()),
@@ -68,50 +76,97 @@ def problems(m) -> list:
          f"tensor dims must be ints in 1..{LIMITS['tensor dim']}")
     if not shape_ok or found:
         return found  # the checks below read these values
-    depth = lat["depth"]
-    if need(len(m.stages) == depth and [s.head for s in m.stages] == list(range(depth)),
-            f"{len(m.stages)} stages for depth {depth}, heads must be 0..{depth - 1}"):
+    # the fixed cache holds the class token and every cell but the last: a sample's positions run up to h*w - 1
+    if need(m.cache_length == lat["h"] * lat["w"], f"cache_length must be {lat['h'] * lat['w']} (latent h*w: the "
+                                                   f"class token and every cell but the last), got {m.cache_length}"):
         found += _stage_problems(m)
+    found += _decoder_problems(m)
     found += _sampler_problems(m)
     return found
 
 
 def _io(entry, key: str) -> dict:
-    return {spec.name: spec.shape for spec in (getattr(entry, key) or [])}
+    """name -> (dtype, shape) of a graph entry's inputs or outputs."""
+    return {spec.name: (spec.dtype, spec.shape) for spec in (getattr(entry, key) or [])}
+
+
+def _layer_ranges(m):
+    """The layers of each stage, as the exporter cuts them (`Transformer.stage_layers`): stage k holds
+    the layers after head k-1's up to head k's position; layers past the last head are never built.
+    None when model_config.pred_head_positions is not that many increasing layer indices."""
+    heads, depth, n_layer = m.model_config.get("pred_head_positions"), m.depth, m.model_config["n_layer"]
+    if not (isinstance(heads, list) and len(heads) == depth and all(_int_in(p, 0, n_layer - 1) for p in heads)
+            and all(a < b for a, b in zip(heads, heads[1:]))):
+        return None
+    return [list(range(heads[k - 1] + 1 if k else 0, heads[k] + 1)) for k in range(depth)]
 
 
 def _stage_problems(m) -> list:
-    found, seen = [], []
-    n_layer, vocab, dim = m.model_config["n_layer"], m.model_config["vocab_size"], m.model_config["dim"]
-    for stage in m.stages:
-        ins, outs = _io(m.files[stage.graph], "inputs"), _io(m.files[stage.graph], "outputs")
-        bad = [i for i in stage.layers if not 0 <= i < n_layer or i in seen]
-        if bad:
-            found.append(f"stage {stage.graph} names layers {bad}, outside 0..{n_layer - 1} or taken by another stage")
-        seen += stage.layers
-        missing = [name for i in stage.layers if i not in bad
-                   for name in (*m.past_names(i), *m.new_names(i)) if name not in ins and name not in outs]
-        if missing:
-            found.append(f"stage {stage.graph} has no KV-cache tensors {missing[:4]} for its layers")
-        if outs.get("logits", [None])[-1:] != [vocab] or ins.get("hidden", [None])[-1:] != [dim]:
-            found.append(f"stage {stage.graph}: logits [.., {vocab}] and hidden [.., {dim}] do not match its "
-                         "I/O specs")
-    codes, image = _io(m.files["decoder"], "inputs").get("codes"), _io(m.files["decoder"], "outputs").get("image")
-    lat, img = m.latent, m.image
-    if codes != ["batch_size", lat["h"], lat["w"], lat["depth"]] \
-            or image != ["batch_size", img["height"], img["width"], 3]:
-        found.append(f"decoder codes {codes} / image {image} do not match latent {lat} and image {img}")
+    ranges = _layer_ranges(m)
+    if ranges is None:
+        return [f"model_config.pred_head_positions must be {m.depth} increasing layer indices below n_layer "
+                f"{m.model_config['n_layer']}, got {m.model_config.get('pred_head_positions')!r}"]
+    if len(m.stages) != m.depth:
+        return [f"{len(m.stages)} stages for depth {m.depth}"]
+    found = []
+    for k, (stage, layers) in enumerate(zip(m.stages, ranges)):
+        exact = stage.layers == layers and all(_int_in(i, layers[0], layers[-1]) for i in stage.layers)
+        if stage.graph != m.stage_graph(k) or not _int_in(stage.head, k, k) or not exact:
+            return [f"stage {k} must be graph {m.stage_graph(k)!r} with head {k} and layers {layers} (cut at "
+                    f"model_config.pred_head_positions), got graph {stage.graph!r}, head {stage.head!r}, "
+                    f"layers {stage.layers!r}"]
+        found += _stage_io_problems(m, stage)
     return found
 
 
+def _stage_io_problems(m, stage) -> list:
+    """Stage graph v2's I/O, as the backends allocate and bind it: the hidden state, the rows' positions
+    and cache mask in, logits and hidden state out, each of the stage's layers a fixed past key/value
+    [rows, kv_heads, L, head_dim] in and its new row [rows, kv_heads, 1, head_dim] out."""
+    cfg, length, rows = m.model_config, m.cache_length, DIM_NAMES[0]
+    dim, kv = cfg["dim"], CACHE_DTYPES.get(m.dtype)
+    kv_heads, head_dim = cfg["n_kv_head"], dim // cfg["n_head"]
+    want = {"inputs": {"hidden": ("float32", [rows, 1, dim]), "positions": ("int64", [rows]),
+                       "kv_mask": ("bool", [rows, length])},
+            "outputs": {"logits": ("float32", [rows, cfg["vocab_size"]]), "hidden_out": ("float32", [rows, 1, dim])}}
+    for layer in stage.layers:
+        want["inputs"].update(dict.fromkeys(m.past_names(layer), (kv, [rows, kv_heads, length, head_dim])))
+        want["outputs"].update(dict.fromkeys(m.new_names(layer), (kv, [rows, kv_heads, 1, head_dim])))
+    return _spec_problems(m, stage.graph, want)
+
+
+def _decoder_problems(m) -> list:
+    lat, img = m.latent, m.image
+    rows = DIM_NAMES[0]
+    return _spec_problems(m, "decoder", {"inputs": {"codes": ("int64", [rows, lat["h"], lat["w"], lat["depth"]])},
+                                         "outputs": {"image": ("uint8", [rows, img["height"], img["width"], 3])}})
+
+
+def _spec_problems(m, graph: str, want: dict) -> list:
+    """What differs between graph's declared inputs/outputs and `want` ({key: {name: (dtype, shape)}})."""
+    found = []
+    for key, expected in want.items():
+        declared = _io(m.files[graph], key)
+        wrong = [f"{name} {spec_text(declared.get(name))} (expected {spec_text(expected.get(name))})"
+                 for name in [*expected, *(n for n in declared if n not in expected)]
+                 if declared.get(name) != expected.get(name)]
+        if wrong:
+            found.append(f"{graph} {key}: " + ", ".join(wrong[:4]) + (", ..." if len(wrong) > 4 else ""))
+    return found
+
+
+def spec_text(spec) -> str:
+    """A (dtype, shape) pair in words, e.g. "float32 ['batch_size', 1, 32]"."""
+    return "absent" if spec is None else f"{spec[0]} {spec[1]}"
+
+
 def _sampler_problems(m) -> list:
-    defaults = m.sampler_defaults
-    keys = SAMPLER_KEYS
-    if not isinstance(defaults, dict) or not set(keys) <= set(defaults):
-        return [f"sampler_defaults needs {keys}, has {sorted(defaults) if isinstance(defaults, dict) else defaults}"]
+    defaults, keys = m.sampler_defaults, SAMPLER_KEYS
+    if not isinstance(defaults, dict) or set(keys) != set(defaults):  # another key would reach SamplingParams(**)
+        has = sorted(defaults) if isinstance(defaults, dict) else defaults
+        return [f"sampler_defaults needs exactly {keys}, has {has}"]
     try:
-        SamplingParams(**{k: defaults[k] for k in keys}).validate(m.model_config["vocab_size"], m.latent["depth"],
-                                                                  m.null_class is not None)
+        SamplingParams(**defaults).validate(m.model_config["vocab_size"], m.latent["depth"], m.null_class is not None)
     except InvalidInputError as e:
         return [f"sampler_defaults: {e}"]
     return []

@@ -13,6 +13,7 @@ Runtime has read it.
 """
 import hashlib
 import io
+import math
 import os
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -25,6 +26,7 @@ from .onnx_refs import WireFormatError, onnx_external_files
 RERUN = "Re-export the model with `dnd-export CHECKPOINT -o DIR --force`."
 EMBEDDING_DTYPES = ("float32", "float16", "uint16")  # uint16: bfloat16 bit patterns
 _CHUNK = 1 << 20
+MAX_GRAPH_BYTES = (1 << 31) - 1  # protobuf's limit on one message: a bigger .onnx cannot be parsed
 
 
 def inside(folder, name, listed_in: str = "manifest.json", remedy: str = RERUN) -> Path:
@@ -32,9 +34,9 @@ def inside(folder, name, listed_in: str = "manifest.json", remedy: str = RERUN) 
     (no absolute path, no `..`, no link leading out). Nothing outside is touched before the refusal."""
     folder = Path(folder)
     parts = PurePosixPath(name).parts if isinstance(name, str) else ()
-    if not parts or PurePosixPath(name).is_absolute() or ".." in parts or "\\" in name:
+    if not parts or PurePosixPath(name).is_absolute() or ".." in parts or "\\" in name or "\0" in name:
         raise ManifestError(f"{listed_in} names {name!r}: a model folder may only list files inside itself "
-                            f"(relative paths, no '..'). {remedy}")
+                            f"(relative paths, no '..', no NUL byte). {remedy}")
     root, real = os.path.realpath(folder), os.path.realpath(folder / name)
     if os.path.commonpath([root, real]) != root:
         raise ManifestError(f"{listed_in} names {name!r}, a link that leads out of {folder}: a model folder may "
@@ -44,33 +46,40 @@ def inside(folder, name, listed_in: str = "manifest.json", remedy: str = RERUN) 
     return Path(real)
 
 
-def _hash_handle(f, path: Path, ref, listed_in: str, remedy: str, keep: bool):
-    """sha256 of an open file checked against ref; returns (fstat, bytes if keep)."""
-    st = os.fstat(f.fileno())
-    if st.st_size != ref.bytes:
-        raise ManifestError(f"{path.name}: {st.st_size} bytes, but {listed_in} says {ref.bytes}; the file was "
+def _check_size(size: int, path: Path, ref, listed_in: str, remedy: str) -> None:
+    if size != ref.bytes:
+        raise ManifestError(f"{path.name}: {size} bytes, but {listed_in} says {ref.bytes}; the file was "
                             f"modified or truncated. {remedy}")
-    digest, kept = hashlib.sha256(), []
-    for chunk in iter(lambda: f.read(_CHUNK), b""):
-        digest.update(chunk)
-        if keep:
-            kept.append(chunk)
+
+
+def _check_digest(digest, path: Path, ref, listed_in: str, remedy: str) -> None:
     if digest.hexdigest() != ref.sha256:
         raise ManifestError(f"{path.name}: contents do not match {listed_in} (sha256 differs); the file was "
                             f"modified. {remedy}")
-    return st, b"".join(kept) if keep else None
 
 
 def verify(path: Path, ref, listed_in: str = "manifest.json", remedy: str = RERUN) -> os.stat_result:
     """Check size and sha256 through one open handle; returns its stat for `unchanged`."""
     with open(path, "rb") as f:
-        return _hash_handle(f, path, ref, listed_in, remedy, keep=False)[0]
+        st = os.fstat(f.fileno())
+        _check_size(st.st_size, path, ref, listed_in, remedy)
+        digest = hashlib.sha256()
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(chunk)
+    _check_digest(digest, path, ref, listed_in, remedy)
+    return st
 
 
 def read_verified(path: Path, ref, listed_in: str = "manifest.json", remedy: str = RERUN) -> bytes:
-    """The file's bytes, read once and checked against ref's size and sha256."""
+    """The file's bytes, read once and checked against ref's size and sha256. One read of the known size
+    fills a single bytes object (no chunks joined afterwards), so the peak is the file's size; being
+    immutable, the object that was hashed is the one the caller hands on."""
     with open(path, "rb") as f:
-        return _hash_handle(f, path, ref, listed_in, remedy, keep=True)[1]
+        _check_size(os.fstat(f.fileno()).st_size, path, ref, listed_in, remedy)
+        data = f.read(ref.bytes)
+    _check_size(len(data), path, ref, listed_in, remedy)  # truncated since the stat
+    _check_digest(hashlib.sha256(data), path, ref, listed_in, remedy)
+    return data
 
 
 def unchanged(path: Path, st: os.stat_result) -> bool:
@@ -79,32 +88,53 @@ def unchanged(path: Path, st: os.stat_result) -> bool:
 
 
 def load_embeddings(manifest) -> tuple:
-    """(tok_embeddings [V, d], cls_embedding [num_classes (+1 null), d]) from the verified embeddings.npz."""
+    """(tok_embeddings [V, d], cls_embedding [num_classes (+1 null), d]) from the verified embeddings.npz.
+    Each member's .npy header is checked against the model's shapes before its data is inflated, and its
+    uncompressed size must be what that header implies: neither a huge declared shape nor a zip bomb can
+    make the loader allocate more than the model's own tables."""
     path = manifest.file_path("embeddings")
     data = read_verified(path, manifest.files["embeddings"])
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            tables = {key: npz[key] for key in npz.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:  # object arrays land here too
-        raise ManifestError(f"{path.name}: not a readable npz of plain arrays ({e}). {RERUN}") from None
     vocab, dim = int(manifest.model_config["vocab_size"]), int(manifest.model_config["dim"])
     rows = len(manifest.labels) + (manifest.null_class is not None)
     expected = {"tok_embeddings": (vocab, dim), "cls_embedding": (rows, dim)}
-    problems = [] if set(tables) == set(expected) else [f"keys {sorted(tables)}, expected {sorted(expected)}"]
-    for key, shape in expected.items():
-        table = tables.get(key)
-        if table is not None and (table.shape != shape or table.dtype.name not in EMBEDDING_DTYPES):
-            problems.append(f"{key} is {table.dtype.name} {list(table.shape)}, expected {list(shape)} "
-                            f"in one of {EMBEDDING_DTYPES}")
-    if problems:
-        raise ManifestError(f"{path.name} does not match manifest.json: {'; '.join(problems)}. {RERUN}")
-    return tables["tok_embeddings"], tables["cls_embedding"]
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as npz:
+            members = {name.removesuffix(".npy"): npz.getinfo(name) for name in npz.namelist()}
+            if set(members) != set(expected):
+                raise ManifestError(f"{path.name} does not match manifest.json: keys {sorted(members)}, expected "
+                                    f"{sorted(expected)}. {RERUN}")
+            return tuple(_member_array(npz, members[key], key, shape, path) for key, shape in expected.items())
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        raise ManifestError(f"{path.name}: not a readable npz of plain arrays ({e}). {RERUN}") from None
+
+
+def _member_array(npz: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, shape: tuple, path: Path) -> np.ndarray:
+    """One array of an npz, read only once its header and size say it is the table the model needs."""
+    with npz.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"{key}: .npy format {version} is not one numpy writes for plain arrays")
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        header_shape, fortran_order, dtype = read_header(f)
+        if header_shape != shape or dtype.name not in EMBEDDING_DTYPES:
+            raise ManifestError(f"{path.name} does not match manifest.json: {key} is {dtype.name} "
+                                f"{list(header_shape)}, expected {list(shape)} in one of {EMBEDDING_DTYPES}. {RERUN}")
+        size = f.tell() + math.prod(shape) * dtype.itemsize
+        if info.file_size != size:  # zipfile stops inflating at file_size, so this bounds what is read
+            raise ManifestError(f"{path.name}: {key} unpacks to {info.file_size} bytes, but its header implies "
+                                f"{size}. {RERUN}")
+        table = np.frombuffer(f.read(size - f.tell()), dtype)
+    return table.reshape(shape, order="F" if fortran_order else "C")
 
 
 def verify_graph(folder, entry) -> tuple:
     """(the graph's verified bytes, {external-data path: its stat}) after checking that every
     external-data file the graph reads is listed in `entry` and matches its sha256."""
     path = inside(folder, entry.file)
+    data_paths = [inside(folder, ref.file) for ref in entry.external_data]  # every name refused or accepted first
+    if entry.bytes > MAX_GRAPH_BYTES:  # refused before reading: no ONNX Runtime could parse it
+        raise ManifestError(f"{path.name}: {entry.bytes} bytes, over the 2 GiB a protobuf can hold (weights that "
+                            f"large belong in external data, which the export writes on its own). {RERUN}")
     model = read_verified(path, entry)
     try:
         reads = onnx_external_files(model)
@@ -114,11 +144,7 @@ def verify_graph(folder, entry) -> tuple:
     if unlisted:
         raise ManifestError(f"{path.name} reads external data {unlisted} that manifest.json does not list for it, "
                             f"so its contents are unchecked; refusing to load it. {RERUN}")
-    held = {}
-    for ref in entry.external_data:
-        data_path = inside(folder, ref.file)
-        held[data_path] = verify(data_path, ref)
-    return model, held
+    return model, {data_path: verify(data_path, ref) for data_path, ref in zip(data_paths, entry.external_data)}
 
 
 def graph_session(manifest, name: str, open_session):

@@ -3,6 +3,7 @@ so TensorRT (dnd_sdk/backends/tensorrt.py, `TensorrtBackend`) costs nothing wher
 import importlib
 import logging
 
+from ..arguments import integer
 from ..errors import BackendUnavailableError, InvalidInputError
 from .base import Backend
 
@@ -15,17 +16,19 @@ BACKENDS = {
     "onnxruntime-cpu": ("dnd_sdk.backends.onnxrt", "OnnxrtBackend", {"device": "cpu"}),
 }
 BACKEND_CHOICES = ("auto", *BACKENDS)
+MAX_THREADS = 1024  # threads per session: far beyond any machine's cores
 
 
 def open_backend(model_dir, manifest, backend: str = "auto", threads=None) -> Backend:
     """The first backend that opens `model_dir`: `backend` itself, or under "auto" the first of BACKENDS.
 
     Raises:
-        InvalidInputError: unknown backend name.
+        InvalidInputError: unknown backend name, or threads not None or an int in [0, MAX_THREADS].
         BackendUnavailableError: the named backend (or, under "auto", every backend) cannot run here.
     """
     if backend not in BACKEND_CHOICES:
         raise InvalidInputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKEND_CHOICES)}")
+    threads = None if threads is None else integer(threads, "threads", 0, MAX_THREADS)
     reasons = []
     for name in (BACKENDS if backend == "auto" else [backend]):
         module, attr, options = BACKENDS[name]

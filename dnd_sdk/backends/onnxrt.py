@@ -19,6 +19,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as OrtNotImplemented
 
 from ..errors import BackendUnavailableError, ManifestError
+from ..manifest_checks import spec_text
 from ..model_files import RERUN, graph_session
 from .base import Backend, RowPositions
 
@@ -39,8 +40,15 @@ def session_from_onnx(model, provider: str, threads=None, external_folder=None) 
     return ort.InferenceSession(model if isinstance(model, bytes) else str(model), opts, providers=[provider])
 
 
+def _dtype_name(ort_type: str) -> str:
+    """A manifest's name for ONNX Runtime's element type: "tensor(float)" -> "float32"."""
+    name = ort_type.removeprefix("tensor(").removesuffix(")")
+    return {"float": "float32", "double": "float64"}.get(name, name)
+
+
 def _checked_session(manifest, name: str, provider: str, threads) -> ort.InferenceSession:
-    """The verified graph `name` in a session whose inputs and outputs are the ones the manifest declares."""
+    """The verified graph `name` in a session whose inputs and outputs (names, element types, shapes) are
+    the ones the manifest declares: the backend allocates and binds its buffers from those."""
     open_session = lambda model, folder: session_from_onnx(model, provider, threads, folder)  # noqa: E731
     try:
         session = graph_session(manifest, name, open_session)
@@ -50,11 +58,13 @@ def _checked_session(manifest, name: str, provider: str, threads) -> ort.Inferen
         raise ManifestError(f"{manifest.files[name].file}: ONNX Runtime cannot load it ({type(e).__name__}: "
                             f"{str(e).splitlines()[0][:200]}). {RERUN}") from None
     for key, args in (("inputs", session.get_inputs()), ("outputs", session.get_outputs())):
-        declared = {s.name: list(s.shape) for s in getattr(manifest, key)(name)}
-        actual = {a.name: list(a.shape) for a in args}
-        if declared != actual:
-            raise ManifestError(f"{manifest.files[name].file}: the graph's {key} {actual} differ from manifest.json's "
-                                f"{declared}. {RERUN}")
+        declared = {s.name: (s.dtype, list(s.shape)) for s in getattr(manifest, key)(name)}
+        actual = {a.name: (_dtype_name(a.type), list(a.shape)) for a in args}
+        wrong = [f"{n} is {spec_text(actual.get(n))} in the graph, {spec_text(declared.get(n))} in manifest.json"
+                 for n in sorted(declared.keys() | actual.keys()) if declared.get(n) != actual.get(n)]
+        if wrong:
+            raise ManifestError(f"{manifest.files[name].file}: the graph's {key} differ from manifest.json: "
+                                f"{'; '.join(wrong[:4])}. {RERUN}")
     return session
 
 

@@ -1,9 +1,12 @@
 """A model folder is a boundary, and every bad value in it is a ManifestError naming the problem:
 never a traceback, an allocation sized by an unchecked number, or a read outside the folder."""
+import hashlib
 import io
 import json
 import os
 import shutil
+import tracemalloc
+import zipfile
 
 import numpy as np
 import pytest
@@ -12,8 +15,8 @@ from click.testing import CliRunner
 from dnd_sdk import Generator
 from dnd_sdk.cli.main import cli
 from dnd_sdk.errors import ManifestError
-from dnd_sdk.manifest import load_manifest, sha256_file
-from dnd_sdk.model_files import graph_session
+from dnd_sdk.manifest import FileRef, Manifest, load_manifest, sha256_file
+from dnd_sdk.model_files import graph_session, load_embeddings, read_verified
 
 
 @pytest.fixture(scope="module")
@@ -146,12 +149,36 @@ def _set(path, value):
     (_set(["latent", "depth"], "2"), "latent needs ints"),
     (_set(["latent", "depth"], 2.0), "latent needs ints"),
     (_set(["image", "height"], 1000000), "image needs ints height, width in 1..16384"),
-    (_set(["image", "width"], 64), r"decoder codes .* image .* do not match"),   # the graph makes 32 wide
+    (_set(["image", "width"], 64),  # the graph makes 32 wide
+     r"decoder outputs: image uint8 \['batch_size', 16, 32, 3\] \(expected uint8 \['batch_size', 16, 64, 3\]\)"),
     (_set(["model_config", "vocab_size"], 10**12), "model_config.vocab_size must be an int in 2..1048576"),
     (_set(["null_class"], 999), "null_class must be null or 4"),
     (_set(["null_class"], -1), "null_class must be null or 4"),
-    (_set(["stages", 1, "layers"], [7]), r"stage stage1 names layers \[7\], outside 0..2"),
-    (_set(["stages", 1, "layers"], [1]), r"stage stage1 names layers \[1\], outside 0..2 or taken"),
+    (_set(["stages", 1, "layers"], [7]), r"stage 1 must be graph 'stage1' with head 1 and layers \[2\] .*layers \[7\]"),
+    (_set(["stages", 1, "layers"], [1]), r"stage 1 must be .* and layers \[2\]"),
+    (_set(["stages", 1, "layers"], [2.0]), r"stage 1 must be .* layers \[2.0\]"),
+    (_set(["stages", 0, "layers"], [0]), r"stage 0 must be .* and layers \[0, 1\]"),  # layer 1 in no stage
+    (_set(["stages"], [{"graph": "stage1", "layers": [2], "head": 0},
+                       {"graph": "stage0", "layers": [0, 1], "head": 1}]),
+     r"stage 0 must be graph 'stage0' with head 0 and layers \[0, 1\] .*got graph 'stage1', head 0, layers \[2\]"),
+    (_set(["stages", 1, "head"], 0), r"stage 1 must be graph 'stage1' with head 1"),
+    (_set(["model_config", "pred_head_positions"], [2, 1]), r"model_config.pred_head_positions must be 2 increasing layer indices"),
+    (_set(["model_config", "pred_head_positions"], [1, 3]), r"model_config.pred_head_positions must be .* below n_layer 3"),
+    (_set(["cache_length"], 3), r"cache_length must be 8 \(latent h\*w"),
+    (_set(["cache_length"], 9), r"cache_length must be 8"),
+    (_set(["cache_length"], 2**40), r"cache_length must be an int in 1..2147483648"),
+    (_set(["files", "stage1", "inputs", 2, "shape", 1], 9),
+     r"stage1 inputs: kv_mask bool \['batch_size', 9\] \(expected bool \['batch_size', 8\]\)"),
+    (_set(["files", "stage0", "inputs", 0, "dtype"], "float16"),
+     r"stage0 inputs: hidden float16 \['batch_size', 1, 32\] \(expected float32"),
+    (_set(["files", "decoder", "outputs", 0, "dtype"], "float32"), r"decoder outputs: image float32"),
+    (_set(["forms"], {"stages": [["x"]]}), "forms needs stages"),
+    (_set(["forms", "decoder"], [{"a": 1}]), "forms needs stages"),
+    (_set(["sampler_defaults", "note"], "x"), r"sampler_defaults needs exactly .* has \['cfg_scale', 'note'"),
+    (_set(["producer"], [1]), r"producer must be an object of strings .* got \[1\]"),
+    (_set(["producer", "torch"], 2), r"producer must be an object of strings"),
+    (_set(["opset"], "17"), "opset must be an int"),
+    (_set(["model_config", "n_kv_head"], 0), "model_config.n_kv_head must be an int"),
     (_set(["labels"], [1, 2, 3, 4]), "labels must be a non-empty list of non-empty strings"),
     (_set(["labels"], "catdogbirdfish"), "labels must be a non-empty list"),
     (_set(["labels"], []), "labels must be a non-empty list"),
@@ -185,7 +212,7 @@ def _npz(**arrays):
     (dict(tok_embeddings=np.zeros((64, 32), np.int64), cls_embedding=np.zeros((5, 32), np.float32)),
      "tok_embeddings is int64"),
     (dict(tok_embeddings=np.zeros((64, 32), np.float32), cls_embedding=np.array([{"a": 1}] * 5, dtype=object)),
-     "not a readable npz of plain arrays"),
+     r"cls_embedding is object \[5\]"),
 ])
 def test_bad_embeddings_are_refused(tiny_model_dir, tmp_path, tables, fragment):
     folder = copy_model(tiny_model_dir, tmp_path / "model")
@@ -219,8 +246,134 @@ def test_image_dims_must_match_what_the_decoder_graph_makes(tiny_model_dir, tmp_
         d["image"]["width"] = 64
         d["files"]["decoder"]["outputs"][0]["shape"][2] = 64
     rewrite(folder, wider)
-    with pytest.raises(ManifestError, match=r"decoder.onnx: the graph's outputs .*'image': \['batch_size', 16, 32, 3\]"
-                                            r".* differ from manifest.json's .*\['batch_size', 16, 64, 3\]"):
+    with pytest.raises(ManifestError, match=r"decoder.onnx: the graph's outputs differ from manifest.json: image is "
+                                            r"uint8 \['batch_size', 16, 32, 3\] in the graph, "
+                                            r"uint8 \['batch_size', 16, 64, 3\] in manifest.json"):
         Generator(folder, threads=1)
     result = CliRunner().invoke(cli, ["generate", str(folder), "--num", "1", "--npz", "--out", str(tmp_path / "o")])
     assert result.exit_code == 1 and not (tmp_path / "o").exists()
+
+
+def test_a_folder_refused_at_load_leaves_no_output_folder(tiny_model_dir, tmp_path):
+    """Values the graphs could not run are refused before `dnd generate` writes anything."""
+    for name, mutate in [("cache", _set(["cache_length"], 3)), ("sampler", _set(["sampler_defaults", "note"], "x"))]:
+        folder = copy_model(tiny_model_dir, tmp_path / name)
+        rewrite(folder, mutate)
+        out = tmp_path / f"out_{name}"
+        result = CliRunner().invoke(cli, ["generate", str(folder), "--num", "2", "--out", str(out)])
+        assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+        assert result.output.startswith("Error: manifest.json is invalid") and "dnd-export CHECKPOINT" in result.output
+        assert not out.exists()
+
+
+def test_graph_element_types_must_match_the_manifest(tiny_model_dir, tmp_path):
+    folder = copy_model(tiny_model_dir, tmp_path / "model")
+
+    def half_cache(d):  # consistent inside the manifest (an fp16 export's cache), but the graphs hold float32
+        d["dtype"] = "fp16"
+        for name in ("stage0", "stage1"):
+            for spec in d["files"][name]["inputs"] + d["files"][name]["outputs"]:
+                spec["dtype"] = "float16" if "key_values" in spec["name"] else spec["dtype"]
+    rewrite(folder, half_cache)
+    with pytest.raises(ManifestError, match=r"stage0.onnx: the graph's inputs differ from manifest.json: "
+                                            r"past_key_values.0.key is float32 \['batch_size', 2, 8, 8\] in the graph, "
+                                            r"float16 \['batch_size', 2, 8, 8\] in manifest.json"):
+        Generator(folder, backend="onnxruntime-cpu", threads=1)
+
+
+def _leaves(d, path=()):
+    """Every path into a JSON document, containers included."""
+    yield path
+    for key, value in (d.items() if isinstance(d, dict) else enumerate(d) if isinstance(d, list) else ()):
+        yield from _leaves(value, (*path, key))
+
+
+def test_any_value_anywhere_in_the_manifest_loads_or_is_a_manifest_error(tiny_model_dir):
+    """No value of the wrong type, anywhere, escapes the checks as a TypeError or the like."""
+    original = json.loads((tiny_model_dir / "manifest.json").read_text())
+    paths = [p for p in _leaves(original) if p]
+    assert len(paths) > 150
+    for path in paths:
+        for value in (None, True, -1, 2.5, "x", "", [], [1], [["x"]], {"a": [1]}):
+            d = json.loads(json.dumps(original))
+            _set(path, value)(d)
+            try:
+                Manifest.from_dict(d)
+            except ManifestError:
+                pass
+
+
+@pytest.mark.parametrize("entry", ["embeddings", "external"])
+def test_a_nul_byte_in_a_file_name_is_refused(tiny_model_dir, external_model_dir, tmp_path, entry):
+    if entry == "embeddings":
+        folder = copy_model(tiny_model_dir, tmp_path / "model")
+        rewrite(folder, lambda d: d["files"]["embeddings"].update(file="embeddings.npz\0"))
+    else:
+        folder = copy_model(external_model_dir, tmp_path / "model")
+        rewrite(folder, lambda d: d["files"]["stage0"]["external_data"][0].update(file="stage0.onnx.data\0"))
+    refused(folder, r"manifest.json names '.*\\x00': .* no NUL byte")
+
+
+@pytest.mark.parametrize("ref", [{"file": "decoder.onnx", "sha256": "0", "bytes": "100"},
+                                 {"file": ["decoder.onnx"]}, {"file": "decoder.onnx", "bytes": True}])
+def test_file_entries_need_a_name_a_sha256_and_a_size(tiny_model_dir, tmp_path, ref):
+    folder = copy_model(tiny_model_dir, tmp_path / "model")
+    rewrite(folder, lambda d: d["files"]["decoder"].update(ref), rehash=False)
+    refused(folder, "a file needs a name, a sha256 string and a size in bytes")
+
+
+def test_a_graph_over_two_gib_is_refused_before_it_is_read(tiny_model_dir, tmp_path):
+    folder = copy_model(tiny_model_dir, tmp_path / "model")
+    rewrite(folder, lambda d: d["files"]["stage0"].update(bytes=(1 << 31) + 10), rehash=False)
+    refused(folder, r"stage0.onnx: 2147483658 bytes, over the 2 GiB a protobuf can hold .*dnd-export CHECKPOINT")
+
+
+def test_a_verified_read_holds_the_file_once(tmp_path):
+    data = np.random.default_rng(0).bytes(8 << 20)
+    (tmp_path / "graph.onnx").write_bytes(data)
+    ref = FileRef("graph.onnx", hashlib.sha256(data).hexdigest(), len(data))
+    tracemalloc.start()
+    try:
+        got = read_verified(tmp_path / "graph.onnx", ref)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert got == data and peak < 1.1 * len(data)  # no chunks kept and then joined into a second copy
+
+
+def _npy(shape, payload: bytes, descr: str = "<f4") -> bytes:
+    """A .npy file whose header says `shape` whatever the payload holds."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buf.getvalue() + payload
+
+
+def _write_npz(path, members: dict) -> None:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+
+
+@pytest.mark.parametrize("tok, fragment", [
+    (_npy((10**12,), bytes(64)), r"tok_embeddings is float32 \[1000000000000\], expected \[64, 32\]"),
+    # the right header, then 16 MiB of zeros that deflate to a few kB
+    (_npy((64, 32), bytes(64 * 32 * 4 + (16 << 20))), r"tok_embeddings unpacks to \d+ bytes, but its header "
+                                                       r"implies \d+"),
+])
+def test_embeddings_headers_are_checked_before_their_data_is_read(tiny_model_dir, tmp_path, tok, fragment):
+    folder = copy_model(tiny_model_dir, tmp_path / "model")
+    cls = io.BytesIO()
+    np.save(cls, np.zeros((5, 32), np.float32))
+    _write_npz(folder / "embeddings.npz", {"tok_embeddings.npy": tok, "cls_embedding.npy": cls.getvalue()})
+    rewrite(folder, lambda d: None)
+    manifest = load_manifest(folder, verify=False)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ManifestError, match="embeddings.npz.*" + fragment):
+            load_embeddings(manifest)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20  # neither the declared table nor the inflated padding was allocated
+    with pytest.raises(ManifestError, match=fragment):
+        Generator(folder, threads=1)

@@ -65,6 +65,27 @@ def test_engine_index_round_trip_and_tampering(tiny_model_dir, tmp_path):
         assert gen.sample_codes(num=2).shape == (2, 2, 4, 2)
 
 
+@pytest.mark.parametrize("change, fragment", [
+    ({"max_rows": "lots"}, r"max_rows must be an int in 1..65536, got 'lots'"),
+    ({"max_rows": 0}, "max_rows must be an int"),
+    ({"max_rows": True}, "max_rows must be an int"),
+    ({"tensorrt_version": ["x"]}, r"tensorrt_version must be a version string, got \['x'\]"),
+    ({"files": {"stage0": {"file": "engines/stage0.plan\0", "sha256": "0", "bytes": 100}}},
+     r"engines.json names 'engines/stage0.plan\\x00': .*no NUL byte"),
+    ({"files": {"stage0": {"file": "engines/stage0.plan", "sha256": 1, "bytes": 100}}}, "a file needs a name"),
+])
+def test_engine_index_values_are_checked(tiny_model_dir, tmp_path, change, fragment):
+    folder = _built_folder(tiny_model_dir, tmp_path)
+    raw = json.loads((folder / "engines.json").read_text())
+    for key, value in change.items():
+        raw[key] = {**raw[key], **value} if key == "files" else value
+    (folder / "engines.json").write_text(json.dumps(raw))
+    with pytest.raises(ManifestError, match=fragment):
+        load_engine_index(folder)
+    result = CliRunner().invoke(cli, ["info", str(folder)])
+    assert result.exit_code == 1 and result.output.count("\n") == 1 and "Rebuild them" in result.output, result.output
+
+
 def test_build_refuses_a_non_empty_target_and_the_model_folder(tiny_model_dir, tmp_path):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "file").write_text("keep me")
