@@ -18,7 +18,7 @@ import torch
 
 import dnd_sdk
 from dnd_sdk.errors import InvalidInputError
-from dnd_sdk.folders import check_target, staged_folder
+from dnd_sdk.folders import check_target, staged_folder, write_failure
 from dnd_sdk.manifest import BACKEND_NAMES, ONNXRUNTIME_ONLY, FileEntry, FileRef, Manifest, Stage, write_manifest
 from dnd_sdk.sampler import SamplingParams
 from dnd_training.checkpoint import load_checkpoint
@@ -67,7 +67,7 @@ def export_model(checkpoint_path, out_dir, dtype: str = "fp32", opset: int = DEF
         raise InvalidInputError(f"--check compares with PyTorch at float tolerances, which {dtype} weights do not "
                                 "meet by design; judge a quantized export with `dnd eval ocr MODEL_DIR`")
     out_dir = Path(out_dir)
-    check_target(out_dir, force)
+    check_target(out_dir, force, source=checkpoint_path)
     # mmap: the weights stay in the file until used, so the export holds one copy of them in its dtype
     ckpt = load_checkpoint(checkpoint_path, mmap=True)  # CheckpointError names what is wrong
     _check_supported(ckpt.model_args)
@@ -100,8 +100,7 @@ def export_model(checkpoint_path, out_dir, dtype: str = "fp32", opset: int = DEF
                 from .check import check_export  # polygraphy is only needed for --check
                 check_export(tmp, model, tokenizer)
     except OSError as e:
-        raise ExportError(f"writing {out_dir} failed ({e.strerror or e}); nothing was left behind. "
-                          "Free disk space or choose another folder with -o.") from e
+        raise ExportError(write_failure(out_dir, e)) from e
     log.debug("exported %s (%s) to %s", checkpoint_path, dtype, out_dir)
     return out_dir
 
