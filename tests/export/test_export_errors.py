@@ -31,6 +31,8 @@ def test_missing_and_corrupt_checkpoints(tiny_checkpoint, tmp_path):
     (dict(dtype="int8", check=True), "judge a quantized export with `dnd eval ocr"),
     (dict(opset=11), "opset 11 is not supported"),
     (dict(dtype="bf16", check=True), "no bfloat16 CPU kernels"),
+    (dict(dtype="bf16", decoder_dtype="int8"), "dtype bf16 with decoder_dtype int8 makes a folder no backend runs: "
+                                               "bf16 stage graphs run on tensorrt only"),
 ])
 def test_unsupported_settings(tiny_checkpoint, tmp_path, kwargs, message):
     with pytest.raises(InvalidInputError, match=message):
@@ -138,3 +140,8 @@ def test_cli_exit_codes_and_messages(tiny_checkpoint, tmp_path):
     again = runner.invoke(main, [str(tiny_checkpoint), "-o", str(tmp_path / "out")])
     assert again.exit_code == 1
     assert again.output.endswith("exists and is not empty; pass --force to replace it, or choose another --out\n")
+    both = runner.invoke(main, [str(tiny_checkpoint), "-o", str(tmp_path / "x"), "--dtype", "bf16",
+                                "--decoder-dtype", "int8"])
+    assert both.exit_code == 1 and both.output.endswith(
+        "Keep a float --decoder-dtype (auto, fp32 or fp16) for bf16, or use --dtype fp32, fp16, int8 or int4 with an "
+        "int8 decoder\n")
