@@ -120,17 +120,20 @@ def _holds(folder: Path, path: Path) -> bool:
     return folder == path or folder in path.parents
 
 
+# what to do after a write failed with each errno (the others need no advice beyond their own words)
+_FIXES = {errno.ENOSPC: "Free disk space or choose another folder.",
+          errno.EDQUOT: "Free disk space or choose another folder.",
+          errno.EFBIG: "The file system or a file-size limit (ulimit -f) refuses files this large: choose another "
+                       "folder or raise the limit.",
+          errno.EACCES: "Choose a folder you may write in.", errno.EPERM: "Choose a folder you may write in.",
+          errno.EROFS: "Choose a folder you may write in."}
+
+
 def write_failure(out_dir: Path, error: OSError) -> str:
     """What an OSError while writing `out_dir` means, and what to do about it."""
-    what = f"writing {out_dir} failed ({error.strerror or error}" + (f": {error.filename}" if error.filename else "") + ")"
-    if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return f"{what}; nothing was left behind. Free disk space or choose another folder."
-    if error.errno == errno.EFBIG:
-        return (f"{what}; nothing was left behind. The file system or a file-size limit (ulimit -f) refuses files "
-                "this large: choose another folder or raise the limit.")
-    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"{what}; nothing was left behind. Choose a folder you may write in."
-    return f"{what}; nothing was left behind."
+    where = f": {error.filename}" if error.filename else ""
+    what = f"writing {out_dir} failed ({error.strerror or error}{where}); nothing was left behind."
+    return f"{what} {_FIXES[error.errno]}" if error.errno in _FIXES else what
 
 
 def _missing_ancestor(folder: Path):
@@ -157,7 +160,7 @@ def _replace_folder(tmp: Path, out_dir: Path, force: bool) -> None:
                 raise
         filled = True
     if filled and not force:
-        raise InvalidInputError(f"{out_dir} was written to while this folder was being written, so it is no longer "
+        raise InvalidInputError(f"{out_dir} was written to while the new folder was being made, so it is no longer "
                                 "empty and was left as it is; pass force=True to replace it, or choose another out_dir",
                                 ["force", "out_dir"])
     # keep the old folder until the new one is in place, then delete it

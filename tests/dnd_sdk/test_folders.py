@@ -37,7 +37,7 @@ def test_keep_existing_never_replaces(tmp_path):
 def test_a_target_written_to_meanwhile_is_left_alone_without_force(tmp_path):
     out = tmp_path / "out"
     out.mkdir()  # empty: allowed without force
-    with pytest.raises(InvalidInputError, match="was written to while this folder was being written"):
+    with pytest.raises(InvalidInputError, match="was written to while the new folder was being made"):
         with staged_folder(out) as tmp:
             (tmp / "model.onnx").write_text("new")
             (out / "notes.txt").write_text("mine")
