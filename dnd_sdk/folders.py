@@ -2,14 +2,18 @@
 beside the target, flushed to disk, then moved into place.
 
     atomic_write(path, lambda f: f.write(data))   # one file
-    check_target(out_dir, force)                  # fail fast, before any slow work
+    check_target(out_dir, force, source=input)    # fail fast, before any slow work
     with staged_folder(out_dir, force) as tmp:
         ...write into tmp...                      # an exception (or Ctrl-C) leaves nothing behind
+
+Without force, a target that is no longer missing or empty when the new folder is moved into
+place (someone wrote into it meanwhile) is left untouched and the new folder dropped.
 
 Both fsync what they wrote and then the folder that names it, so a result reported as written
 survives a power loss.
 """
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -88,13 +92,48 @@ def fsync_tree(folder: Path) -> None:
         fsync_folder(root)
 
 
-def check_target(out_dir: Path, force: bool) -> None:
-    """Refuse a target that is a file, or a non-empty folder unless `force`."""
+def check_target(out_dir: Path, force: bool, source=None) -> None:
+    """Refuse a target that is a file, a non-empty folder unless `force`, a folder that cannot be
+    moved aside (the current folder or one above it, a mount point), or one that holds `source`
+    (the input the new folder is written from)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise InvalidInputError(f"{out_dir} exists and is not a folder; choose another out_dir", ["out_dir"])
+    if source is not None and _holds(out_dir, Path(source)):
+        raise InvalidInputError(f"{out_dir} holds the input {source}: replacing it would delete the input; "
+                                "choose another out_dir", ["out_dir"])
+    if _holds(out_dir, Path.cwd()):
+        # the folder is swapped by renaming: the current folder (".") cannot be renamed, and a shell
+        # inside a replaced folder would be left in a deleted one
+        raise InvalidInputError(f"{out_dir} is the current folder or holds it, so it cannot be replaced; "
+                                "choose another out_dir, or run from outside it", ["out_dir"])
+    if out_dir.is_dir() and os.path.ismount(out_dir):
+        raise InvalidInputError(f"{out_dir} is a mount point, which cannot be replaced by renaming; "
+                                "choose a folder inside it", ["out_dir"])
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
         raise InvalidInputError(f"{out_dir} exists and is not empty; pass force=True to replace it, "
                                 "or choose another out_dir", ["force", "out_dir"])
+
+
+def _holds(folder: Path, path: Path) -> bool:
+    """Whether `path` is `folder` or lies inside it, links followed."""
+    folder, path = folder.resolve(), path.resolve()
+    return folder == path or folder in path.parents
+
+
+# what to do after a write failed with each errno (the others need no advice beyond their own words)
+_FIXES = {errno.ENOSPC: "Free disk space or choose another folder.",
+          errno.EDQUOT: "Free disk space or choose another folder.",
+          errno.EFBIG: "The file system or a file-size limit (ulimit -f) refuses files this large: choose another "
+                       "folder or raise the limit.",
+          errno.EACCES: "Choose a folder you may write in.", errno.EPERM: "Choose a folder you may write in.",
+          errno.EROFS: "Choose a folder you may write in."}
+
+
+def write_failure(out_dir: Path, error: OSError) -> str:
+    """What an OSError while writing `out_dir` means, and what to do about it."""
+    where = f": {error.filename}" if error.filename else ""
+    what = f"writing {out_dir} failed ({error.strerror or error}{where}); nothing was left behind."
+    return f"{what} {_FIXES[error.errno]}" if error.errno in _FIXES else what
 
 
 def _missing_ancestor(folder: Path):
@@ -107,25 +146,55 @@ def _missing_ancestor(folder: Path):
     return missing
 
 
-def _replace_folder(tmp: Path, out_dir: Path) -> None:
-    if not out_dir.exists():
-        os.replace(tmp, out_dir)
-        return
+def _replace_folder(tmp: Path, out_dir: Path, force: bool) -> None:
+    if out_dir.is_symlink():  # rename(2) refuses to put a folder in place of a link: move the link aside below
+        filled = any(out_dir.iterdir())
+    else:
+        # rename(2) puts a folder in place of a missing or empty one atomically and refuses a non-empty
+        # one, so a file written into the target meanwhile (or a concurrent export into it) is never lost
+        try:
+            os.replace(tmp, out_dir)
+            return
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+        filled = True
+    if filled and not force:
+        raise InvalidInputError(f"{out_dir} was written to while the new folder was being made, so it is no longer "
+                                "empty and was left as it is; pass force=True to replace it, or choose another out_dir",
+                                ["force", "out_dir"])
     # keep the old folder until the new one is in place, then delete it
     old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-    os.replace(out_dir, old / out_dir.name)
+    try:
+        os.replace(out_dir, old / out_dir.name)
+    except OSError:
+        old.rmdir()
+        raise
     try:
         os.replace(tmp, out_dir)
     except OSError:
         os.replace(old / out_dir.name, out_dir)  # put the old folder back before reporting the failure
+        old.rmdir()
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_created(folder: Path, created: Path) -> None:
+    """Remove the empty folders from `folder` up to `created`: whatever someone else put there stays."""
+    for p in [folder, *folder.parents]:
+        try:
+            p.rmdir()
+        except OSError:
+            return
+        if p == created:
+            return
 
 
 @contextlib.contextmanager
 def staged_folder(out_dir: Path, force: bool = False):
     """Yield a temporary folder beside `out_dir` that replaces it when the block ends cleanly; on
-    any exception, interrupts included, it is removed with any parent folders it created."""
+    any exception, interrupts included, it is removed with the parent folders it created (those
+    still empty)."""
     out_dir = Path(out_dir)
     check_target(out_dir, force)
     created = _missing_ancestor(out_dir.parent)
@@ -135,10 +204,10 @@ def staged_folder(out_dir: Path, force: bool = False):
         usual_mode(tmp, directory=True)
         yield tmp
         fsync_tree(tmp)
-        _replace_folder(tmp, out_dir)
+        _replace_folder(tmp, out_dir, force)
         fsync_folder(out_dir.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if created is not None:
-            shutil.rmtree(created, ignore_errors=True)
+            _remove_created(out_dir.parent, created)
         raise

@@ -70,12 +70,10 @@ def build_engines(model_dir, out_dir, config: BuildConfig = BuildConfig(), force
         raise InvalidInputError(f"max_batch must be >= 1, got {config.max_batch}")
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     manifest = load_manifest(model_dir)  # every file verified before hours of GPU time go into it
-    if out_dir.resolve() == model_dir.resolve():
-        raise InvalidInputError("the engine folder must differ from the model folder; choose another -o")
+    check_target(out_dir, force, source=model_dir)
     if "tensorrt" not in manifest.backends:  # int8/int4 stages and int8 decoders use ONNX Runtime's own operators
         raise InvalidInputError(f"{model_dir} holds graphs for {', '.join(manifest.backends)} only ({manifest.graph_kinds}); "
                                 "export with --dtype fp32, fp16 or bf16 and a float --decoder-dtype for TensorRT")
-    check_target(out_dir, force)
     trt = _import_tensorrt()
     max_rows = config.max_batch * (2 if manifest.null_class is not None else 1)
     shapes = profile_shapes(manifest, max_rows)

@@ -17,7 +17,8 @@ from dnd_sdk.manifest_schema import DECODER_DTYPES
               help="Weight and KV-cache precision of the graphs (hidden and logits stay float32).")
 @click.option("--decoder-dtype", type=click.Choice(["auto", *DECODER_DTYPES]), default="auto", show_default=True,
               help="The image decoder's precision. auto: as --dtype (fp32 for bf16, int8 for int8/int4). int8 "
-                   "(ONNX Runtime only) decodes about twice as fast on a CPU; the tokens stay the same.")
+                   "(ONNX Runtime only, so not with --dtype bf16) decodes about twice as fast on a CPU; the tokens "
+                   "stay the same.")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (14..20).")
 @click.option("--check", is_flag=True, help="Compare the graphs with PyTorch (Polygraphy) and fail past tolerance.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists and is not empty.")

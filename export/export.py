@@ -18,7 +18,7 @@ import torch
 
 import dnd_sdk
 from dnd_sdk.errors import InvalidInputError
-from dnd_sdk.folders import check_target, staged_folder
+from dnd_sdk.folders import check_target, staged_folder, write_failure
 from dnd_sdk.manifest import BACKEND_NAMES, ONNXRUNTIME_ONLY, FileEntry, FileRef, Manifest, Stage, write_manifest
 from dnd_sdk.sampler import SamplingParams
 from dnd_training.checkpoint import load_checkpoint
@@ -37,6 +37,9 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, 
 # float32; int8/int4 exports are for ONNX Runtime, whose int8 convolution runs it about twice as fast.
 # Its I/O is int64 -> uint8 either way.
 AUTO_DECODER_DTYPES = {"fp32": "fp32", "fp16": "fp16", "bf16": "fp32", "int8": "int8", "int4": "int8"}
+# bf16 stage graphs: ONNX Runtime's CPU kernels lack bfloat16, and its backend keeps the caches in numpy,
+# which has none
+TENSORRT_ONLY = ("tensorrt",)
 DECODER_TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "int8": torch.float32}
 DEFAULT_OPSET = 17
 # the opsets the suite exports and lints (14 to 20); 20 is the TorchScript exporter's ceiling
@@ -66,8 +69,9 @@ def export_model(checkpoint_path, out_dir, dtype: str = "fp32", opset: int = DEF
     if check and dtype in QUANTIZED:
         raise InvalidInputError(f"--check compares with PyTorch at float tolerances, which {dtype} weights do not "
                                 "meet by design; judge a quantized export with `dnd eval ocr MODEL_DIR`")
+    forms = _forms(dtype, decoder_dtype)
     out_dir = Path(out_dir)
-    check_target(out_dir, force)
+    check_target(out_dir, force, source=checkpoint_path)
     # mmap: the weights stay in the file until used, so the export holds one copy of them in its dtype
     ckpt = load_checkpoint(checkpoint_path, mmap=True)  # CheckpointError names what is wrong
     _check_supported(ckpt.model_args)
@@ -90,9 +94,7 @@ def export_model(checkpoint_path, out_dir, dtype: str = "fp32", opset: int = DEF
                 image={"height": tokenizer.config.image_height, "width": tokenizer.config.image_width},
                 null_class=model.args.num_classes if model.args.has_null_class else None,
                 sampler_defaults=sampler_defaults, stages=stages, files=files, cache_length=cache_length(model.args),
-                forms={"stages": list(ONNXRUNTIME_ONLY if dtype in QUANTIZED else BACKEND_NAMES),
-                       "decoder": list(ONNXRUNTIME_ONLY if decoder_dtype == "int8" else BACKEND_NAMES)},
-                decoder_dtype=decoder_dtype,
+                forms=forms, decoder_dtype=decoder_dtype,
                 producer={"dnd_sdk": dnd_sdk.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
                           "exporter": "torch.onnx TorchScript"})
             write_manifest(tmp, manifest)
@@ -100,10 +102,22 @@ def export_model(checkpoint_path, out_dir, dtype: str = "fp32", opset: int = DEF
                 from .check import check_export  # polygraphy is only needed for --check
                 check_export(tmp, model, tokenizer)
     except OSError as e:
-        raise ExportError(f"writing {out_dir} failed ({e.strerror or e}); nothing was left behind. "
-                          "Free disk space or choose another folder with -o.") from e
+        raise ExportError(write_failure(out_dir, e)) from e
     log.debug("exported %s (%s) to %s", checkpoint_path, dtype, out_dir)
     return out_dir
+
+
+def _forms(dtype: str, decoder_dtype: str) -> dict:
+    """The manifest's `forms`; refuses a combination whose graphs no one backend runs."""
+    stages = ONNXRUNTIME_ONLY if dtype in QUANTIZED else TENSORRT_ONLY if dtype == "bf16" else BACKEND_NAMES
+    decoder = ONNXRUNTIME_ONLY if decoder_dtype == "int8" else BACKEND_NAMES
+    if not set(stages) & set(decoder):
+        raise InvalidInputError(
+            f"dtype {dtype} with decoder_dtype {decoder_dtype} makes a folder no backend runs: {dtype} stage graphs "
+            f"run on {', '.join(stages)} only, an {decoder_dtype} decoder on {', '.join(decoder)} only. Keep a float "
+            "decoder_dtype (auto, fp32 or fp16) for bf16, or use dtype fp32, fp16, int8 or int4 with an int8 decoder",
+            ["dtype", "decoder_dtype"])
+    return {"stages": list(stages), "decoder": list(decoder)}
 
 
 def _write_graphs(tmp: Path, model, tokenizer, opset: int, threshold: int, dtype: str, decoder_dtype: str) -> tuple:

@@ -86,14 +86,18 @@ def test_engine_index_values_are_checked(tiny_model_dir, tmp_path, change, fragm
     assert result.exit_code == 1 and result.output.count("\n") == 1 and "Rebuild them" in result.output, result.output
 
 
-def test_build_refuses_a_non_empty_target_and_the_model_folder(tiny_model_dir, tmp_path):
+def test_build_refuses_a_non_empty_target_and_the_folders_holding_the_model(tiny_model_dir, tmp_path):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "file").write_text("keep me")
     result = CliRunner().invoke(dnd_build, [str(tiny_model_dir), "-o", str(tmp_path / "taken")])
     assert result.exit_code == 1 and "exists and is not empty" in result.output
     assert (tmp_path / "taken" / "file").read_text() == "keep me"
-    result = CliRunner().invoke(dnd_build, [str(tiny_model_dir), "-o", str(tiny_model_dir), "--force"])
-    assert result.exit_code == 1 and "must differ from the model folder" in result.output
+    model = shutil.copytree(tiny_model_dir, tmp_path / "run" / "model")
+    for out in (model, model.parent):
+        result = CliRunner().invoke(dnd_build, [str(model), "-o", str(out), "--force"])
+        assert result.exit_code == 1 and result.output == (
+            f"Error: {out} holds the input {model}: replacing it would delete the input; choose another --out\n")
+    assert load_manifest(model).depth == 2
     result = CliRunner().invoke(dnd_build, [str(tiny_model_dir), "-o", str(tmp_path / "e"), "--max-batch", "0"])
     assert result.exit_code == 1 and "max_batch must be >= 1" in result.output
 

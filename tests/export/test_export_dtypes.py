@@ -44,9 +44,17 @@ def test_fp16_runs_in_onnxruntime_close_to_fp32(tiny_checkpoint, tmp_path):
     assert 0 < err <= FP16_LOGITS_ATOL, err
 
 
-def test_bf16_export_passes_the_checker(tiny_checkpoint, tmp_path):
+def test_bf16_export_passes_the_checker_and_is_for_tensorrt_only(tiny_checkpoint, tmp_path):
+    from dnd_sdk import Generator
+    from dnd_sdk.errors import BackendUnavailableError
+
     out = export_model(tiny_checkpoint, tmp_path / "bf16", dtype="bf16")
     m = load_manifest(out)
+    assert m.forms == {"stages": ["tensorrt"], "decoder": ["tensorrt", "onnxruntime-cuda", "onnxruntime-cpu"]}
+    assert m.backends == ["tensorrt"] and m.decoder_dtype == "fp32"
+    with pytest.raises(BackendUnavailableError, match="onnxruntime-cpu: this folder's graphs .bf16 stages, fp32 "
+                                                      "decoder. are for tensorrt only"):
+        Generator(out)
     for name in m.stage_names + ["decoder"]:
         onnx.checker.check_model(str(m.graph_path(name)), full_check=True)
     assert m.inputs("stage0")[3].dtype == "bfloat16" and m.inputs("stage0")[0].dtype == "float32"

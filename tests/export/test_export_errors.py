@@ -1,5 +1,6 @@
 """Bad input gives a typed error with a useful message, and never leaves a folder behind."""
 import resource
+import shutil
 import signal
 
 import pytest
@@ -30,6 +31,8 @@ def test_missing_and_corrupt_checkpoints(tiny_checkpoint, tmp_path):
     (dict(dtype="int8", check=True), "judge a quantized export with `dnd eval ocr"),
     (dict(opset=11), "opset 11 is not supported"),
     (dict(dtype="bf16", check=True), "no bfloat16 CPU kernels"),
+    (dict(dtype="bf16", decoder_dtype="int8"), "dtype bf16 with decoder_dtype int8 makes a folder no backend runs: "
+                                               "bf16 stage graphs run on tensorrt only"),
 ])
 def test_unsupported_settings(tiny_checkpoint, tmp_path, kwargs, message):
     with pytest.raises(InvalidInputError, match=message):
@@ -67,13 +70,59 @@ def test_existing_folder_needs_force(tiny_checkpoint, tmp_path):
     assert load_manifest(export_model(tiny_checkpoint, empty)).depth == 2  # an empty folder is fine
 
 
+def test_a_file_written_into_the_target_during_the_export_is_kept(tiny_checkpoint, tmp_path, monkeypatch):
+    import dnd_export.export
+
+    out = tmp_path / "out"
+    out.mkdir()
+    write_manifest = dnd_export.export.write_manifest
+
+    def write_then_someone_writes_into_out(folder, manifest):
+        write_manifest(folder, manifest)
+        (out / "notes.txt").write_text("mine")
+
+    monkeypatch.setattr(dnd_export.export, "write_manifest", write_then_someone_writes_into_out)
+    with pytest.raises(InvalidInputError, match="no longer empty and was left as it is; pass force=True"):
+        export_model(tiny_checkpoint, out)
+    assert leftovers(tmp_path) == ["out"] and leftovers(out) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("out", ["run", "."])
+def test_a_folder_holding_the_checkpoint_is_refused_even_with_force(tiny_checkpoint, tmp_path, out):
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    ckpt.parent.mkdir()
+    shutil.copyfile(tiny_checkpoint, ckpt)
+    with pytest.raises(InvalidInputError, match="holds the input .*checkpoint.pt: replacing it would delete the input"):
+        export_model(ckpt, tmp_path / out, force=True)
+    assert leftovers(tmp_path) == ["run"] and leftovers(ckpt.parent) == ["checkpoint.pt"]
+
+
+def test_the_current_folder_is_refused_up_front(tiny_checkpoint, tmp_path, monkeypatch):
+    (tmp_path / "keep.txt").write_text("mine")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, [str(tiny_checkpoint), "-o", ".", "--force"])
+    assert result.exit_code == 1 and result.output == (
+        "Error: . is the current folder or holds it, so it cannot be replaced; choose another --out, "
+        "or run from outside it\n")
+    assert leftovers(tmp_path) == ["keep.txt"]
+
+
+def test_a_failed_write_says_what_failed(tiny_checkpoint, tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(ExportError) as e:
+        export_model(tiny_checkpoint, tmp_path / "file" / "model")
+    assert str(e.value) == f"writing {tmp_path}/file/model failed (File exists: {tmp_path}/file); nothing was left behind."
+    assert leftovers(tmp_path) == ["file"]
+
+
 def test_disk_full_leaves_nothing_behind(tiny_checkpoint, tmp_path):
     # a real write failure: the file-size limit makes the kernel refuse writes past 100 kB (EFBIG)
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, hard))
     try:
-        with pytest.raises(ExportError, match="failed .*nothing was left behind"):
+        with pytest.raises(ExportError, match="failed .File too large.*nothing was left behind. The file system or a "
+                                              "file-size limit .ulimit -f. refuses files this large"):
             export_model(tiny_checkpoint, tmp_path / "new" / "deeper" / "model")
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
@@ -91,3 +140,8 @@ def test_cli_exit_codes_and_messages(tiny_checkpoint, tmp_path):
     again = runner.invoke(main, [str(tiny_checkpoint), "-o", str(tmp_path / "out")])
     assert again.exit_code == 1
     assert again.output.endswith("exists and is not empty; pass --force to replace it, or choose another --out\n")
+    both = runner.invoke(main, [str(tiny_checkpoint), "-o", str(tmp_path / "x"), "--dtype", "bf16",
+                                "--decoder-dtype", "int8"])
+    assert both.exit_code == 1 and both.output.endswith(
+        "Keep a float --decoder-dtype (auto, fp32 or fp16) for bf16, or use --dtype fp32, fp16, int8 or int4 with an "
+        "int8 decoder\n")
