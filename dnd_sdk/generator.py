@@ -10,6 +10,7 @@ images of all concurrent calls as rows of one batch (`dnd_sdk.scheduler`); every
 it returns alone, bit for bit.
 """
 import logging
+import weakref
 from concurrent.futures import Future, TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,8 @@ class Generator:
             raise InvalidInputError(f"max_batch {limit} exceeds the {self.backend.max_batch} rows {self.backend.name} "
                                     "was built for", ["max_batch"])
         self.scheduler = Scheduler(self, limit or self.backend.max_batch or DEFAULT_ROWS, max_queue)
+        # a Generator dropped without close() still stops its thread and releases its backend
+        self._finalizer = weakref.finalize(self, self.scheduler.close)
         log.info("dnd_sdk.Generator: %s runs on %s", self.path, self.backend.name)
 
     @property
@@ -93,8 +96,7 @@ class Generator:
 
     def close(self) -> None:
         """Stop the scheduler (unfinished calls get CancelledError) and release the backend."""
-        self.scheduler.close()
-        self.backend.close()
+        self._finalizer()
 
     def __enter__(self):
         return self

@@ -1,5 +1,8 @@
 """One Generator shared by threads: concurrent calls are batched, and each returns what it returns alone."""
+import gc
 import threading
+import time
+import weakref
 from concurrent.futures import CancelledError as FutureCancelled
 
 import numpy as np
@@ -116,3 +119,30 @@ def test_a_backend_failure_fails_its_requests_and_the_generator_goes_on(gen):
     finally:
         gen.backend.sessions["stage1"] = stage1
     np.testing.assert_array_equal(gen.sample_codes(**CALLS[1], timeout=60), expected)
+
+
+def test_a_done_callback_may_call_the_generator_again(gen):
+    expected = gen.sample_codes(labels=["dog"], seed=3)
+    got, called = [], threading.Event()
+
+    def again(_):
+        try:  # on the scheduler thread this call would wait for itself: until its timeout, then raise
+            got.append((threading.current_thread().name, gen.sample_codes(labels=["dog"], seed=3, timeout=20)))
+        finally:
+            called.set()
+
+    gen.submit(gen.request(num=2), images=False).add_done_callback(again)
+    assert called.wait(30) and got[0][0] == "dnd-result"
+    np.testing.assert_array_equal(got[0][1], expected)
+
+
+def test_a_generator_dropped_without_close_is_collected_and_its_thread_ends(tiny_model_dir):
+    g = Generator(tiny_model_dir, backend="onnxruntime-cpu", threads=1)
+    g.sample_codes(num=2)
+    thread, ref = g.scheduler._thread, weakref.ref(g)
+    del g
+    gc.collect()
+    assert ref() is None
+    thread.join(10)
+    assert not thread.is_alive()
+
