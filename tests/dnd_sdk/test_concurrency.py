@@ -1,5 +1,6 @@
 """One Generator shared by threads: concurrent calls are batched, and each returns what it returns alone."""
 import gc
+import signal
 import threading
 import time
 import weakref
@@ -146,3 +147,16 @@ def test_a_generator_dropped_without_close_is_collected_and_its_thread_ends(tiny
     thread.join(10)
     assert not thread.is_alive()
 
+
+def test_an_interrupted_wait_drops_the_request(gen):
+    # Ctrl-C while the caller waits: a real SIGINT, which wakes the wait the way a terminal's does
+    interrupt = threading.Timer(0.2, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
+    interrupt.start()
+    with pytest.raises(KeyboardInterrupt):
+        gen.sample_codes(num=100_000, seed=0)  # minutes of work
+    interrupt.join()
+    for _ in range(200):  # the scheduler drops the request at its next step
+        if gen.scheduler.queue_depth == gen.scheduler.images_in_flight == 0:
+            break
+        time.sleep(0.01)
+    assert gen.scheduler.queue_depth == gen.scheduler.images_in_flight == 0
