@@ -18,7 +18,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -113,8 +113,9 @@ def _claim(out: Path, identity: dict, tag: str) -> None:
     try:
         stored = json.loads(run_file.read_text())
     except (ValueError, UnicodeDecodeError, RecursionError):
-        raise InvalidInputError(f"{run_file} is not a run file of `dnd generate`; choose a new out folder.",
-                                ["out"]) from None
+        stored = None
+    if not isinstance(stored, dict):
+        raise InvalidInputError(f"{run_file} is not a run file of `dnd generate`; choose a new out folder.", ["out"])
     diff = [f"{k}: {stored.get(k)!r} there, {identity[k]!r} now" for k in identity if stored.get(k) != identity[k]]
     if diff:
         raise InvalidInputError(f"{out} holds a run made with different arguments ({'; '.join(diff)}). "
@@ -140,6 +141,11 @@ def plan_run(gen, job: BatchJob) -> RunPlan:
     """Validate `job` against the model of `gen` (InvalidInputError naming the bad argument) and fix the run."""
     num = _count(job, gen.num_classes)
     labels = None if job.labels is None else list(job.labels)
+    settings = [f.name for f in fields(SamplingParams)]
+    if not isinstance(job.sampling, dict) or not set(job.sampling) <= set(settings):
+        got = sorted(set(job.sampling) - set(settings)) if isinstance(job.sampling, dict) else job.sampling
+        raise InvalidInputError(f"sampling must be a dict of the settings {', '.join(settings)}; got {got!r}",
+                                ["sampling"])
     req = gen.request(labels, num, seed=job.seed, batch_size=job.batch_size, **job.sampling)  # validates everything
     mine = _shard_range(job.shard, num)
     identity = {"format": "dnd-generate-run", "version": 1,

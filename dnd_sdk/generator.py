@@ -10,6 +10,7 @@ images of all concurrent calls as rows of one batch (`dnd_sdk.scheduler`); every
 it returns alone, bit for bit.
 """
 import logging
+import weakref
 from concurrent.futures import Future, TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .backends import open_backend
-from .arguments import MAX_IMAGES, MAX_INDEX, integer
+from .arguments import MAX_IMAGES, MAX_INDEX, integer, number
 from .errors import InvalidInputError, RequestTimeoutError
 from .manifest import load_manifest
 from .model_files import load_embeddings
@@ -85,6 +86,8 @@ class Generator:
             raise InvalidInputError(f"max_batch {limit} exceeds the {self.backend.max_batch} rows {self.backend.name} "
                                     "was built for", ["max_batch"])
         self.scheduler = Scheduler(self, limit or self.backend.max_batch or DEFAULT_ROWS, max_queue)
+        # a Generator dropped without close() still stops its thread and releases its backend
+        self._finalizer = weakref.finalize(self, self.scheduler.close)
         log.info("dnd_sdk.Generator: %s runs on %s", self.path, self.backend.name)
 
     @property
@@ -93,8 +96,7 @@ class Generator:
 
     def close(self) -> None:
         """Stop the scheduler (unfinished calls get CancelledError) and release the backend."""
-        self.scheduler.close()
-        self.backend.close()
+        self._finalizer()
 
     def __enter__(self):
         return self
@@ -136,7 +138,9 @@ class Generator:
             if start:
                 raise InvalidInputError("give image_indices or start, not both", ["image_indices", "start"])
             indices = np.asarray(image_indices)
-            if indices.ndim != 1 or not 0 < len(indices) <= MAX_IMAGES or indices.dtype.kind not in "iu" \
+            listed = image_indices if isinstance(image_indices, (list, tuple)) else ()
+            bools = any(isinstance(x, (bool, np.bool_)) for x in listed)  # np.asarray reads True as 1
+            if bools or indices.ndim != 1 or not 0 < len(indices) <= MAX_IMAGES or indices.dtype.kind not in "iu" \
                     or (indices < 0).any() or (indices > MAX_INDEX).any():
                 raise InvalidInputError("image_indices must be a non-empty 1-D list of ints >= 0, "
                                         f"got {image_indices!r}", ["image_indices"])
@@ -171,6 +175,10 @@ class Generator:
         limit, limited_by = self.scheduler.max_rows, "this Generator runs (its max_batch)"
         if self.backend.max_batch is not None and self.backend.max_batch < limit:
             limit, limited_by = self.backend.max_batch, f"{self.backend_name} was built for"
+        if params.guided and limit < 2:  # no batch_size helps: say what does
+            more = "max_batch >= 2" if (self.backend.max_batch or 2) >= 2 else "engines built for 2 rows or more"
+            raise InvalidInputError(f"guidance (a cfg_scale other than 1) needs 2 rows per image, but {limited_by} "
+                                    f"at most 1; use cfg_scale 1, or {more}", ["cfg_scale", "max_batch"])
         if rows > limit:
             raise InvalidInputError(
                 f"batch_size {batch_size} needs {rows} rows{' (guidance doubles them)' if params.guided else ''}, but "
@@ -206,6 +214,7 @@ class Generator:
 
     def sample_codes(self, labels=None, num=None, *, timeout=None, **kwargs) -> np.ndarray:
         """Sample latent codes; arguments as in `sample`. Returns int64 [n, h, w, D]."""
+        timeout = _timeout(timeout)
         return _wait(self.submit(self.request(labels, num, **kwargs), images=False), timeout)
 
     def sample(self, labels=None, num=None, *, timeout=None, **kwargs) -> list:
@@ -239,6 +248,7 @@ class Generator:
         Raises:
             InvalidInputError, OverloadedError, RequestTimeoutError.
         """
+        timeout = _timeout(timeout)
         return _wait(self.submit(self.request(labels, num, **kwargs)), timeout)
 
     def check_codes(self, codes) -> np.ndarray:
@@ -255,14 +265,24 @@ class Generator:
 
     def decode(self, codes, batch_size: int = 16, *, timeout=None) -> list:
         """Decode codes [n, h, w, D] (any integer dtype) into n RGB PIL images."""
-        codes = self.check_codes(codes)
+        codes, timeout = self.check_codes(codes), _timeout(timeout)
         batch_size = min(integer(batch_size, "batch_size", 1), self.backend.max_batch or batch_size)
         return _wait(self.scheduler.submit(Work(Future(), batch_size=batch_size, codes=codes)), timeout)
+
+
+def _timeout(timeout):
+    """None or a number of seconds >= 0, checked before anything is queued."""
+    if timeout is not None and number(timeout, "timeout") < 0:
+        raise InvalidInputError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}", ["timeout"])
+    return timeout
 
 
 def _wait(future: Future, timeout):
     try:
         return future.result(timeout)
+    except KeyboardInterrupt:  # nobody waits for the result any more: free the request's rows
+        future.cancel()
+        raise
     except FutureTimeout:
         if not future.cancel():  # it finished in the meantime
             return future.result()

@@ -11,6 +11,10 @@ by row, so an image is the image its request gives alone, whatever shares the ba
 A call runs rows 0..n-1 where n is one past the highest row in use: new images take the lowest free
 rows, so the batch stays packed at the front (a free row below a busy one runs idle until it is
 taken or the rows above it finish).
+
+A future's done-callbacks run on the thread that sets its outcome, so each outcome is set from a
+short thread of its own: a callback may call the Generator again and wait, which on the scheduler
+thread would wait for itself forever.
 """
 import threading
 import time
@@ -61,12 +65,16 @@ class Scheduler:
 
     Args:
         gen (dnd_sdk.Generator): supplies the backend, embedding tables, null class and latent shape.
+            The scheduler keeps those, not `gen`: its thread would otherwise keep a Generator dropped
+            without close() alive, and the Generator's finalizer could never close it.
         max_rows (int): rows per backend call (guidance takes two per image).
         max_queue (int): requests waiting for a row (or a decode) before `submit` raises OverloadedError.
     """
 
     def __init__(self, gen, max_rows: int, max_queue: int):
-        self.gen, self.max_rows, self.max_queue = gen, max_rows, max_queue
+        self.backend, self.latent_shape, self.null_class = gen.backend, gen.latent_shape, gen.manifest.null_class
+        self.tok_embeddings, self.cls_embedding = gen.tok_embeddings, gen.cls_embedding
+        self.max_rows, self.max_queue = max_rows, max_queue
         self.listeners = []  # f(images, rows, seconds) after each step, e.g. metrics
         self._waiting, self._images = deque(), []
         self._lock = threading.Condition()
@@ -98,12 +106,15 @@ class Scheduler:
         return work.future
 
     def close(self) -> None:
-        """Stop the thread; requests not finished get CancelledError."""
+        """Stop the thread and release the backend; requests not finished get CancelledError."""
         with self._lock:
             self._closed = True
             self._lock.notify()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
+            thread = self._thread  # none is started once closed
+        if thread is None:
+            self.backend.close()
+        elif thread is not threading.current_thread():  # else the loop releases the backend as it ends
+            thread.join()
 
     # --- the scheduler thread -------------------------------------------------------------------
 
@@ -127,6 +138,7 @@ class Scheduler:
                 self._images = []
         for work in [*self._waiting, *(im.work for im in self._images)]:
             _fail(work.future, CancelledError("the Generator closed before this request finished"))
+        self.backend.close()  # here, not in close(): close() may run on this thread, amid a step
 
     def _drop_cancelled(self) -> None:
         self._waiting = deque(w for w in self._waiting if not w.future.done())
@@ -136,7 +148,7 @@ class Scheduler:
         """Give free rows to waiting images, first come first served; returns the decodes to run now."""
         used = {r for im in self._images for r in im.rows}
         free = [r for r in range(self.max_rows) if r not in used]
-        decodes, h, w, depth = [], *self.gen.latent_shape
+        decodes, h, w, depth = [], *self.latent_shape
         while self._waiting:
             work = self._waiting[0]
             if work.labels is None:
@@ -157,13 +169,13 @@ class Scheduler:
 
     def _step(self) -> None:
         """One latent position of every image in flight."""
-        t0, gen, images = time.perf_counter(), self.gen, self._images
+        t0, images = time.perf_counter(), self._images
         if not self._reset:  # the cache is allocated once; rows are restarted by position 0 from then on
-            gen.backend.reset(self.max_rows)
+            self.backend.reset(self.max_rows)
             self._reset = True
         # the rows in use, and the image (its index in `images`) of each: a guided image has two
         rows = [r for im in images for r in im.rows]
-        n, d = 1 + max(rows), gen.tok_embeddings.shape[1]
+        n, d = 1 + max(rows), self.tok_embeddings.shape[1]
         rows, owner = np.array(rows), np.array([i for i, im in enumerate(images) for _ in im.rows])
         positions = np.zeros(n, np.int64)
         positions[rows] = [im.pos for im in images for _ in im.rows]
@@ -171,13 +183,13 @@ class Scheduler:
         later = [im for im in images if im.pos > 0]
         if later:  # the summed embeddings of the previous cell's codes, on every row of the image
             prev = np.array([im.work.codes[im.j, im.pos - 1] for im in later])
-            emb = embed_codes(gen.tok_embeddings, prev[:, None, :])
+            emb = embed_codes(self.tok_embeddings, prev[:, None, :])
             hidden[[r for im in later for r in im.rows]] = emb[[i for i, im in enumerate(later) for _ in im.rows]]
         for im in images:
             if im.pos == 0:  # the condition token: the class, and the null class on the unconditional row
-                hidden[im.cond] = gen.cls_embedding[im.work.labels[im.j]]
+                hidden[im.cond] = self.cls_embedding[im.work.labels[im.j]]
                 if im.uncond >= 0:
-                    hidden[im.uncond] = gen.cls_embedding[gen.manifest.null_class]
+                    hidden[im.uncond] = self.cls_embedding[self.null_class]
         cond = np.array([im.cond for im in images])
         uncond = np.array([im.uncond for im in images])
         u = np.array([im.u[im.pos] for im in images])
@@ -185,18 +197,19 @@ class Scheduler:
         depth = u.shape[1]
         tokens = np.empty((len(images), depth), np.int64)
         for k in range(depth):
-            logits, hidden_out = gen.backend.stage_step(k, hidden, positions)
+            logits, hidden_out = self.backend.stage_step(k, hidden, positions)
             tokens[:, k] = sample_images(logits, cond, uncond, u[:, k], params, k)
             if k < depth - 1:  # every row of an image gets its token
                 add = np.zeros((n, 1, d), np.float32)
-                add[rows, 0] = gen.tok_embeddings[tokens[owner, k]]
+                add[rows, 0] = self.tok_embeddings[tokens[owner, k]]
                 hidden = hidden_out + add
+        seconds = time.perf_counter() - t0
+        for listener in self.listeners:  # before the step's requests are answered: it counts in their metrics
+            listener(len(images), n, seconds)
         self._advance(images, tokens)
-        for listener in self.listeners:
-            listener(len(images), n, time.perf_counter() - t0)
 
     def _advance(self, images: list, tokens: np.ndarray) -> None:
-        length = self.gen.latent_shape[0] * self.gen.latent_shape[1]
+        length = self.latent_shape[0] * self.latent_shape[1]
         for im, tok in zip(images, tokens):
             im.work.codes[im.j, im.pos] = tok
             im.pos += 1
@@ -207,11 +220,11 @@ class Scheduler:
             work = im.work
             work.running, work.finished = work.running - 1, work.finished + 1
             if work.finished == len(work.labels):
-                codes = work.codes.reshape(len(work.labels), *self.gen.latent_shape)
+                codes = work.codes.reshape(len(work.labels), *self.latent_shape)
                 _resolve(work.future, lambda: self._decode(codes, work.batch_size) if work.want_images else codes)
 
     def _decode(self, codes: np.ndarray, batch_size: int) -> list:
-        run = self.gen.backend.run
+        run = self.backend.run
         return [im for lo in range(0, len(codes), batch_size)
                 for im in to_pil(run("decoder", {"codes": codes[lo:lo + batch_size]})["image"])]
 
@@ -224,14 +237,18 @@ def _resolve(future: Future, compute) -> None:
     except Exception as e:
         _fail(future, e)
         return
-    try:
-        future.set_result(result)
-    except InvalidStateError:
-        pass
+    _settle(future.set_result, result)
 
 
 def _fail(future: Future, error: Exception) -> None:
-    try:
-        future.set_exception(error)
-    except InvalidStateError:
-        pass
+    _settle(future.set_exception, error)
+
+
+def _settle(setter, outcome) -> None:
+    """Set an outcome from a thread of its own, which runs the future's done-callbacks (see the module doc)."""
+    def settle():
+        try:
+            setter(outcome)
+        except InvalidStateError:  # cancelled meanwhile
+            pass
+    threading.Thread(target=settle, name="dnd-result", daemon=True).start()

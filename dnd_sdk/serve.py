@@ -8,12 +8,14 @@
     GET  /metrics     Prometheus text: queue depth, batch sizes, images, latency
 
 Errors are JSON {"error": message}: bad input 400, a full queue 429 (Retry-After), a timeout 504.
+A request whose client disconnects is dropped at once (logged as status 499 in /metrics).
 A PNG here has the very bytes `dnd generate` writes for the same (model, label, settings, seed, index).
 """
 import asyncio
 import base64
 import io
 import json
+import re
 import time
 
 import uvicorn
@@ -30,6 +32,10 @@ from .errors import InvalidInputError, OverloadedError
 REQUEST_KEYS = ("labels", "num", "seed", "start", "image_indices", "cfg_scale", "temperature", "top_k", "top_p",
                 "head_temperatures")
 RETRY_AFTER_S = 1
+# Generator settings an error may name that a client cannot send: the server's own flags
+SERVER_FLAGS = {"max_batch": "the server's --max-batch"}
+# nginx's code for "client closed request": the reply goes nowhere, the latency metric keeps it apart
+CLIENT_GONE = 499
 
 
 class Metrics:
@@ -61,6 +67,19 @@ def _error(status: int, message: str, headers=None) -> JSONResponse:
     return JSONResponse({"error": message}, status, headers=headers)
 
 
+def _in_server_words(error: InvalidInputError) -> str:
+    text = str(error)
+    for name in set(error.names) & set(SERVER_FLAGS):
+        text = re.sub(rf"\b{name}\b", SERVER_FLAGS[name], text)
+    return text
+
+
+async def _disconnect(request: Request) -> None:
+    """Return once the client has gone: with the body read, the ASGI server's next message is the disconnect."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 def create_app(gen, timeout: float = 300.0) -> Starlette:
     """The ASGI app serving `gen` (a dnd_sdk.Generator); `timeout` is the most seconds a request may take."""
     metrics = Metrics(gen)
@@ -78,6 +97,8 @@ def create_app(gen, timeout: float = 300.0) -> Starlette:
             body = json.loads(await request.body())
         except (ValueError, UnicodeDecodeError):
             return _error(400, "the body must be a JSON object, e.g. {\"labels\": [\"cat\"], \"seed\": 0}")
+        except RecursionError:
+            return _error(400, "the body is nested too deeply; it must be a JSON object of request keys")
         if not isinstance(body, dict) or set(body) - set(REQUEST_KEYS):
             unknown = sorted(set(body) - set(REQUEST_KEYS)) if isinstance(body, dict) else body
             return _error(400, f"the body must be a JSON object of {', '.join(REQUEST_KEYS)}; got {unknown!r}")
@@ -89,17 +110,21 @@ def create_app(gen, timeout: float = 300.0) -> Starlette:
                                    "ask for num 1, or accept application/json")
             future = gen.submit(req)
         except InvalidInputError as e:
-            return _error(400, str(e))
+            return _error(400, _in_server_words(e))
         except OverloadedError as e:
             return _error(429, str(e), {"Retry-After": str(RETRY_AFTER_S)})
+        result, gone = asyncio.wrap_future(future), asyncio.ensure_future(_disconnect(request))
         try:
-            # shield: a timeout cancels the request through future.cancel() below, not through asyncio
-            pil = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), timeout)
-        except asyncio.TimeoutError:
-            future.cancel()
+            done, _ = await asyncio.wait((result, gone), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            future.cancel()  # nobody waits for it any more (a no-op once it finished): its rows go to others
+        if gone in done and result not in done:
+            return _error(CLIENT_GONE, "the client disconnected; the request was dropped")
+        if result not in done:
             return _error(504, f"the request did not finish within {timeout:g} s and was dropped; ask for fewer "
                                "images or retry when the server is less busy")
-        pngs = await run_in_threadpool(lambda: [_png(im) for im in pil])
+        pngs = await run_in_threadpool(lambda: [_png(im) for im in result.result()])
         metrics.images.inc(len(pngs))
         settings = req.params.as_dict()
         meta = [{"index": int(i), "label": int(c), "label_name": gen.labels[c], "seed": req.seed, **settings}

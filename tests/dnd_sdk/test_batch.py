@@ -112,6 +112,11 @@ def test_labels_and_per_class(gen, tmp_path):
     (BatchJob(num=4, shard=(2, 2)), "shard must be I/N"),
     (BatchJob(num=4, batch_size=0), "batch_size"),
     (BatchJob(num=4, sampling={"top_p": 2.0}), "top_p"),
+    # request keys are the job's own fields, or not the job's business: sampling takes settings only
+    (BatchJob(num=4, sampling={"seed": 3}), r"sampling must be a dict of the settings cfg_scale, temperature, "
+                                            r"top_k, top_p, head_temperatures; got \['seed'\]"),
+    (BatchJob(num=4, sampling={"start": 2, "top_k": 3}), r"got \['start'\]"),
+    (BatchJob(num=4, sampling=[("top_k", 3)]), r"sampling must be a dict .*got \[\('top_k', 3\)\]"),
 ])
 def test_bad_jobs_write_nothing(gen, tmp_path, job, fragment):
     with pytest.raises(InvalidInputError, match=fragment):

@@ -51,6 +51,14 @@ def test_a_foreign_file_in_the_run_folder_is_named_and_nothing_aggregated(gen, r
     assert tree(out) == tree(reference)
 
 
+@pytest.mark.parametrize("text", ["[1, 2]", '"x"', "null", "3", "{not json", "[" * 100_000])
+def test_a_run_file_that_is_not_a_json_object_is_refused(gen, tmp_path, text):
+    (tmp_path / "run.json").write_text(text)
+    with pytest.raises(InvalidInputError, match=f"{tmp_path / 'run.json'} is not a run file of `dnd generate`"):
+        run_batch(gen, tmp_path, JOB, progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
+
+
 def test_a_png_damaged_past_its_header_is_named(gen, reference, tmp_path):
     out = tmp_path / "out"
     run_batch(gen, out, BatchJob(**{**JOB.__dict__, "npz": False}), progress=False)

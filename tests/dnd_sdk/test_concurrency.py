@@ -1,5 +1,9 @@
 """One Generator shared by threads: concurrent calls are batched, and each returns what it returns alone."""
+import gc
+import signal
 import threading
+import time
+import weakref
 from concurrent.futures import CancelledError as FutureCancelled
 
 import numpy as np
@@ -116,3 +120,43 @@ def test_a_backend_failure_fails_its_requests_and_the_generator_goes_on(gen):
     finally:
         gen.backend.sessions["stage1"] = stage1
     np.testing.assert_array_equal(gen.sample_codes(**CALLS[1], timeout=60), expected)
+
+
+def test_a_done_callback_may_call_the_generator_again(gen):
+    expected = gen.sample_codes(labels=["dog"], seed=3)
+    got, called = [], threading.Event()
+
+    def again(_):
+        try:  # on the scheduler thread this call would wait for itself: until its timeout, then raise
+            got.append((threading.current_thread().name, gen.sample_codes(labels=["dog"], seed=3, timeout=20)))
+        finally:
+            called.set()
+
+    gen.submit(gen.request(num=2), images=False).add_done_callback(again)
+    assert called.wait(30) and got[0][0] == "dnd-result"
+    np.testing.assert_array_equal(got[0][1], expected)
+
+
+def test_a_generator_dropped_without_close_is_collected_and_its_thread_ends(tiny_model_dir):
+    g = Generator(tiny_model_dir, backend="onnxruntime-cpu", threads=1)
+    g.sample_codes(num=2)
+    thread, ref = g.scheduler._thread, weakref.ref(g)
+    del g
+    gc.collect()
+    assert ref() is None
+    thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_an_interrupted_wait_drops_the_request(gen):
+    # Ctrl-C while the caller waits: a real SIGINT, which wakes the wait the way a terminal's does
+    interrupt = threading.Timer(0.2, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
+    interrupt.start()
+    with pytest.raises(KeyboardInterrupt):
+        gen.sample_codes(num=100_000, seed=0)  # minutes of work
+    interrupt.join()
+    for _ in range(200):  # the scheduler drops the request at its next step
+        if gen.scheduler.queue_depth == gen.scheduler.images_in_flight == 0:
+            break
+        time.sleep(0.01)
+    assert gen.scheduler.queue_depth == gen.scheduler.images_in_flight == 0

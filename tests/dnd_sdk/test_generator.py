@@ -97,10 +97,15 @@ def test_sample_returns_rgb_images(gen):
     (dict(top_k=True), r"top_k must be an integer in \[0, 64\], got True"),
     (dict(cfg_scale=1e308), r"cfg_scale must be in \[0, 100\]"),
     (dict(seed=2**64), "seed must be an integer >= 0"),
+    (dict(image_indices=[1, True]), r"image_indices must be a non-empty 1-D list of ints >= 0, got \[1, True\]"),
+    (dict(image_indices=(np.True_,)), "image_indices must be"),
+    (dict(num=5000, timeout="5"), "timeout must be a finite number, got '5'"),
+    (dict(num=5000, timeout=-1), "timeout must be a number of seconds >= 0 or None, got -1"),
 ])
 def test_bad_requests_are_typed_errors(gen, kwargs, fragment):
     with pytest.raises(InvalidInputError, match=fragment):
         gen.sample(**kwargs)
+    assert gen.scheduler.queue_depth == gen.scheduler.images_in_flight == 0  # refused before anything was queued
 
 
 def test_batch_beyond_the_backend_limit_is_refused(gen):
@@ -109,6 +114,21 @@ def test_batch_beyond_the_backend_limit_is_refused(gen):
         with pytest.raises(InvalidInputError, match="needs 6 rows .guidance doubles them.*batch_size <= 2"):
             gen.sample(num=8, batch_size=3, cfg_scale=2.0)
         assert len(gen.sample_codes(num=8, batch_size=4, cfg_scale=1.0)) == 8
+    finally:
+        gen.backend.max_batch = None
+
+
+def test_guidance_on_one_row_says_what_would_run_it(tiny_model_dir, gen):
+    with Generator(tiny_model_dir, threads=1, max_batch=1) as one_row:
+        with pytest.raises(InvalidInputError, match=r"guidance \(a cfg_scale other than 1\) needs 2 rows per image, "
+                                                    r"but this Generator runs \(its max_batch\) at most 1; "
+                                                    r"use cfg_scale 1, or max_batch >= 2$"):
+            one_row.sample(labels=[0], cfg_scale=2)
+        assert len(one_row.sample(labels=[0], cfg_scale=1)) == 1
+    gen.backend.max_batch = 1  # what an engine built for one row reports
+    try:
+        with pytest.raises(InvalidInputError, match="was built for at most 1; use cfg_scale 1, or engines built for 2"):
+            gen.sample(labels=[0], cfg_scale=2)
     finally:
         gen.backend.max_batch = None
 

@@ -141,6 +141,9 @@ def test_numpy_decode_loop_equals_torch_generate_on_the_same_stage_function(kw):
             logits, out, self.caches[k] = model.stage_forward(k, torch.from_numpy(hidden), self.caches[k])
             return logits[:, -1].numpy(), out.numpy()
 
+        def close(self):
+            self.caches = None
+
     gen = SimpleNamespace(backend=TorchStages(), tok_embeddings=model.tok_embeddings.weight.detach().numpy(),
                           cls_embedding=model.cls_embedding.embedding_table.weight.detach().numpy(),
                           manifest=SimpleNamespace(null_class=a.num_classes), latent_shape=(a.grid_h, a.grid_w, a.num_pred_heads))

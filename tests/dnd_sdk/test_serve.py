@@ -112,6 +112,8 @@ def test_bad_requests_get_400_and_their_neighbours_succeed(url):
     assert "temperature must be >= 0" in responses[3].json()["error"]
     assert "['colour']" in responses[4].json()["error"]
     assert httpx.post(f"{url}/v1/images", content=b"{not json").status_code == 400
+    r = httpx.post(f"{url}/v1/images", content=b"[" * 100_000 + b"]" * 100_000)  # deeper than json can parse
+    assert r.status_code == 400 and r.json()["error"].startswith("the body is nested too deeply")
 
 
 def test_models_and_health(url):
@@ -181,3 +183,40 @@ def test_sigterm_drains_the_requests_in_flight(tiny_model_dir):
     finally:
         server.kill()
         server.wait()
+
+
+@pytest.fixture(scope="module")
+def one_row(tiny_model_dir):
+    """A server running one row per call: a long request holds it for a long time."""
+    with Generator(tiny_model_dir, backend="onnxruntime-cpu", threads=1, max_batch=1) as gen:
+        with ThreadedServer(gen) as base:
+            yield gen, base
+
+
+def test_a_client_that_disconnects_has_its_request_dropped(one_row):
+    gen, base = one_row
+    body = json.dumps({"num": 100_000, "cfg_scale": 1}).encode()  # minutes of work, one row at a time
+    with socket.create_connection(("127.0.0.1", httpx.URL(base).port)) as client:
+        client.sendall(b"POST /v1/images HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        for _ in range(400):  # until the request holds the row
+            if gen.scheduler.images_in_flight:
+                break
+            time.sleep(0.01)
+        assert gen.scheduler.images_in_flight == 1 and gen.scheduler.queue_depth == 1
+    for _ in range(400):  # the client is gone: the server drops the request at the scheduler's next step
+        metrics = httpx.get(f"{base}/metrics").text
+        if "dnd_images_in_flight 0.0" in metrics and "dnd_requests_in_progress 0.0" in metrics:
+            break
+        time.sleep(0.01)
+    assert gen.scheduler.images_in_flight == gen.scheduler.queue_depth == 0
+    assert 'dnd_request_seconds_count{status="499"} 1.0' in metrics
+    r = httpx.post(f"{base}/v1/images", json={"labels": ["cat"], "cfg_scale": 1}, timeout=30)
+    assert r.status_code == 200 and len(r.json()["images"]) == 1
+
+
+def test_guidance_on_one_row_names_what_the_client_can_change(one_row):
+    _, base = one_row
+    r = httpx.post(f"{base}/v1/images", json={"labels": [0], "cfg_scale": 2})
+    assert r.status_code == 400
+    assert r.json()["error"].endswith("use cfg_scale 1, or the server's --max-batch >= 2")
+    assert "batch_size" not in r.json()["error"]
