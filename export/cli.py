@@ -14,7 +14,9 @@ from dnd_sdk.manifest_schema import DECODER_DTYPES
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder to write.")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16", "int8", "int4"]), default="fp32", show_default=True,
-              help="Weight and KV-cache precision of the graphs (hidden and logits stay float32).")
+              help="Precision of the stage graphs: fp32/fp16/bf16 weights and KV cache (bf16 for TensorRT only), "
+                   "or int8/int4 weights with each row's activations quantized on its own (ONNX Runtime only). "
+                   "Hidden state and logits stay float32.")
 @click.option("--decoder-dtype", type=click.Choice(["auto", *DECODER_DTYPES]), default="auto", show_default=True,
               help="The image decoder's precision. auto: as --dtype (fp32 for bf16, int8 for int8/int4). int8 "
                    "(ONNX Runtime only, so not with --dtype bf16) decodes about twice as fast on a CPU; the tokens "

@@ -32,7 +32,11 @@ INT4_BLOCK = 32  # MatMulNBits block size along the input dimension
 # MatMulNBits accuracy level 4: the activations of each row are quantized to int8 per block and the
 # products run on int8 units; it is faster than the float level and treats every row on its own
 INT4_ACCURACY = 4
-ROW_ZERO_POINT = 128  # symmetric int8 rows, stored as uint8 for ONNX Runtime's fast u8 x s8 kernels
+# the constants the int8 rewrite adds: rows are symmetric int8 stored as uint8 (zero point 128) for
+# ONNX Runtime's fast u8 x s8 kernels, in steps of 1/127 of the row's largest magnitude
+ROW_CONSTANTS = {"rq_zero_point": np.array(128, np.uint8), "rq_step": np.array(1 / 127, np.float32),
+                 "rq_floor": np.array(1e-30, np.float32),  # an all-zero row stays zero
+                 "rq_axes": np.array([-1], np.int64)}
 
 
 def quantize_weights(path: Path, dtype: str, threshold: int) -> list:
@@ -79,9 +83,8 @@ def quantize_rows_int8(model: onnx.ModelProto) -> None:
     share its quantization."""
     graph = model.graph
     weights = {t.name: t for t in graph.initializer}
-    consts = _constants(graph, {"rq_zero_point": np.array(ROW_ZERO_POINT, np.uint8),
-                                "rq_step": np.array(1 / 127, np.float32),
-                                "rq_floor": np.array(1e-30, np.float32)})  # an all-zero row stays zero
+    graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in ROW_CONSTANTS.items())
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     rows, columns, nodes = {}, {}, []
     for node in graph.node:
         w = weights.get(node.input[1]) if node.op_type == "MatMul" else None
@@ -89,10 +92,10 @@ def quantize_rows_int8(model: onnx.ModelProto) -> None:
             nodes.append(node)
             continue
         if node.input[0] not in rows:
-            rows[node.input[0]] = _quantize_rows(node.input[0], nodes, consts, len(rows))
+            rows[node.input[0]] = _quantize_rows(node.input[0], nodes, opset, len(rows))
         if w.name not in columns:
             columns[w.name] = _quantize_columns(w)
-        nodes += _integer_matmul(node, *rows[node.input[0]], columns[w.name], consts)
+        nodes += _integer_matmul(node, *rows[node.input[0]], columns[w.name])
     del graph.node[:]
     graph.node.extend(nodes)
     kept = [t for t in graph.initializer if t.name not in columns]
@@ -100,20 +103,17 @@ def quantize_rows_int8(model: onnx.ModelProto) -> None:
     graph.initializer.extend(kept + [t for pair in columns.values() for t in pair])
 
 
-def _constants(graph, values: dict) -> dict:
-    graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in values.items())
-    return {k: k for k in values}
-
-
-def _quantize_rows(x: str, nodes: list, consts: dict, i: int) -> tuple:
+def _quantize_rows(x: str, nodes: list, opset: int, i: int) -> tuple:
     """(uint8 rows, float row maxima [.., 1]) of activation `x`: round(127 x / max|row|) + 128, the
     rounding and offset in one QuantizeLinear. The 1/127 of the row scale lives in the column scales."""
     n = f"rq{i}_"
-    nodes += [helper.make_node("Abs", [x], [n + "abs"]),
-              helper.make_node("ReduceMax", [n + "abs"], [n + "max"], axes=[-1], keepdims=1),
-              helper.make_node("Max", [n + "max", consts["rq_floor"]], [n + "max_pos"]),
+    # from opset 18 on, ReduceMax takes its axes as an input instead of an attribute
+    row_max = (helper.make_node("ReduceMax", [n + "abs", "rq_axes"], [n + "max"], keepdims=1) if opset >= 18
+               else helper.make_node("ReduceMax", [n + "abs"], [n + "max"], axes=[-1], keepdims=1))
+    nodes += [helper.make_node("Abs", [x], [n + "abs"]), row_max,
+              helper.make_node("Max", [n + "max", "rq_floor"], [n + "max_pos"]),
               helper.make_node("Div", [x, n + "max_pos"], [n + "unit"]),
-              helper.make_node("QuantizeLinear", [n + "unit", consts["rq_step"], consts["rq_zero_point"]], [n + "q"])]
+              helper.make_node("QuantizeLinear", [n + "unit", "rq_step", "rq_zero_point"], [n + "q"])]
     return n + "q", n + "max_pos"
 
 
@@ -127,10 +127,10 @@ def _quantize_columns(w) -> tuple:
             numpy_helper.from_array((scale / 127).astype(np.float32), w.name + "_scale"))
 
 
-def _integer_matmul(node, q: str, row_scale: str, weight: tuple, consts: dict) -> list:
+def _integer_matmul(node, q: str, row_scale: str, weight: tuple) -> list:
     w, col_scale = (t.name for t in weight)
     n, (y,) = node.name or node.output[0], node.output
-    return [helper.make_node("MatMulInteger", [q, w, consts["rq_zero_point"]], [n + "_int32"]),
+    return [helper.make_node("MatMulInteger", [q, w, "rq_zero_point"], [n + "_int32"]),
             helper.make_node("Cast", [n + "_int32"], [n + "_float"], to=TensorProto.FLOAT),
             helper.make_node("Mul", [row_scale, col_scale], [n + "_scales"]),
             helper.make_node("Mul", [n + "_float", n + "_scales"], [y])]
