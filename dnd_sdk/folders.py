@@ -98,6 +98,9 @@ def check_target(out_dir: Path, force: bool, source=None) -> None:
     (the input the new folder is written from)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise InvalidInputError(f"{out_dir} exists and is not a folder; choose another out_dir", ["out_dir"])
+    if out_dir.is_symlink() and not out_dir.exists():
+        raise InvalidInputError(f"{out_dir} is a link that leads nowhere (broken, or a loop); remove it or choose "
+                                "another out_dir", ["out_dir"])
     if source is not None and _holds(out_dir, Path(source)):
         raise InvalidInputError(f"{out_dir} holds the input {source}: replacing it would delete the input; "
                                 "choose another out_dir", ["out_dir"])
@@ -116,7 +119,7 @@ def check_target(out_dir: Path, force: bool, source=None) -> None:
 
 def _holds(folder: Path, path: Path) -> bool:
     """Whether `path` is `folder` or lies inside it, links followed."""
-    folder, path = folder.resolve(), path.resolve()
+    folder, path = Path(os.path.realpath(folder)), Path(os.path.realpath(path))  # realpath: a link loop is no error
     return folder == path or folder in path.parents
 
 

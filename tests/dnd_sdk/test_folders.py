@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from dnd_sdk.errors import InvalidInputError
-from dnd_sdk.folders import atomic_write, staged_folder
+from dnd_sdk.folders import atomic_write, check_target, staged_folder
 
 
 def test_a_file_appears_whole_and_leaves_no_temporary_file(tmp_path):
@@ -76,3 +76,11 @@ def test_the_current_folder_and_those_above_it_are_refused(tmp_path, monkeypatch
         with staged_folder(Path(target) if target != "work" else work, force=True):
             pass
     assert [p.name for p in tmp_path.iterdir()] == ["work"] and os.listdir(work) == ["keep.txt"]
+
+
+@pytest.mark.parametrize("link_to", ["loop", "missing"])
+def test_a_link_that_leads_nowhere_is_refused_up_front(tmp_path, link_to):
+    (tmp_path / "loop").symlink_to(link_to)
+    with pytest.raises(InvalidInputError, match="is a link that leads nowhere"):
+        check_target(tmp_path / "loop", force=True)
+    assert os.listdir(tmp_path) == ["loop"]
