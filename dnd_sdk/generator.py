@@ -88,6 +88,7 @@ class Generator:
         self.scheduler = Scheduler(self, limit or self.backend.max_batch or DEFAULT_ROWS, max_queue)
         # a Generator dropped without close() still stops its thread and releases its backend
         self._finalizer = weakref.finalize(self, self.scheduler.close)
+        self._finalizer.atexit = False  # at exit the daemon thread simply ends; joining it could wait on a decode
         log.info("dnd_sdk.Generator: %s runs on %s", self.path, self.backend.name)
 
     @property
@@ -172,7 +173,7 @@ class Generator:
             batch_size = max(1, self.scheduler.max_rows // per_image)
         batch_size = integer(batch_size, "batch_size", 1, MAX_IMAGES)
         rows = min(batch_size, len(ids)) * per_image
-        limit, limited_by = self.scheduler.max_rows, "this Generator runs (its max_batch)"
+        limit, limited_by = self.scheduler.max_rows, "max_batch allows"
         if self.backend.max_batch is not None and self.backend.max_batch < limit:
             limit, limited_by = self.backend.max_batch, f"{self.backend_name} was built for"
         if params.guided and limit < 2:  # no batch_size helps: say what does

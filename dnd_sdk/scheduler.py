@@ -25,7 +25,7 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import CancelledError, InvalidInputError, OverloadedError
+from .errors import CancelledError, OverloadedError
 from .images import to_pil
 from .sampler import SamplingParams, embed_codes, image_uniforms, sample_images
 
@@ -89,9 +89,6 @@ class Scheduler:
         return len(self._images)
 
     def submit(self, work: Work) -> Future:
-        if work.params is not None and work.params.guided and self.max_rows < 2:
-            raise InvalidInputError("guidance needs two rows per image, but this Generator runs one row per call; "
-                                    "use cfg_scale=1 or a larger max_batch", ["cfg_scale"])
         with self._lock:
             if self._closed:
                 raise CancelledError("this Generator is closed; open a new one")
@@ -129,7 +126,7 @@ class Scheduler:
                 decodes = self._admit()
             try:
                 for work in decodes:
-                    _resolve(work.future, lambda w=work: self._decode(w.codes, w.batch_size))
+                    _resolve(work.future, lambda w=work: self._decode(w.codes, w.batch_size, w.future))
                 if self._images:
                     self._step()
             except Exception as e:  # a backend failure fails the requests it touched, not the thread
@@ -221,12 +218,15 @@ class Scheduler:
             work.running, work.finished = work.running - 1, work.finished + 1
             if work.finished == len(work.labels):
                 codes = work.codes.reshape(len(work.labels), *self.latent_shape)
-                _resolve(work.future, lambda: self._decode(codes, work.batch_size) if work.want_images else codes)
+                _resolve(work.future, lambda: self._decode(codes, work.batch_size, work.future) if work.want_images else codes)
 
-    def _decode(self, codes: np.ndarray, batch_size: int) -> list:
-        run = self.backend.run
-        return [im for lo in range(0, len(codes), batch_size)
-                for im in to_pil(run("decoder", {"codes": codes[lo:lo + batch_size]})["image"])]
+    def _decode(self, codes: np.ndarray, batch_size: int, future: Future) -> list:
+        images = []
+        for lo in range(0, len(codes), batch_size):
+            if future.cancelled():  # timed out or interrupted: nobody waits for the rest
+                raise CancelledError("the request was cancelled")
+            images += to_pil(self.backend.run("decoder", {"codes": codes[lo:lo + batch_size]})["image"])
+        return images
 
 
 def _resolve(future: Future, compute) -> None:

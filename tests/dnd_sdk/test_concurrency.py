@@ -149,12 +149,17 @@ def test_a_generator_dropped_without_close_is_collected_and_its_thread_ends(tiny
 
 
 def test_an_interrupted_wait_drops_the_request(gen):
-    # Ctrl-C while the caller waits: a real SIGINT, which wakes the wait the way a terminal's does
+    # Ctrl-C while the caller waits: a real SIGINT, which wakes the wait the way a terminal's does.
+    # Python's own handler, whatever the test runner inherited (a background shell ignores SIGINT)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     interrupt = threading.Timer(0.2, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
     interrupt.start()
-    with pytest.raises(KeyboardInterrupt):
-        gen.sample_codes(num=100_000, seed=0)  # minutes of work
-    interrupt.join()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            gen.sample_codes(num=100_000, seed=0)  # minutes of work
+    finally:
+        interrupt.join()
+        signal.signal(signal.SIGINT, previous)
     for _ in range(200):  # the scheduler drops the request at its next step
         if gen.scheduler.queue_depth == gen.scheduler.images_in_flight == 0:
             break

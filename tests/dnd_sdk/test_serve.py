@@ -218,5 +218,6 @@ def test_guidance_on_one_row_names_what_the_client_can_change(one_row):
     _, base = one_row
     r = httpx.post(f"{base}/v1/images", json={"labels": [0], "cfg_scale": 2})
     assert r.status_code == 400
-    assert r.json()["error"].endswith("use cfg_scale 1, or the server's --max-batch >= 2")
+    assert r.json()["error"].endswith("but the server's --max-batch allows at most 1; use cfg_scale 1, or the "
+                                      "server's --max-batch >= 2")
     assert "batch_size" not in r.json()["error"]
