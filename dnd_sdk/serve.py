@@ -7,7 +7,8 @@
     GET  /health      {"status": "ok"}
     GET  /metrics     Prometheus text: queue depth, batch sizes, images, latency
 
-Errors are JSON {"error": message}: bad input 400, a full queue 429 (Retry-After), a timeout 504.
+Errors are JSON {"error": message}: bad input 400, a body over 16 MiB 413, a full queue 429 (Retry-After),
+a timeout 504.
 A request whose client disconnects is dropped at once (logged as status 499 in /metrics).
 A PNG here has the very bytes `dnd generate` writes for the same (model, label, settings, seed, index).
 """
@@ -36,6 +37,8 @@ RETRY_AFTER_S = 1
 SERVER_FLAGS = {"max_batch": "the server's --max-batch"}
 # nginx's code for "client closed request": the reply goes nowhere, the latency metric keeps it apart
 CLIENT_GONE = 499
+# a body is a few request keys; even a list of a million image indices stays far below this
+MAX_BODY_BYTES = 1 << 24
 
 
 class Metrics:
@@ -74,6 +77,19 @@ def _in_server_words(error: InvalidInputError) -> str:
     return text
 
 
+async def _read_body(request: Request):
+    """The request's body, or None once it passes MAX_BODY_BYTES (read no further: memory stays bounded)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            return None
+    return bytes(body)
+
+
 async def _disconnect(request: Request) -> None:
     """Return once the client has gone: with the body read, the ASGI server's next message is the disconnect."""
     while (await request.receive())["type"] != "http.disconnect":
@@ -93,8 +109,12 @@ def create_app(gen, timeout: float = 300.0) -> Starlette:
         return response
 
     async def _images(request: Request):
+        raw = await _read_body(request)
+        if raw is None:
+            return _error(413, f"the body is over {MAX_BODY_BYTES >> 20} MiB; ask for many images with num and "
+                               "start rather than listing them")
         try:
-            body = json.loads(await request.body())
+            body = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
             return _error(400, "the body must be a JSON object, e.g. {\"labels\": [\"cat\"], \"seed\": 0}")
         except RecursionError:

@@ -5,11 +5,13 @@ import click
 
 from ..engine_index import load_engine_index
 from ..manifest import load_manifest
+from ..model_files import load_embeddings
 
 
 def summary(model_dir) -> str:
     """A short human-readable description of a verified model folder."""
     m = load_manifest(model_dir)
+    load_embeddings(m)  # their headers, shapes and dtypes: what a Generator checks when it loads them
     labels = ", ".join(map(str, m.labels[:6])) + (", ..." if len(m.labels) > 6 else "")
     size = sum(e.bytes + sum(r.bytes for r in e.external_data) for e in m.files.values())
     guidance = "available" if m.null_class is not None else "unavailable (no null class)"
@@ -21,7 +23,7 @@ def summary(model_dir) -> str:
         f"image:    {m.image['height']}x{m.image['width']} RGB",
         "sampler:  " + ", ".join(f"{k}={v}" for k, v in m.sampler_defaults.items()),
         f"runs on:  {', '.join(m.backends)} (stage graphs v2, cache of {m.cache_length} positions)",
-        f"files:    {len(m.files)} ({size / 2**20:.1f} MiB), sha256 verified",
+        f"files:    {len(m.files)} ({size / 2**20:.1f} MiB), sha256 verified, embedding tables checked",
         "producer: " + ", ".join(f"{k} {v}" for k, v in m.producer.items()),
     ]
     engines = load_engine_index(model_dir, m.stage_names + ["decoder"])

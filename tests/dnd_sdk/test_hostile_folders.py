@@ -377,3 +377,5 @@ def test_embeddings_headers_are_checked_before_their_data_is_read(tiny_model_dir
     assert peak < 1 << 20  # neither the declared table nor the inflated padding was allocated
     with pytest.raises(ManifestError, match=fragment):
         Generator(folder, threads=1)
+    result = CliRunner().invoke(cli, ["info", str(folder)])
+    assert result.exit_code == 1 and result.output.count("\n") == 1 and "embeddings.npz" in result.output, result.output

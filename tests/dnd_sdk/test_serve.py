@@ -16,7 +16,7 @@ import uvicorn
 
 from dnd_sdk import Generator
 from dnd_sdk.batch import BatchJob, run_batch
-from dnd_sdk.serve import _png, create_app
+from dnd_sdk.serve import MAX_BODY_BYTES, _png, create_app
 
 BODIES = [
     {"labels": ["cat"], "seed": 0, "cfg_scale": 1.0},
@@ -114,6 +114,11 @@ def test_bad_requests_get_400_and_their_neighbours_succeed(url):
     assert httpx.post(f"{url}/v1/images", content=b"{not json").status_code == 400
     r = httpx.post(f"{url}/v1/images", content=b"[" * 100_000 + b"]" * 100_000)  # deeper than json can parse
     assert r.status_code == 400 and r.json()["error"].startswith("the body is nested too deeply")
+    r = httpx.post(f"{url}/v1/images", content=b" " * (MAX_BODY_BYTES + 1))
+    assert r.status_code == 413 and "the body is over 16 MiB" in r.json()["error"]
+    chunked = iter([b" " * (1 << 20)] * 17)  # no Content-Length: refused while it streams
+    assert httpx.post(f"{url}/v1/images", content=chunked).status_code == 413
+    assert httpx.post(f"{url}/v1/images", json=BODIES[0]).status_code == 200  # and the server goes on
 
 
 def test_models_and_health(url):
