@@ -17,7 +17,7 @@ from typing import Optional
 
 from dnd_sdk.engine_index import EngineIndex, tensorrt_major, write_engine_index
 from dnd_sdk.errors import BackendUnavailableError, DndError, InvalidInputError
-from dnd_sdk.folders import atomic_write, check_target, staged_folder
+from dnd_sdk.folders import atomic_write, check_target, staged_folder, write_failure
 from dnd_sdk.manifest import MANIFEST_NAME, FileRef, load_manifest
 from .profiles import profile_shapes
 
@@ -82,17 +82,20 @@ def build_engines(model_dir, out_dir, config: BuildConfig = BuildConfig(), force
     cache_path = Path(config.timing_cache) if config.timing_cache else None
     cache = builder.create_builder_config().create_timing_cache(
         cache_path.read_bytes() if cache_path and cache_path.is_file() else b"")
-    with staged_folder(out_dir, force) as tmp:
-        _copy_model_folder(manifest, model_dir, tmp)
-        (tmp / "engines").mkdir()
-        files = {}
-        for graph in shapes:
-            log.info("building %s (rows up to %d)", graph, max_rows)
-            plan = _build_engine(trt, builder, logger, manifest.graph_path(graph), manifest.dtype, shapes[graph],
-                                 config, cache)
-            files[graph] = FileRef(f"engines/{graph}.plan")
-            (tmp / files[graph].file).write_bytes(plan)
-        write_engine_index(tmp, EngineIndex(max_rows=max_rows, tensorrt_version=trt.__version__, files=files))
+    try:
+        with staged_folder(out_dir, force) as tmp:
+            _copy_model_folder(manifest, model_dir, tmp)
+            (tmp / "engines").mkdir()
+            files = {}
+            for graph in shapes:
+                log.info("building %s (rows up to %d)", graph, max_rows)
+                plan = _build_engine(trt, builder, logger, manifest.graph_path(graph), manifest.dtype, shapes[graph],
+                                     config, cache)
+                files[graph] = FileRef(f"engines/{graph}.plan")
+                (tmp / files[graph].file).write_bytes(plan)
+            write_engine_index(tmp, EngineIndex(max_rows=max_rows, tensorrt_version=trt.__version__, files=files))
+    except OSError as e:  # the export's own wording: what failed, that nothing is left, what to do
+        raise EngineBuildError(write_failure(out_dir, e)) from e
     if cache_path:
         atomic_write(cache_path, lambda f: f.write(bytes(cache.serialize())))
     return out_dir
