@@ -116,7 +116,9 @@ def test_quantized_export_is_onnxruntime_only_and_samples(tiny_checkpoint, tmp_p
     err = np.abs(teacher_forced_logits(out, codes, labels) - expected).max()
     assert 0 < err < 0.5 * np.abs(expected).max(), err  # close to the float model, not equal
     with Generator(out, threads=1) as gen:
-        assert gen.sample_codes(num=2, seed=0).shape == (2, 2, 4, 2)
+        codes = gen.sample_codes(num=6, seed=0)
+        assert codes.shape == (6, 2, 4, 2)
+        assert np.array_equal(gen.sample_codes(num=6, seed=0, batch_size=1), codes)  # whatever the batch
 
 
 @pytest.mark.parametrize("dtype, opset", [("int8", 17), ("int8", 20), ("int4", 17)])  # ReduceMax changed at 18
