@@ -16,6 +16,14 @@ The decoder's convolutions take int8 activations too, with fixed ranges measured
 codes: ONNX Runtime has no fast kernel for a float convolution with int8 weights, and its int8
 convolution runs the decoder about twice as fast. The operators are ONNX Runtime's, so such graphs
 are marked ONNX-Runtime-only.
+
+No kernel may saturate. On x86 CPUs without VNNI, ONNX Runtime multiplies uint8 activations by
+int8 weights with an instruction (vpmaddubsw) that adds each pair of neighbouring products along
+the reduction axis in a 16-bit lane, saturating at 32767. Which two weights a kernel pairs depends
+on its layout, so every int8 weight tensor here keeps ANY two weights of an output column (or
+channel) at most PAIR_LIMIT in magnitude together: 128 x 255, the largest uint8 activation, stays
+below 32767 whichever kernel runs the graph. 4-bit MatMulNBits multiplies int8 activations
+(|a| <= 127) by weights of magnitude <= 8, far from the limit.
 """
 import logging
 import tempfile
@@ -28,6 +36,9 @@ from onnx import TensorProto, helper, numpy_helper
 from .onnx_export import save_graph
 
 QUANTIZED = ("int8", "int4")
+# the most that two int8 weights of one output column may weigh together: 128 * 255 (the largest uint8
+# activation) = 32640 <= 32767, the 16-bit lane that kernels without VNNI add a pair of products in
+PAIR_LIMIT = 128
 INT4_BLOCK = 32  # MatMulNBits block size along the input dimension
 # MatMulNBits accuracy level 4: the activations of each row are quantized to int8 per block and the
 # products run on int8 units; it is faster than the float level and treats every row on its own
@@ -70,7 +81,8 @@ def quantize_decoder(path: Path, codes: np.ndarray, threshold: int, batch: int =
 
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp, _quiet_quantizer():
         out = Path(tmp) / path.name
-        quantize_static(path, out, Codes(), quant_format=QuantFormat.QOperator, per_channel=True,
+        # reduce_range: weights in -64..64, so any two of a channel stay within PAIR_LIMIT
+        quantize_static(path, out, Codes(), quant_format=QuantFormat.QOperator, per_channel=True, reduce_range=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"])
         model = onnx.load(str(out))
     return save_graph(model, path, threshold)
@@ -118,9 +130,12 @@ def _quantize_rows(x: str, nodes: list, opset: int, i: int) -> tuple:
 
 
 def _quantize_columns(w) -> tuple:
-    """(int8 weight, float32 column scales) initializers for float weight initializer `w` [K, N]."""
+    """(int8 weight, float32 column scales) initializers for float weight initializer `w` [K, N]: each column's
+    two largest magnitudes map to 127 together, so after rounding (at most 0.5 each) any two weights of a
+    column weigh at most PAIR_LIMIT."""
     values = numpy_helper.to_array(w).astype(np.float64)
-    scale = np.maximum(np.abs(values).max(axis=0), 1e-30) / 127
+    top_two = -np.sort(-np.abs(values), axis=0)[:2].sum(axis=0)
+    scale = np.maximum(top_two, 1e-30) / (PAIR_LIMIT - 1)
     q = np.clip(np.round(values / scale), -127, 127).astype(np.int8)
     # times the rows' 1/127 step, so that the product needs only the rows' maxima
     return (numpy_helper.from_array(q, w.name + "_int8"),

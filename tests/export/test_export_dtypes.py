@@ -123,19 +123,57 @@ def test_quantized_export_is_onnxruntime_only_and_samples(tiny_checkpoint, tmp_p
 
 @pytest.mark.parametrize("dtype, opset", [("int8", 17), ("int8", 20), ("int4", 17)])  # ReduceMax changed at 18
 def test_a_quantized_row_does_not_depend_on_the_rows_beside_it(tiny_checkpoint, tmp_path, dtype, opset):
-    # the runtime promises an image that never depends on its batch: activations are quantized per row
+    # the runtime promises an image that never depends on its batch: activations are quantized per row, and
+    # a lone row never takes a kernel's one-row path (tests/export/avx2_check.py repeats this on an AVX2 CPU)
+    from dnd_sdk.backends.onnxrt import OnnxrtBackend
+
     m = load_manifest(export_model(tiny_checkpoint, tmp_path / dtype, dtype=dtype, opset=opset))
-    session = ort.InferenceSession(str(m.graph_path("stage0")), providers=["CPUExecutionProvider"])
     rng, rows = np.random.default_rng(0), 5
-    feed = {s.name: rng.standard_normal([rows if d == "batch_size" else d for d in s.shape]).astype(np.float32)
-            for s in m.inputs("stage0") if s.dtype == "float32"}
-    feed["hidden"] *= np.array([1, 30, 0.01, 0, 5], np.float32)[:, None, None]  # neighbours of any range
-    feed["positions"] = np.array([3, 0, 5, 1, 7])
-    feed["kv_mask"] = np.arange(m.cache_length)[None, :] < feed["positions"][:, None]
-    together = session.run(None, feed)
+    hidden = rng.standard_normal((rows, 1, m.model_config["dim"])).astype(np.float32)
+    hidden *= np.array([1, 30, 0.01, 0, 5], np.float32)[:, None, None]  # neighbours of any range
+    positions = np.array([0, 0, 0, 0, 0])
+    backend = OnnxrtBackend(m.model_dir, m, threads=1)
+    backend.reset(rows)
+    together = [backend.stage_step(k, hidden, positions) for k in range(m.depth)]
     for r in range(rows):
-        alone = session.run(None, {k: v[r:r + 1] for k, v in feed.items()})
-        assert all(np.array_equal(a[0], t[r]) for a, t in zip(alone, together)), r
+        backend.reset(rows)
+        alone = [backend.stage_step(k, hidden[r:r + 1], positions[r:r + 1]) for k in range(m.depth)]
+        for k, (a, t) in enumerate(zip(alone, together)):
+            assert all(np.array_equal(x[0], y[r]) for x, y in zip(a, t)), (r, k)
+
+
+def int8_weight_columns(m) -> dict:
+    """{graph/initializer: int8 weights as [columns, K]} of every integer product in a folder's graphs."""
+    columns = {}
+    for name in m.stage_names + ["decoder"]:
+        graph = onnx.load(str(m.graph_path(name))).graph
+        weights = {t.name: t for t in graph.initializer}
+        for node in graph.node:
+            w = {"MatMulInteger": 1, "QLinearConv": 3}.get(node.op_type)
+            if w is not None and node.input[w] in weights:
+                w = node.input[w]
+                q = onnx.numpy_helper.to_array(weights[w]).astype(np.int64)
+                # MatMulInteger weights are [K, N]; QLinearConv's [out, in, kh, kw] reduce over in x kh x kw
+                columns[f"{name}/{w}"] = q.T if node.op_type == "MatMulInteger" else q.reshape(q.shape[0], -1)
+    return columns
+
+
+def test_no_int8_kernel_can_saturate(tiny_checkpoint, tmp_path):
+    # Kernels without VNNI add two uint8 x int8 products in a 16-bit lane (vpmaddubsw). Which two depends on
+    # the kernel's layout, so any two weights of a column times the largest uint8 activation (255) must
+    # stay within 32767: checked on the folder's own initializers, on whatever CPU runs this
+    m = load_manifest(export_model(tiny_checkpoint, tmp_path / "m", dtype="int8", decoder_dtype="int8"))
+    columns = int8_weight_columns(m)
+    assert {k.split("/")[0] for k in columns} == set(m.stage_names + ["decoder"])
+    for name, q in columns.items():
+        top_two = -np.sort(-np.abs(q), axis=1)[:, :2].sum(axis=1)
+        assert top_two.max() * 255 <= 32767, (name, top_two.max())
+        assert top_two.max() >= 100, (name, top_two.max())  # and the weights still use the range
+    # 4-bit weights (|w| <= 8) times int8 activations (|a| <= 127): 2 * 8 * 127 is far from the limit
+    int4 = load_manifest(export_model(tiny_checkpoint, tmp_path / "int4", dtype="int4", decoder_dtype="fp32"))
+    nodes = [n for k in int4.stage_names for n in onnx.load(str(int4.graph_path(k))).graph.node
+             if n.op_type == "MatMulNBits"]
+    assert nodes and {a.i for n in nodes for a in n.attribute if a.name == "bits"} == {4}
 
 
 @pytest.mark.parametrize("dtype, decoder_dtype", [("int8", "int8"), ("int4", "fp32")])
