@@ -3,8 +3,9 @@
     python avx2_check.py FP32_DIR INT8_DIR INT4_DIR OUT.npz
 
 Proves first that ONNX Runtime took its AVX2 integer kernels (they saturate a pair of large u8 x s8
-products), then writes what the quantized folders give here: each folder's codes sampled one
-image at a time and six at once, and the int8 decoder's images beside the float decoder's.
+products), then writes what the quantized folders give here: the rows whose logits depend on
+their batch, each folder's codes sampled one image at a time and six at once, and the int8
+decoder's images beside the float decoder's.
 """
 import sys
 
@@ -13,6 +14,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from dnd_sdk import Generator
+from export_helpers import rows_that_depend_on_their_batch
 
 
 def pair_saturates() -> bool:
@@ -32,6 +34,7 @@ def main(fp32_dir, int8_dir, int4_dir, out):
     assert pair_saturates(), "this CPU adds u8 x s8 products without saturating: not the AVX2 kernels"
     results = {}
     for name, folder in (("int8", int8_dir), ("int4", int4_dir)):
+        results[f"{name}_rows_that_depend_on_their_batch"] = np.array(rows_that_depend_on_their_batch(folder))
         with Generator(folder, threads=1) as gen:  # without guidance, an image alone is one row
             results[f"{name}_together"] = gen.sample_codes(num=6, seed=0, cfg_scale=1.0)
             results[f"{name}_alone"] = gen.sample_codes(num=6, seed=0, cfg_scale=1.0, batch_size=1)

@@ -51,3 +51,25 @@ def run_calls(backend, calls):
             per_stage.append(logits.copy())
         out.append(np.stack(per_stage, 1))
     return np.stack(out)
+
+
+def rows_that_depend_on_their_batch(model_dir) -> list:
+    """[(row, stage)] whose outputs differ between a call of five rows of any range and the row alone, through
+    the runtime's ONNX Runtime backend (the runtime promises an image that never depends on its batch)."""
+    from dnd_sdk.backends.onnxrt import OnnxrtBackend
+
+    m = load_manifest(model_dir)
+    rng, rows = np.random.default_rng(0), 5
+    hidden = rng.standard_normal((rows, 1, m.model_config["dim"])).astype(np.float32)
+    hidden *= np.array([1, 30, 0.01, 0, 5], np.float32)[:, None, None]  # neighbours of any range
+    positions = np.zeros(rows, np.int64)
+    backend = OnnxrtBackend(m.model_dir, m, threads=1)
+    backend.reset(rows)
+    together = [backend.stage_step(k, hidden, positions) for k in range(m.depth)]
+    differ = []
+    for r in range(rows):
+        backend.reset(rows)
+        alone = [backend.stage_step(k, hidden[r:r + 1], positions[r:r + 1]) for k in range(m.depth)]
+        differ += [(r, k) for k, (a, t) in enumerate(zip(alone, together))
+                   if not all(np.array_equal(x[0], y[r]) for x, y in zip(a, t))]
+    return differ

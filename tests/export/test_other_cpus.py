@@ -36,6 +36,7 @@ def avx2(tiny_checkpoint, tiny_model_dir, tmp_path_factory):
 @pytest.mark.parametrize("dtype", ["int8", "int4"])
 def test_an_image_does_not_depend_on_its_batch_on_avx2(avx2, dtype):
     results, _, _ = avx2
+    assert results[f"{dtype}_rows_that_depend_on_their_batch"].tolist() == []
     assert np.array_equal(results[f"{dtype}_alone"], results[f"{dtype}_together"])
 
 
