@@ -127,8 +127,17 @@ def test_tensorrt_backend_without_tensorrt_says_how_to_get_it(tiny_model_dir, tm
 
 @pytest.mark.skipif(importlib.util.find_spec("cuda") is not None, reason="cuda-python is installed here")
 def test_cuda_runtime_without_cuda_python_names_the_package():
-    with pytest.raises(ImportError, match=r"needs cuda-python >= 12.6.1 .*dnd-sdk\[gpu\]"):
+    with pytest.raises(ImportError, match=r"GPU backends need cuda-python >= 12.6.1 .*dnd-sdk\[gpu\]"):
         importlib.import_module("dnd_sdk.backends.cuda_runtime")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cuda") is not None, reason="cuda-python is installed here")
+def test_onnxruntime_cuda_without_cuda_python_is_unavailable_and_says_what_to_install():
+    from dnd_sdk.backends.onnxrt import OnnxrtBackend
+    backend = OnnxrtBackend.__new__(OnnxrtBackend)  # past the provider check, which fails first on a CPU build
+    backend.cache = backend.stream = None
+    with pytest.raises(BackendUnavailableError, match=r"keeps the KV cache on the GPU .*dnd-sdk\[gpu\]"):
+        backend._open_device()
 
 
 def test_gpu_parity_script_judges_a_backend_against_onnxruntime_cpu(tiny_model_dir, tmp_path):
