@@ -118,6 +118,11 @@ def _aligned(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
+def _step_tensors(specs: list, cache_names: set) -> list:
+    """The manifest's tensor specs of a stage graph that are not KV cache, as StepTensors (rows dim dropped)."""
+    return [StepTensor(s.name, s.dtype, tuple(int(d) for d in s.shape[1:])) for s in specs if s.name not in cache_names]
+
+
 class CacheLayout:
     """Where every buffer of every stage lives inside one device allocation of `nbytes`, as offsets.
 
@@ -155,7 +160,7 @@ class CacheLayout:
     @classmethod
     def of(cls, manifest, max_rows: int) -> "CacheLayout":
         """The layout of a model folder's stage graphs for `max_rows` rows."""
-        stages, inputs, outputs = [], None, None
+        stages = []
         for stage in manifest.stages:
             specs = {s.name: s for s in manifest.inputs(stage.graph)}
             tensors = []
@@ -164,11 +169,10 @@ class CacheLayout:
                     kv_heads, _, head_dim = (int(d) for d in specs[past].shape[1:])
                     tensors.append(CacheTensor(past, new, specs[past].dtype, kv_heads, head_dim))
             stages.append(tensors)
-            cache_names = {n for t in tensors for n in (t.past, t.new)}
-            step = lambda specs_: [StepTensor(s.name, s.dtype, tuple(int(d) for d in s.shape[1:]))  # noqa: E731
-                                   for s in specs_ if s.name not in cache_names]
-            inputs, outputs = step(manifest.inputs(stage.graph)), step(manifest.outputs(stage.graph))
-        return cls(stages, inputs, outputs, max_rows, int(manifest.cache_length))
+        graph = manifest.stages[0].graph  # every stage graph takes and returns the same step tensors
+        cache_names = {n for t in stages[0] for n in (t.past, t.new)}
+        return cls(stages, _step_tensors(manifest.inputs(graph), cache_names),
+                   _step_tensors(manifest.outputs(graph), cache_names), max_rows, int(manifest.cache_length))
 
     def tables(self, base: int) -> list:
         """Per stage, the kernel's pointer table: uint64 [tensors, TABLE_COLUMNS] for an allocation at `base`."""
