@@ -83,8 +83,8 @@ def verdict(r: dict) -> tuple:
         failed.append(f"{rows} rows cost {extra:.3f} ms more than 1, at least half a copy of the cache")
     for n in ("1_row", f"{rows}_rows"):
         if r[f"moved_bytes_{n}"] != r[f"step_bytes_{n}"]:
-            failed.append(f"copied {r[f'moved_bytes_{n}']} bytes (to device, to host) per call at {n.replace('_', ' ')}, "
-                          f"the step tensors are {r[f'step_bytes_{n}']}")
+            failed.append(f"copied {r[f'moved_bytes_{n}']} bytes (to device, to host) per call at "
+                          f"{n.replace('_', ' ')}, the step tensors are {r[f'step_bytes_{n}']}")
     return failed, summary
 
 

@@ -87,33 +87,42 @@ class OnnxrtBackend(Backend):
             raise BackendUnavailableError(
                 f"ONNX Runtime here has no {provider} (available: {available}). "
                 "Install onnxruntime-gpu for CUDA, or use backend='onnxruntime-cpu'.")
-        if manifest.dtype == "bf16":  # the cache lives in numpy buffers, and numpy has no bfloat16
+        if manifest.dtype == "bf16":  # ONNX Runtime's CPU kernels and numpy (the CPU cache) have no bfloat16
             raise BackendUnavailableError("bf16 exports run on TensorRT (dnd-build); export with --dtype fp32 or "
                                           "fp16 for ONNX Runtime")
         self.name, self.device, self.manifest = f"onnxruntime-{device}", device, manifest
-        self.cache = self.stream = None
+        self.sessions, self.cache, self.stream = {}, None, None
         if device == "cuda":  # before the sessions: without NVRTC, `auto` moves on at once
             self._open_device()
+        try:
+            self._open_sessions(provider, threads)
+        except BaseException:
+            self.close()  # the device's stream and kernel, when there is one
+            raise
+        self._bindings = [self.sessions[s.graph].io_binding() for s in manifest.stages]
+        self._caches, self._outputs = [], []
+
+    def _open_sessions(self, provider: str, threads) -> None:
+        manifest = self.manifest
         try:
             self.sessions = {name: _checked_session(manifest, name, provider, threads)
                              for name in [*manifest.stage_names, "decoder"]}
         except OrtNotImplemented as e:  # e.g. bf16 graphs: ONNX Runtime's CPU kernels lack bf16
             raise BackendUnavailableError(
-                f"ONNX Runtime {device} has no kernels for this {manifest.dtype} model ({str(e).splitlines()[0]}). "
-                "Use TensorRT, or export with --dtype fp32 (CPU) or fp16.") from None
+                f"ONNX Runtime {self.device} has no kernels for this {manifest.dtype} model "
+                f"({str(e).splitlines()[0]}). Use TensorRT, or export with --dtype fp32 (CPU) or fp16.") from None
         used = self.sessions["decoder"].get_providers()
         if provider not in used:  # ONNX Runtime falls back silently when the CUDA libraries fail to load
             raise BackendUnavailableError(f"ONNX Runtime could not start {provider} (sessions run on {used}); "
                                           "check the CUDA and cuDNN installation.")
-        self._bindings = [self.sessions[s.graph].io_binding() for s in manifest.stages]
-        self._caches, self._outputs = [], []
 
     def _open_device(self) -> None:
         """CUDA device 0 through cuda-python, a stream, and the kernel that writes new rows into the cache."""
         try:
             from .cuda_runtime import CudaRuntime
         except ImportError as e:
-            raise BackendUnavailableError(f"ONNX Runtime CUDA keeps the KV cache on the GPU through cuda-python: {e}")
+            raise BackendUnavailableError(
+                f"ONNX Runtime CUDA keeps the KV cache on the GPU through cuda-python: {e}") from None
         from .device_cache import KERNEL_NAME, KERNEL_SOURCE
         self.cuda = CudaRuntime()
         self.stream = self.cuda.create_stream()

@@ -168,10 +168,10 @@ def test_the_device_plan_on_host_memory_matches_the_cpu_backend_exactly(tiny_mod
                 plan_logits, plan_hidden = run_plan_on_host(backend, layout, memory, base, k, plan_hidden, positions)
                 np.testing.assert_array_equal(plan_logits, logits)
                 np.testing.assert_array_equal(plan_hidden, hidden)
-                for t, offset, (_, _, cache, _) in zip(layout.stages[k], layout.cache_offsets[k], backend._caches[k]):
-                    size = cache[:3].nbytes
-                    np.testing.assert_array_equal(memory[offset:offset + size].view(cache.dtype).reshape(cache[:3].shape),
-                                                  cache[:3])
+                for offset, (_, _, cache, _) in zip(layout.cache_offsets[k], backend._caches[k]):
+                    written = cache[:3]  # the CPU backend's [rows, kv, L, hd] after its own indexed writes
+                    on_host = memory[offset:offset + written.nbytes].view(cache.dtype).reshape(written.shape)
+                    np.testing.assert_array_equal(on_host, written)
         assert np.abs(memory[:layout.cache_bytes].view(np.float32)).max() > 0  # the caches were really written
 
 
