@@ -3,7 +3,8 @@
 A stage call moves only the step's small tensors across the bus; the cache stays on the device:
 
     layout = CacheLayout.of(manifest, max_rows)        # where every buffer lives: plain arithmetic
-    cache = DeviceCache(cuda, layout, stream)          # one cudaMalloc; the pointer tables uploaded once
+    kernel = cuda.compile(KERNEL_SOURCE, KERNEL_NAME)   # NVRTC, once per backend
+    cache = DeviceCache(cuda, layout, stream, kernel)  # one cudaMalloc; the pointer tables uploaded once
     cache.reset()                                      # one cudaMemsetAsync over every stage's cache
     for b in layout.bindings(k, rows, cache.base): ... # the backend binds each graph tensor to its address
     logits, hidden_out = cache.stage_call(k, inputs, run_graph)
@@ -17,8 +18,9 @@ pointer table uploaded once per allocation, so nothing about the rows' positions
 of the launch: its grid depends only on the number of rows and the stage's tensor shapes.
 
 Everything here but `DeviceCache` is a pure function of the manifest, the rows and an address, so it
-is tested without a GPU: `write_new_rows_reference` is the kernel in numpy, checked against the
-ONNX Runtime CPU backend's own cache writes.
+is tested without a GPU (tests/dnd_sdk/test_device_cache.py): `write_new_rows_reference` is the
+kernel in numpy, checked against the ONNX Runtime CPU backend's own cache writes and against the
+kernel's source compiled for the CPU.
 """
 import math
 from typing import Callable, NamedTuple
@@ -42,7 +44,7 @@ KERNEL_SOURCE = r"""
 // the x threads walk its new rows. positions: the stage call's own input, already on the device.
 extern "C" __global__ void write_new_rows(const unsigned long long* table, const long long* positions,
                                           long long rows, long long length) {
-    const unsigned long long* entry = table + 4 * blockIdx.y;
+    const unsigned long long* entry = table + 4 * blockIdx.y;  // 4 columns a tensor (TABLE_COLUMNS)
     unsigned short* cache = (unsigned short*)entry[0];
     const unsigned short* fresh = (const unsigned short*)entry[1];
     const long long kv_heads = (long long)entry[2], units = (long long)entry[3];
@@ -245,9 +247,10 @@ class DeviceCache:
     """A `CacheLayout` in device memory on `stream`, with the kernel that writes new rows.
 
     Args:
-        cuda (dnd_sdk.backends.cuda_runtime.CudaRuntime): the device; `cuda.compile` built `kernel`.
+        cuda (dnd_sdk.backends.cuda_runtime.CudaRuntime): the device.
         layout (CacheLayout): the model's buffers for its most rows.
         stream: the CUDA stream every copy and launch goes to.
+        kernel (dnd_sdk.backends.cuda_runtime.Kernel): KERNEL_SOURCE as `cuda.compile` built it.
     """
 
     def __init__(self, cuda, layout: CacheLayout, stream, kernel):
