@@ -30,10 +30,11 @@ setup(
     extras_require={
         "cpu": ["onnxruntime"],
         # TensorRT 10 and 11 (the API dnd-build and the backend follow); their plain `tensorrt` wheels
-        # are CUDA 13 builds fetched from https://pypi.nvidia.com and need driver r580+ (README)
-        "gpu": ["onnxruntime-gpu", "tensorrt>=10,<12", "cuda-python>=12.6.1"],
+        # are CUDA 13 builds fetched from https://pypi.nvidia.com and need driver r580+ (README).
+        # NVRTC compiles the kernel that writes new rows into the KV cache on the GPU (both GPU backends)
+        "gpu": ["onnxruntime-gpu", "tensorrt>=10,<12", "cuda-python>=12.6.1", "nvidia-cuda-nvrtc>=13,<14"],
         # the CUDA 12 builds, for drivers r535+; cuda-python 13 would need a CUDA 13 driver
-        "gpu-cu12": ["onnxruntime-gpu", "tensorrt-cu12>=10,<12", "cuda-python>=12.6.1,<13"],
+        "gpu-cu12": ["onnxruntime-gpu", "tensorrt-cu12>=10,<12", "cuda-python>=12.6.1,<13", "nvidia-cuda-nvrtc-cu12"],
         "train": ["torch>=2.4", "onnx", "onnxscript", "polygraphy", "pyyaml"],
         "export": ["torch>=2.4", "onnx", "onnxscript", "polygraphy"],
         "eval": ["pytesseract"],

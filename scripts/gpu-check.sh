@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The check of the TensorRT path on a machine with an NVIDIA GPU: export the shipped model in fp32,
-# fp16 and bf16 (with the TensorRT lint), build engines, compare them with ONNX Runtime CPU, run the
-# `gpu` tests, and time TensorRT against PyTorch (on the same GPU when torch has CUDA).
+# The check of the GPU paths on a machine with an NVIDIA GPU: export the shipped model in fp32,
+# fp16 and bf16 (with the TensorRT lint), build engines, compare TensorRT and ONNX Runtime CUDA with
+# ONNX Runtime CPU, check that neither moves its KV cache across the bus per call, run the `gpu`
+# tests, and time TensorRT against PyTorch (on the same GPU when torch has CUDA).
 #
 #   bash scripts/gpu-check.sh          # OUT=out/gpu-check CKPT=models/words/checkpoint.pt PYTHON=python3
 #
@@ -10,7 +11,8 @@
 # Every step runs, whatever failed before, and prints one verdict line:
 #   <step>: ok (...) | <step>: FAILED: <error> | <step>: skipped: <reason>
 # Models, engines and logs stay in a temporary folder that is removed at the end; OUT receives only
-# machine.txt, verdicts.txt, parity.jsonl, bench.jsonl and failures.txt (the tail of each failed log).
+# machine.txt, verdicts.txt, parity.jsonl, traffic.jsonl, bench.jsonl and failures.txt (the tail of
+# each failed log).
 # The whole run keeps within BUDGET seconds (default 290): a step that would start past it is skipped.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +23,7 @@ BUDGET=${BUDGET:-290}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$OUT"
-rm -f "$OUT"/{machine.txt,verdicts.txt,parity.jsonl,bench.jsonl,failures.txt}
+rm -f "$OUT"/{machine.txt,verdicts.txt,parity.jsonl,traffic.jsonl,bench.jsonl,failures.txt}
 FAILED=0
 
 verdict() { echo "$1" | tee -a "$OUT/verdicts.txt"; }
@@ -63,9 +65,15 @@ def tensorrt():  # importable, and a major version dnd-build follows
     return tensorrt_major(importlib.import_module("tensorrt").__version__)
 
 
+def nvrtc():  # libnvrtc loads (the first call loads it): the device cache compiles its kernel with it
+    bindings = importlib.import_module("cuda.bindings.nvrtc")
+    return bindings.nvrtcVersion()[0] == bindings.nvrtcResult.NVRTC_SUCCESS
+
+
 CHECKS = {
     "TRT": tensorrt,
     "CUDA_PYTHON": lambda: importlib.import_module("cuda.bindings.runtime"),
+    "NVRTC": nvrtc,
     "EXPORT": lambda: importlib.import_module("dnd_export"),  # torch and onnx come with it
     "ORT": lambda: importlib.import_module("onnxruntime"),
     "ORT_CUDA": lambda: "CUDAExecutionProvider" in importlib.import_module("onnxruntime").get_available_providers(),
@@ -87,6 +95,7 @@ missing=()
 [ "$HAVE_GPU" = 1 ] || missing+=("an NVIDIA GPU with its driver (nvidia-smi finds none)")
 [ "$HAVE_TRT" = 1 ] || missing+=("TensorRT 10 or 11 (python module tensorrt)")
 [ "$HAVE_CUDA_PYTHON" = 1 ] || missing+=("cuda-python >= 12.6.1 (cuda.bindings)")
+[ "$HAVE_NVRTC" = 1 ] || missing+=("NVRTC (nvidia-cuda-nvrtc, for the KV cache kernel of both GPU backends)")
 [ "$HAVE_EXPORT" = 1 ] || missing+=("torch and onnx for dnd-export (the train extra)")
 [ "$HAVE_ORT" = 1 ] || missing+=("onnxruntime or onnxruntime-gpu")
 [ "$HAVE_ORT_CUDA" = 1 ] || missing+=("ONNX Runtime's CUDA provider (onnxruntime-gpu)")
@@ -98,7 +107,7 @@ if [ ${#missing[@]} -eq 0 ]; then verdict "prerequisites: ok"; else
 {
   [ "$HAVE_GPU" = 1 ] && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   "$PYTHON" -c "import platform, importlib.metadata as m
-for d in ('dnd-sdk', 'tensorrt', 'tensorrt-cu12', 'cuda-python', 'onnxruntime', 'onnxruntime-gpu', 'torch', 'onnx'):
+for d in ('dnd-sdk', 'tensorrt', 'tensorrt-cu12', 'cuda-python', 'nvidia-cuda-nvrtc', 'nvidia-cuda-nvrtc-cu12', 'onnxruntime', 'onnxruntime-gpu', 'torch', 'onnx'):
     try: print(d, m.version(d))
     except m.PackageNotFoundError: print(d, 'not installed')
 print('python', platform.python_version())"
@@ -149,12 +158,24 @@ if [ "$HAVE_ORT_CUDA" = 1 ]; then
   parity parity-onnxruntime-cuda-fp32 "$WORK/model-fp32" "$WORK/model-fp32" onnxruntime-cuda fp32
 else skip parity-onnxruntime-cuda-fp32 "ONNX Runtime has no CUDA provider here (onnxruntime-gpu)"; fi
 
-# --- the tests marked gpu: the real TensorRT backend and _build_engine on tiny models, rows of one call at
-# different positions (the strided cache writes of stage graph v2) included
+# --- the KV cache stays on the device: stage 0 at 1 and at 64 rows (the engines' most, for TensorRT),
+# rows at different positions, against one host-to-device copy of its cache; and the bytes each call copied
+traffic() {  # step name, model folder, backend
+  if [ "$HAVE_GPU" != 1 ] || [ "$HAVE_CUDA_PYTHON" != 1 ]; then skip "$1" "it needs a GPU and cuda-python"; return; fi
+  if [ ! -f "$2/manifest.json" ]; then skip "$1" "no $(basename "$2") folder (its build or export did not pass)"; return; fi
+  step "$1" 45 "$PYTHON" scripts/gpu_cache_traffic.py "$2" "$3" --json "$OUT/traffic.jsonl"
+}
+traffic traffic-tensorrt-fp16 "$WORK/engines-fp16" tensorrt
+if [ "$HAVE_ORT_CUDA" = 1 ]; then traffic traffic-onnxruntime-cuda-fp32 "$WORK/model-fp32" onnxruntime-cuda
+else skip traffic-onnxruntime-cuda-fp32 "ONNX Runtime has no CUDA provider here (onnxruntime-gpu)"; fi
+
+# --- the tests marked gpu: the cache kernel against its numpy reference (a GPU and cuda-python suffice),
+# the TensorRT and ONNX Runtime CUDA backends against ONNX Runtime CPU with rows of one call at different
+# positions, and _build_engine, on tiny models; each skips, saying why, without what it needs
 if [ "$HAVE_PYTEST" != 1 ]; then skip gpu-tests "pytest is not installed (the dev extra)"
-elif [ "$HAVE_TRT" != 1 ] || [ "$HAVE_GPU" != 1 ] || [ "$HAVE_CUDA_PYTHON" != 1 ]; then
-  skip gpu-tests "they need a GPU, TensorRT and cuda-python"
-else step gpu-tests 120 "$PYTHON" -m pytest tests -m gpu -q -p no:cacheprovider; fi
+elif [ "$HAVE_GPU" != 1 ] || [ "$HAVE_CUDA_PYTHON" != 1 ]; then
+  skip gpu-tests "they need a GPU and cuda-python (and TensorRT or onnxruntime-gpu for the backends)"
+else step gpu-tests 120 "$PYTHON" -m pytest tests -m gpu -q -rs -p no:cacheprovider; fi
 
 # --- speed: images/s of the runtime against the PyTorch reference sampler in the same run
 REF_DEVICE=cpu

@@ -1,12 +1,14 @@
-"""ONNX Runtime backend: one session per graph, the KV cache in fixed numpy buffers.
+"""ONNX Runtime backend: one session per graph, the KV cache in fixed buffers bound through IO binding.
 
 Stage graphs v2 take the whole fixed cache and return only each row's new key/value; the
 backend writes those into the row's slot of its preallocated `[rows, kv_heads, L, head_dim]`
-buffers. On the CPU, IO binding reads the buffers in place, so they are bound once per
-reset and nothing is copied per step. With CUDA the buffers are copied to the device per
-call (the TensorRT backend keeps its cache on the GPU). The hidden state, positions and mask
-go in, and logits, hidden state and new rows come out, through host buffers bound once per
-reset: a call copies its inputs into them instead of binding new arrays.
+buffers. On the CPU the buffers are numpy arrays that IO binding reads in place, so they are
+bound once per reset and nothing is copied per step; the hidden state, positions and mask go
+in, and logits, hidden state and new rows come out, through host buffers bound once per
+reset: a call copies its inputs into them instead of binding new arrays. With CUDA every
+buffer is device memory (`device_cache.DeviceCache`, shared with the TensorRT backend): the
+graph is bound to device addresses, the new rows are written into their slots on the GPU,
+and only the step's inputs and outputs cross the bus.
 """
 import numpy as np
 
@@ -85,27 +87,54 @@ class OnnxrtBackend(Backend):
             raise BackendUnavailableError(
                 f"ONNX Runtime here has no {provider} (available: {available}). "
                 "Install onnxruntime-gpu for CUDA, or use backend='onnxruntime-cpu'.")
-        if manifest.dtype == "bf16":  # the cache lives in numpy buffers, and numpy has no bfloat16
+        if manifest.dtype == "bf16":  # ONNX Runtime's CPU kernels and numpy (the CPU cache) have no bfloat16
             raise BackendUnavailableError("bf16 exports run on TensorRT (dnd-build); export with --dtype fp32 or "
                                           "fp16 for ONNX Runtime")
         self.name, self.device, self.manifest = f"onnxruntime-{device}", device, manifest
+        self.sessions, self.cache, self.stream = {}, None, None
+        if device == "cuda":  # before the sessions: without NVRTC, `auto` moves on at once
+            self._open_device()
+        try:
+            self._open_sessions(provider, threads)
+        except BaseException:
+            self.close()  # the device's stream and kernel, when there is one
+            raise
+        self._bindings = [self.sessions[s.graph].io_binding() for s in manifest.stages]
+        self._caches, self._outputs = [], []
+        # ONNX Runtime's CPU 4-bit MatMulNBits takes a one-row path on CPUs without AVX-512 VNNI whose float
+        # sums differ from its many-row path: a lone row runs beside a copy of itself, so its bits are the
+        # same in a call of any size (the runtime promises an image that never depends on its batch)
+        self._min_rows = 2 if manifest.dtype == "int4" else 1
+
+    def _open_sessions(self, provider: str, threads) -> None:
+        manifest = self.manifest
         try:
             self.sessions = {name: _checked_session(manifest, name, provider, threads)
                              for name in [*manifest.stage_names, "decoder"]}
         except OrtNotImplemented as e:  # e.g. bf16 graphs: ONNX Runtime's CPU kernels lack bf16
             raise BackendUnavailableError(
-                f"ONNX Runtime {device} has no kernels for this {manifest.dtype} model ({str(e).splitlines()[0]}). "
-                "Use TensorRT, or export with --dtype fp32 (CPU) or fp16.") from None
+                f"ONNX Runtime {self.device} has no kernels for this {manifest.dtype} model "
+                f"({str(e).splitlines()[0]}). Use TensorRT, or export with --dtype fp32 (CPU) or fp16.") from None
         used = self.sessions["decoder"].get_providers()
         if provider not in used:  # ONNX Runtime falls back silently when the CUDA libraries fail to load
             raise BackendUnavailableError(f"ONNX Runtime could not start {provider} (sessions run on {used}); "
                                           "check the CUDA and cuDNN installation.")
-        self._bindings = [self.sessions[s.graph].io_binding() for s in manifest.stages]
-        self._caches, self._outputs = [], []
-        # ONNX Runtime's 4-bit MatMulNBits takes a one-row path on CPUs without AVX-512 VNNI whose float sums
-        # differ from its many-row path: a lone row runs beside a copy of itself, so its bits are the same
-        # in a call of any size (the runtime promises an image that never depends on its batch)
-        self._min_rows = 2 if manifest.dtype == "int4" else 1
+
+    def _open_device(self) -> None:
+        """CUDA device 0 through cuda-python, a stream, and the kernel that writes new rows into the cache."""
+        try:
+            from .cuda_runtime import CudaRuntime
+        except ImportError as e:
+            raise BackendUnavailableError(
+                f"ONNX Runtime CUDA keeps the KV cache on the GPU through cuda-python: {e}") from None
+        from .device_cache import KERNEL_NAME, KERNEL_SOURCE
+        self.cuda = CudaRuntime()
+        self.stream = self.cuda.create_stream()
+        try:
+            self._kernel = self.cuda.compile(KERNEL_SOURCE, KERNEL_NAME)
+        except BaseException:
+            self.close()
+            raise
 
     def run(self, graph: str, feeds: dict) -> dict:
         session = self.sessions[graph]
@@ -115,6 +144,9 @@ class OnnxrtBackend(Backend):
     def reset(self, rows: int) -> None:
         m = self.manifest
         self._positions = RowPositions(m.depth, rows, m.cache_length)
+        if self.device == "cuda":
+            self._reset_device(rows)
+            return
         rows = max(rows, self._min_rows)
         self._caches, self._outputs, self._bound_rows = [], [], [None] * m.depth
         d, vocab = int(m.model_config["dim"]), int(m.model_config["vocab_size"])
@@ -148,14 +180,45 @@ class OnnxrtBackend(Backend):
             io.bind_output(new, "cpu", 0, fresh.dtype, [rows, *fresh.shape[1:]], fresh.ctypes.data)
         self._bound_rows[k] = rows
 
+    def _reset_device(self, rows: int) -> None:
+        """A device cache for at least `rows` rows, zeroed: allocated anew only when it must grow."""
+        from .device_cache import CacheLayout, DeviceCache
+        if self.cache is None or self.cache.layout.max_rows < rows:
+            if self.cache is not None:
+                self.cache.free()
+                self.cache = None
+            self.cache = DeviceCache(self.cuda, CacheLayout.of(self.manifest, rows), self.stream, self._kernel)
+        else:
+            self.cache.reset()
+        self._bound_rows = [None] * self.manifest.depth
+
+    def _bind_device(self, k: int, rows: int) -> None:
+        """Bind every tensor of stage k to its device address: ONNX Runtime then copies nothing per call."""
+        bind_to_addresses(self._bindings[k], self.cache.layout.bindings(k, rows, self.cache.base), "cuda")
+        self._bound_rows[k] = rows
+
+    def _stage_step_on_device(self, k: int, hidden: np.ndarray, positions, kv_mask) -> tuple:
+        if self._bound_rows[k] != len(positions):
+            self._bind_device(k, len(positions))
+        io, session = self._bindings[k], self.sessions[self.manifest.stages[k].graph]
+
+        def run_graph():
+            self.cache.synchronize()  # ONNX Runtime runs on a stream of its own: the inputs must be there first
+            session.run_with_iobinding(io)
+            io.synchronize_outputs()  # the new rows are complete before the kernel reads them
+
+        return self.cache.stage_call(k, {"hidden": hidden, "positions": positions, "kv_mask": kv_mask}, run_graph)
+
     def stage_step(self, k: int, hidden: np.ndarray, positions=None) -> tuple:
         rows = hidden.shape[0]
         positions, kv_mask = self._positions.take(k, rows, positions)
+        if self.device == "cuda":
+            return self._stage_step_on_device(k, hidden, positions, kv_mask)
         run_rows = max(rows, self._min_rows)
         for name, array in (("hidden", hidden), ("positions", positions), ("kv_mask", kv_mask)):
             self._inputs[name][:rows] = array
             self._inputs[name][rows:run_rows] = array[:1]  # the lone row's copy; its outputs are dropped
-        if self._bound_rows[k] != run_rows or self.device != "cpu":  # a CUDA session copies its inputs when bound
+        if self._bound_rows[k] != run_rows:
             self._bind(k, run_rows)
         self.sessions[self.manifest.stages[k].graph].run_with_iobinding(self._bindings[k])
         for _, _, cache, fresh in self._caches[k]:  # each row's new key/value into its own slot
@@ -165,3 +228,19 @@ class OnnxrtBackend(Backend):
 
     def close(self) -> None:
         self.sessions, self._bindings, self._caches, self._outputs = {}, [], [], []
+        if self.cache is not None:
+            self.cache.free()
+            self.cache = None
+        if self.stream is not None:
+            self.cuda.destroy_stream(self.stream)
+            self.stream = None
+
+
+def bind_to_addresses(io, bindings: list, device: str) -> None:
+    """Bind each `device_cache.Binding` (name, input or output, dtype, shape, address) into IO binding `io`,
+    in memory of `device` ("cuda"; "cpu" for host memory laid out the same way)."""
+    io.clear_binding_inputs()
+    io.clear_binding_outputs()
+    for b in bindings:
+        bind = io.bind_input if b.is_input else io.bind_output
+        bind(b.name, device, 0, np.dtype(b.dtype), list(b.shape), b.ptr)

@@ -1,9 +1,9 @@
 """TensorRT backend: the engines `dnd-build` wrote, on CUDA device 0 (tensorrt, cuda-python's runtime bindings).
 
-The KV cache never leaves the GPU. Each cache tensor is one fixed device buffer
-[max_rows, kv_heads, L, head_dim] (stage graph v2); a step's new key/value rows land in a
-scratch buffer and are copied into each row's slot with one strided 2-D copy per run of rows
-at the same position. The hidden state, positions and mask go in, and logits and hidden
+The KV cache never leaves the GPU: `device_cache.DeviceCache`, shared with ONNX Runtime CUDA,
+holds every cache tensor [max_rows, kv_heads, L, head_dim] (stage graph v2) in one allocation
+made when the engines are opened, and writes each call's new key/value rows into their slots
+with one kernel launch. The hidden state, positions and mask go in, and logits and hidden
 state come out, through host memory, because the numpy sampler runs between stages.
 """
 from pathlib import Path
@@ -19,6 +19,7 @@ from ..engine_index import ENGINES_NAME, load_engine_index, read_plan, tensorrt_
 from ..errors import BackendUnavailableError, InvalidInputError
 from .base import Backend, RowPositions
 from .cuda_runtime import DEVICE_TO_HOST, HOST_TO_DEVICE, CudaRuntime
+from .device_cache import KERNEL_NAME, KERNEL_SOURCE, CacheLayout, DeviceCache
 
 _LOGGER = trt.Logger(trt.Logger.WARNING)
 
@@ -93,35 +94,19 @@ class TensorrtBackend(Backend):
         self.cuda = CudaRuntime()  # BackendUnavailableError without a usable driver and GPU
         self.stream = self.cuda.create_stream()
         self.manifest, self.max_batch = manifest, int(index.max_rows)
-        self.engines, self._caches, self._scratch, self._host, self._buffers = {}, [], {}, {}, []
-        d, vocab = int(manifest.model_config["dim"]), int(manifest.model_config["vocab_size"])
-        self._hidden_out, self._logits = self._new_buffer(), self._new_buffer()
+        self.engines, self._scratch, self._buffers, self.cache = {}, {}, [], None
         try:  # a failure part-way (an engine from another TensorRT) must not leak what is allocated
             runtime = trt.Runtime(_LOGGER)
             for g in graphs:
                 self.engines[g] = Engine(runtime, read_plan(model_dir, index, g), Path(model_dir) / index.files[g].file,
                                          index.tensorrt_version)
-            self._hidden_out.ensure(self.max_batch * d * 4)
-            self._logits.ensure(self.max_batch * vocab * 4)
-            self._caches = [self._cache_buffers(k) for k in range(manifest.depth)]
+            kernel = self.cuda.compile(KERNEL_SOURCE, KERNEL_NAME)
+            self.cache = DeviceCache(self.cuda, CacheLayout.of(manifest, self.max_batch), self.stream, kernel)
         except BaseException:
             self.close()
             raise
         self._positions = RowPositions(manifest.depth, 0, manifest.cache_length)
-
-    def _cache_buffers(self, k: int) -> list:
-        """[(past name, new name, shape [kv_heads, L, head_dim], itemsize, cache buffer, new-rows buffer)] of stage k."""
-        stage, engine = self.manifest.stages[k], self.engines[self.manifest.stages[k].graph]
-        specs = {s.name: s for s in self.manifest.inputs(stage.graph)}
-        out = []
-        for layer in stage.layers:
-            for past, new in zip(self.manifest.past_names(layer), self.manifest.new_names(layer)):
-                shape, size = tuple(int(d) for d in specs[past].shape[1:]), engine.itemsize[past]
-                cache, fresh = self._new_buffer(), self._new_buffer()
-                cache.ensure(self.max_batch * int(np.prod(shape)) * size)
-                fresh.ensure(self.max_batch * shape[0] * shape[2] * size)
-                out.append((past, new, shape, size, cache, fresh))
-        return out
+        self._bound_rows = [None] * manifest.depth
 
     def _new_buffer(self) -> DeviceBuffer:
         self._buffers.append(DeviceBuffer(self.cuda))  # every buffer is registered, so close() frees it whatever failed
@@ -132,11 +117,6 @@ class TensorrtBackend(Backend):
             self._scratch[key] = self._new_buffer()
         return self._scratch[key]
 
-    def _host_buffer(self, key, shape, dtype=np.float32) -> np.ndarray:
-        if key not in self._host or self._host[key].shape != shape:
-            self._host[key] = np.empty(shape, dtype=dtype)
-        return self._host[key]
-
     def _execute(self, engine: Engine) -> None:
         if not engine.context.execute_async_v3(self.cuda.stream_handle(self.stream)):
             raise RuntimeError("TensorRT failed to run an engine; its log above says why")
@@ -144,6 +124,7 @@ class TensorrtBackend(Backend):
     def run(self, graph: str, feeds: dict) -> dict:
         engine = self.engines[graph]
         ctx = engine.context
+        self._bound_rows = [None] * self.manifest.depth  # a stage graph run here is bound to scratch buffers now
         missing = [n for n in engine.inputs if n not in feeds]
         if missing:
             raise InvalidInputError(f"graph {graph!r} needs the inputs {missing}")
@@ -170,57 +151,27 @@ class TensorrtBackend(Backend):
             raise InvalidInputError(f"{rows} rows, but the engines were built for at most {self.max_batch}; "
                                     "use a smaller batch or rebuild with a larger --max-batch")
         self._positions = RowPositions(self.manifest.depth, rows, self.manifest.cache_length)
-        for tensors in self._caches:  # masked slots still enter the products (times a zero weight): no NaN may stay
-            for _, _, _, _, cache, _ in tensors:
-                self.cuda.zero(cache.ptr, cache.nbytes, self.stream)
+        self.cache.reset()
 
     def stage_step(self, k: int, hidden: np.ndarray, positions=None) -> tuple:
         engine = self.engines[self.manifest.stages[k].graph]
-        ctx = engine.context
-        hidden = np.ascontiguousarray(hidden, dtype=np.float32)
         rows = hidden.shape[0]
         positions, kv_mask = self._positions.take(k, rows, positions)
-        for name, array in (("hidden", hidden), ("positions", positions), ("kv_mask", kv_mask)):
-            buf = self._scratch_buffer((name,))
-            self.cuda.copy(buf.ensure(array.nbytes), array.ctypes.data, array.nbytes, HOST_TO_DEVICE, self.stream)
-            engine.set_shape(name, array.shape)
-            ctx.set_tensor_address(name, buf.ptr)
-        for past, new, shape, _, cache, fresh in self._caches[k]:
-            engine.set_shape(past, (rows, *shape))
-            ctx.set_tensor_address(past, cache.ptr)
-            ctx.set_tensor_address(new, fresh.ptr)
-        logits = self._host_buffer((k, "logits"), (rows, int(self.manifest.model_config["vocab_size"])))
-        hidden_out = self._host_buffer((k, "hidden_out"), hidden.shape)
-        ctx.set_tensor_address("logits", self._logits.ptr)
-        ctx.set_tensor_address("hidden_out", self._hidden_out.ptr)
-        self._execute(engine)
-        for _, _, shape, size, cache, fresh in self._caches[k]:
-            self._write_rows(cache, fresh, shape, size, positions)
-        for host, device in ((logits, self._logits), (hidden_out, self._hidden_out)):
-            self.cuda.copy(host.ctypes.data, device.ptr, host.nbytes, DEVICE_TO_HOST, self.stream)
-        self.cuda.synchronize(self.stream)
-        return logits, hidden_out
-
-    def _write_rows(self, cache, fresh, shape, size, positions) -> None:
-        """New rows [rows, kv, 1, hd] into cache [rows, kv, L, hd] at each row's position, on the device.
-
-        Rows r..s-1 at one position p form (s - r) * kv blocks of hd elements, evenly strided
-        (L * hd apart) in the cache: one cudaMemcpy2DAsync per run of equal positions.
-        """
-        kv, length, hd = shape
-        row_bytes, start = hd * size, 0
-        for end in range(1, len(positions) + 1):
-            if end < len(positions) and positions[end] == positions[start]:
-                continue
-            dst = cache.ptr + ((start * kv * length) + int(positions[start])) * row_bytes
-            src = fresh.ptr + start * kv * row_bytes
-            self.cuda.copy_rows(dst, length * row_bytes, src, row_bytes, row_bytes, (end - start) * kv, self.stream)
-            start = end
+        if self._bound_rows[k] != rows:  # addresses never change; shapes do with the rows
+            for b in self.cache.layout.bindings(k, rows, self.cache.base):
+                if b.is_input:
+                    engine.set_shape(b.name, b.shape)
+                engine.context.set_tensor_address(b.name, b.ptr)
+            self._bound_rows[k] = rows
+        inputs = {"hidden": hidden, "positions": positions, "kv_mask": kv_mask}
+        return self.cache.stage_call(k, inputs, lambda: self._execute(engine))
 
     def close(self) -> None:
         for buf in self._buffers:
             buf.free()
-        self.engines, self._caches, self._scratch, self._host, self._buffers = {}, [], {}, {}, []
+        if self.cache is not None:
+            self.cache.free()
+        self.engines, self._scratch, self._buffers, self.cache = {}, {}, [], None
         if self.stream is not None:
             self.cuda.destroy_stream(self.stream)
             self.stream = None

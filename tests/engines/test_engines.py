@@ -127,8 +127,17 @@ def test_tensorrt_backend_without_tensorrt_says_how_to_get_it(tiny_model_dir, tm
 
 @pytest.mark.skipif(importlib.util.find_spec("cuda") is not None, reason="cuda-python is installed here")
 def test_cuda_runtime_without_cuda_python_names_the_package():
-    with pytest.raises(ImportError, match=r"needs cuda-python >= 12.6.1 .*dnd-sdk\[gpu\]"):
+    with pytest.raises(ImportError, match=r"GPU backends need cuda-python >= 12.6.1 .*dnd-sdk\[gpu\]"):
         importlib.import_module("dnd_sdk.backends.cuda_runtime")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cuda") is not None, reason="cuda-python is installed here")
+def test_onnxruntime_cuda_without_cuda_python_is_unavailable_and_says_what_to_install():
+    from dnd_sdk.backends.onnxrt import OnnxrtBackend
+    backend = OnnxrtBackend.__new__(OnnxrtBackend)  # past the provider check, which fails first on a CPU build
+    backend.cache = backend.stream = None
+    with pytest.raises(BackendUnavailableError, match=r"keeps the KV cache on the GPU .*dnd-sdk\[gpu\]"):
+        backend._open_device()
 
 
 def test_gpu_parity_script_judges_a_backend_against_onnxruntime_cpu(tiny_model_dir, tmp_path):
@@ -144,3 +153,26 @@ def test_gpu_parity_script_judges_a_backend_against_onnxruntime_cpu(tiny_model_d
     proc = subprocess.run([sys.executable, str(SCRIPTS / "gpu_parity.py"), str(tiny_model_dir), str(tmp_path),
                            "tensorrt", "fp16"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and proc.stdout.startswith("tensorrt fp16 vs onnxruntime-cpu: FAILED: ")
+
+
+def test_gpu_cache_traffic_script_tells_a_cache_copied_per_call(tiny_model_dir):
+    spec = importlib.util.spec_from_file_location("gpu_cache_traffic", SCRIPTS / "gpu_cache_traffic.py")
+    traffic = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(traffic)
+    measured = {"rows": 64, "call_ms_1_row": 1.0, "stage0_cache_bytes": 12_000_000, "cache_copy_ms": 2.0,
+                "moved_bytes_1_row": [6665, 4096], "step_bytes_1_row": [6665, 4096],
+                "moved_bytes_64_rows": [64 * 6665, 64 * 4096], "step_bytes_64_rows": [64 * 6665, 64 * 4096]}
+    failed, summary = traffic.verdict({**measured, "call_ms_64_rows": 1.3})
+    assert not failed and summary == ("stage 0: 1.000 ms at 1 row, 1.300 ms at 64 rows; copying its cache (12.0 MB) "
+                                      "once takes 2.000 ms")
+    failed, _ = traffic.verdict({**measured, "call_ms_64_rows": 3.1})  # as if the cache crossed with each call
+    assert failed == ["64 rows cost 2.100 ms more than 1, at least half a copy of the cache"]
+    failed, _ = traffic.verdict({**measured, "call_ms_64_rows": 1.3, "moved_bytes_64_rows": [10**8, 64 * 4096]})
+    assert len(failed) == 1 and failed[0].startswith("copied [100000000, 262144] bytes (to device, to host) per call "
+                                                     "at 64 rows, the step tensors are [426560, 262144]")
+    import onnxruntime
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():  # here it can only say why not
+        proc = subprocess.run([sys.executable, str(SCRIPTS / "gpu_cache_traffic.py"), str(tiny_model_dir),
+                               "onnxruntime-cuda"], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 1 and proc.stdout.startswith("onnxruntime-cuda: FAILED: no backend can run"), \
+            proc.stdout + proc.stderr
