@@ -18,9 +18,10 @@ import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 from PIL import Image
@@ -28,8 +29,8 @@ from tqdm import tqdm
 
 from .arguments import MAX_IMAGES, integer
 from .errors import InvalidInputError, OutputError
-from .sampler import SamplingParams
 from .images import TMP_SUFFIX, atomic_write, contact_sheet, save_png, write_npz
+from .sampler import SamplingParams
 
 RUN_FILE, METADATA_FILE, NPZ_FILE, GRID_FILE = "run.json", "metadata.jsonl", "samples.npz", "grid.png"
 GRID_MAX = 256  # images on the contact sheet; it is a preview, not the data set

@@ -86,7 +86,7 @@ def fsync_folder(folder) -> None:
 
 def fsync_tree(folder: Path) -> None:
     """fsync every file under `folder`, then every folder, deepest first."""
-    for root, dirs, files in os.walk(folder, topdown=False):
+    for root, _dirs, files in os.walk(folder, topdown=False):
         for name in files:
             fsync_file(os.path.join(root, name))
         fsync_folder(root)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import open_backend
 from .arguments import MAX_IMAGES, MAX_INDEX, integer, number
+from .backends import open_backend
 from .errors import InvalidInputError, RequestTimeoutError
 from .manifest import load_manifest
 from .model_files import load_embeddings

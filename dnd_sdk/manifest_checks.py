@@ -4,8 +4,7 @@ when the list is not empty, so the runtime never allocates from a number it has 
 """
 from .errors import InvalidInputError
 from .labels import label_problem
-from .manifest_schema import (BACKEND_NAMES, CACHE_DTYPES, DECODER_DTYPES, DIM_NAMES, DTYPES, KV_TEMPLATES,
-                              SAMPLER_KEYS)
+from .manifest_schema import BACKEND_NAMES, CACHE_DTYPES, DECODER_DTYPES, DIM_NAMES, DTYPES, KV_TEMPLATES, SAMPLER_KEYS
 from .sampler import SamplingParams
 
 # generous bounds: far beyond any trained model, far below what would exhaust memory

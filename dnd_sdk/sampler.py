@@ -4,8 +4,9 @@
 are meant to be read side by side. The numpy inference loop lives in `dnd_sdk.scheduler`,
 which runs many requests' images as rows of one batch.
 """
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 

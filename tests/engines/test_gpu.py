@@ -14,6 +14,7 @@ def _why_not() -> str:
     """'' when TensorRT can run here, else what is missing."""
     try:
         import tensorrt
+
         from dnd_sdk.backends.cuda_runtime import CudaRuntime
         from dnd_sdk.engine_index import tensorrt_major
         tensorrt_major(tensorrt.__version__)
