@@ -143,7 +143,7 @@ def sample_images(logits: np.ndarray, cond_rows: np.ndarray, uncond_rows: np.nda
     and its settings params[i]. Images with equal settings are sampled in one call. Every step is
     row by row, so an image gets the very token it gets alone, whatever shares the batch.
     """
-    groups = {}
+    groups: dict = {}  # settings -> the images that share them
     for i, p in enumerate(params):
         groups.setdefault((p.cfg_scale, p.temperature_of(k), p.top_k, p.top_p), []).append(i)
     tokens = np.empty(len(params), np.int64)

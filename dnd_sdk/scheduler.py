@@ -19,9 +19,10 @@ thread would wait for itself forever.
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -56,7 +57,7 @@ class _Image:
     pos: int = 0             # the latent position it samples next
     rows: tuple = field(init=False)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.rows = (self.cond,) if self.uncond < 0 else (self.cond, self.uncond)
 
 
@@ -70,12 +71,16 @@ class Scheduler:
         max_rows (int): rows per backend call (guidance takes two per image).
         max_queue (int): requests waiting for a row (or a decode) before `submit` raises OverloadedError.
     """
+    latent_shape: tuple[int, int, int]
+    _waiting: deque[Work]
+    _images: list[_Image]
+    _thread: Optional[threading.Thread]
 
-    def __init__(self, gen, max_rows: int, max_queue: int):
+    def __init__(self, gen: Any, max_rows: int, max_queue: int) -> None:
         self.backend, self.latent_shape, self.null_class = gen.backend, gen.latent_shape, gen.manifest.null_class
         self.tok_embeddings, self.cls_embedding = gen.tok_embeddings, gen.cls_embedding
         self.max_rows, self.max_queue = max_rows, max_queue
-        self.listeners = []  # f(images, rows, seconds) after each step, e.g. metrics
+        self.listeners: list[Callable] = []  # f(images, rows, seconds) after each step, e.g. metrics
         self._waiting, self._images = deque(), []
         self._lock = threading.Condition()
         self._thread, self._closed, self._reset = None, False, False
@@ -151,12 +156,12 @@ class Scheduler:
             if work.labels is None:
                 decodes.append(self._waiting.popleft())
                 continue
-            need = 2 if work.params.guided else 1
+            need = 2 if work.params.guided else 1  # type: ignore[union-attr]  # a sample: its Work has params
             while work.admitted < len(work.labels) and work.running < work.batch_size and len(free) >= need:
                 j = work.admitted
                 rows = free[:need]
                 del free[:need]
-                u = image_uniforms(work.seed, int(work.indices[j]), h * w * depth).reshape(h * w, depth)
+                u = image_uniforms(work.seed, int(work.indices[j]), h * w * depth).reshape(h * w, depth)  # type: ignore[index]
                 self._images.append(_Image(work, j, rows[0], rows[1] if need == 2 else -1, u))
                 work.admitted, work.running = j + 1, work.running + 1
             if work.admitted < len(work.labels):
@@ -171,7 +176,7 @@ class Scheduler:
             self.backend.reset(self.max_rows)
             self._reset = True
         # the rows in use, and the image (its index in `images`) of each: a guided image has two
-        rows = [r for im in images for r in im.rows]
+        rows: Any = [r for im in images for r in im.rows]  # then the array of them
         n, d = 1 + max(rows), self.tok_embeddings.shape[1]
         rows, owner = np.array(rows), np.array([i for i, im in enumerate(images) for _ in im.rows])
         positions = np.zeros(n, np.int64)
@@ -179,12 +184,12 @@ class Scheduler:
         hidden = np.zeros((n, 1, d), np.float32)
         later = [im for im in images if im.pos > 0]
         if later:  # the summed embeddings of the previous cell's codes, on every row of the image
-            prev = np.array([im.work.codes[im.j, im.pos - 1] for im in later])
+            prev = np.array([im.work.codes[im.j, im.pos - 1] for im in later])  # type: ignore[index]
             emb = embed_codes(self.tok_embeddings, prev[:, None, :])
             hidden[[r for im in later for r in im.rows]] = emb[[i for i, im in enumerate(later) for _ in im.rows]]
         for im in images:
             if im.pos == 0:  # the condition token: the class, and the null class on the unconditional row
-                hidden[im.cond] = self.cls_embedding[im.work.labels[im.j]]
+                hidden[im.cond] = self.cls_embedding[im.work.labels[im.j]]  # type: ignore[index]
                 if im.uncond >= 0:
                     hidden[im.uncond] = self.cls_embedding[self.null_class]
         cond = np.array([im.cond for im in images])
@@ -229,7 +234,7 @@ class Scheduler:
         return images
 
 
-def _resolve(future: Future, compute) -> None:
+def _resolve(future: Future, compute: Callable[..., Any]) -> None:
     if future.done():  # cancelled meanwhile: its result is not wanted
         return
     try:
@@ -244,9 +249,9 @@ def _fail(future: Future, error: Exception) -> None:
     _settle(future.set_exception, error)
 
 
-def _settle(setter, outcome) -> None:
+def _settle(setter: Callable[[Any], Any], outcome: Any) -> None:
     """Set an outcome from a thread of its own, which runs the future's done-callbacks (see the module doc)."""
-    def settle():
+    def settle() -> None:
         try:
             setter(outcome)
         except InvalidStateError:  # cancelled meanwhile

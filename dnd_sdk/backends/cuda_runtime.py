@@ -11,6 +11,8 @@ implements the runtime API on the driver API and cuda-python 13 links cudart sta
 (NVIDIA/cuda-python issue #100). A pip-only CUDA install therefore works; polygraphy's CUDA
 wrapper, used before, looked for libcudart in a few system folders only.
 """
+from typing import Any
+
 try:
     from cuda.bindings import runtime as cudart  # cuda-python >= 12.6.1 (its release notes: cuda.cudart moved here)
 except ImportError as e:
@@ -29,7 +31,7 @@ except ImportError:
     _native_handle = int
 
 
-def _check(result, call: str):
+def _check(result: tuple, call: str) -> Any:
     """cuda.bindings calls return (cudaError_t, *values): the values, or BackendUnavailableError naming the error."""
     err, *values = result
     if err != cudart.cudaError_t.cudaSuccess:
@@ -41,7 +43,7 @@ def _check(result, call: str):
 class CudaRuntime:
     """CUDA device 0, checked on creation: a missing or too old driver, or no GPU, is a BackendUnavailableError."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         try:
             count = _check(cudart.cudaGetDeviceCount(), "cudaGetDeviceCount")
         except BackendUnavailableError as e:  # cudaErrorNoDevice, cudaErrorInsufficientDriver...
@@ -57,29 +59,30 @@ class CudaRuntime:
     def free(self, ptr: int) -> None:
         _check(cudart.cudaFree(ptr), "cudaFree")
 
-    def create_stream(self):
+    def create_stream(self) -> Any:
         return _check(cudart.cudaStreamCreate(), "cudaStreamCreate")
 
-    def destroy_stream(self, stream) -> None:
+    def destroy_stream(self, stream: Any) -> None:
         _check(cudart.cudaStreamDestroy(stream), "cudaStreamDestroy")
 
     @staticmethod
-    def stream_handle(stream) -> int:
+    def stream_handle(stream: Any) -> int:
         """The cudaStream_t as the integer that TensorRT's execute_async_v3 takes."""
         return int(_native_handle(stream))
 
-    def copy(self, dst: int, src: int, nbytes: int, kind, stream) -> None:
+    def copy(self, dst: int, src: int, nbytes: int, kind: Any, stream: Any) -> None:
         """cudaMemcpyAsync on `stream`; dst and src are addresses (a device pointer, or array.ctypes.data)."""
         _check(cudart.cudaMemcpyAsync(dst, src, nbytes, kind, stream), "cudaMemcpyAsync")
 
-    def copy_rows(self, dst: int, dst_pitch: int, src: int, src_pitch: int, width: int, height: int, stream) -> None:
+    def copy_rows(self, dst: int, dst_pitch: int, src: int, src_pitch: int, width: int, height: int,
+                  stream: Any) -> None:
         """cudaMemcpy2DAsync, device to device: `height` rows of `width` bytes, `src_pitch` bytes apart at the
         source and `dst_pitch` apart at the destination."""
         _check(cudart.cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, width, height, DEVICE_TO_DEVICE, stream),
                "cudaMemcpy2DAsync")
 
-    def zero(self, ptr: int, nbytes: int, stream) -> None:
+    def zero(self, ptr: int, nbytes: int, stream: Any) -> None:
         _check(cudart.cudaMemsetAsync(ptr, 0, nbytes, stream), "cudaMemsetAsync")
 
-    def synchronize(self, stream) -> None:
+    def synchronize(self, stream: Any) -> None:
         _check(cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")

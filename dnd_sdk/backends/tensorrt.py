@@ -7,6 +7,7 @@ at the same position. The hidden state, positions and mask go in, and logits and
 state come out, through host memory, because the numpy sampler runs between stages.
 """
 from pathlib import Path
+from typing import Any, Optional
 
 import numpy as np
 
@@ -17,6 +18,7 @@ except ImportError as e:
 
 from ..engine_index import ENGINES_NAME, load_engine_index, read_plan, tensorrt_major
 from ..errors import BackendUnavailableError, InvalidInputError
+from ..manifest import Manifest
 from .base import Backend, RowPositions
 from .cuda_runtime import DEVICE_TO_HOST, HOST_TO_DEVICE, CudaRuntime
 
@@ -44,7 +46,7 @@ class DeviceBuffer:
 class Engine:
     """One deserialized engine, its execution context and the names and dtypes of its I/O tensors."""
 
-    def __init__(self, runtime, plan: bytes, path: Path, built_with: str):
+    def __init__(self, runtime: Any, plan: bytes, path: Path, built_with: str):
         self.engine = runtime.deserialize_cuda_engine(plan)
         if self.engine is None:  # TensorRT logged why: usually another GPU or TensorRT version
             raise BackendUnavailableError(
@@ -82,8 +84,12 @@ class TensorrtBackend(Backend):
         threads: ignored (the work runs on the GPU).
     """
     name = "tensorrt"
+    max_batch: int  # the engines' profile: never None here
+    _scratch: dict[tuple, DeviceBuffer]
+    _host: dict[tuple, np.ndarray]
+    _buffers: list[DeviceBuffer]  # every buffer, freed by close()
 
-    def __init__(self, model_dir, manifest, *, threads=None):
+    def __init__(self, model_dir: Path, manifest: Manifest, *, threads: Optional[int] = None) -> None:
         graphs = [*manifest.stage_names, "decoder"]
         index = load_engine_index(model_dir, graphs, verify=False)  # each plan is checked as it is read
         if index is None:
@@ -127,12 +133,12 @@ class TensorrtBackend(Backend):
         self._buffers.append(DeviceBuffer(self.cuda))  # every buffer is registered, so close() frees it whatever failed
         return self._buffers[-1]
 
-    def _scratch_buffer(self, key) -> DeviceBuffer:
+    def _scratch_buffer(self, key: tuple) -> DeviceBuffer:
         if key not in self._scratch:
             self._scratch[key] = self._new_buffer()
         return self._scratch[key]
 
-    def _host_buffer(self, key, shape, dtype=np.float32) -> np.ndarray:
+    def _host_buffer(self, key: tuple, shape: tuple, dtype: Any = np.float32) -> np.ndarray:
         if key not in self._host or self._host[key].shape != shape:
             self._host[key] = np.empty(shape, dtype=dtype)
         return self._host[key]
@@ -174,7 +180,7 @@ class TensorrtBackend(Backend):
             for _, _, _, _, cache, _ in tensors:
                 self.cuda.zero(cache.ptr, cache.nbytes, self.stream)
 
-    def stage_step(self, k: int, hidden: np.ndarray, positions=None) -> tuple:
+    def stage_step(self, k: int, hidden: np.ndarray, positions: Optional[np.ndarray] = None) -> tuple:
         engine = self.engines[self.manifest.stages[k].graph]
         ctx = engine.context
         hidden = np.ascontiguousarray(hidden, dtype=np.float32)
@@ -201,7 +207,8 @@ class TensorrtBackend(Backend):
         self.cuda.synchronize(self.stream)
         return logits, hidden_out
 
-    def _write_rows(self, cache, fresh, shape, size, positions) -> None:
+    def _write_rows(self, cache: DeviceBuffer, fresh: DeviceBuffer, shape: tuple, size: int,
+                    positions: np.ndarray) -> None:
         """New rows [rows, kv, 1, hd] into cache [rows, kv, L, hd] at each row's position, on the device.
 
         Rows r..s-1 at one position p form (s - r) * kv blocks of hd elements, evenly strided
