@@ -156,12 +156,12 @@ class Scheduler:
             if work.labels is None:
                 decodes.append(self._waiting.popleft())
                 continue
-            need = 2 if work.params.guided else 1  # type: ignore[union-attr]  # a sample: its Work has params
+            need = 2 if work.params.guided else 1
             while work.admitted < len(work.labels) and work.running < work.batch_size and len(free) >= need:
                 j = work.admitted
                 rows = free[:need]
                 del free[:need]
-                u = image_uniforms(work.seed, int(work.indices[j]), h * w * depth).reshape(h * w, depth)  # type: ignore[index]
+                u = image_uniforms(work.seed, int(work.indices[j]), h * w * depth).reshape(h * w, depth)
                 self._images.append(_Image(work, j, rows[0], rows[1] if need == 2 else -1, u))
                 work.admitted, work.running = j + 1, work.running + 1
             if work.admitted < len(work.labels):
@@ -184,12 +184,12 @@ class Scheduler:
         hidden = np.zeros((n, 1, d), np.float32)
         later = [im for im in images if im.pos > 0]
         if later:  # the summed embeddings of the previous cell's codes, on every row of the image
-            prev = np.array([im.work.codes[im.j, im.pos - 1] for im in later])  # type: ignore[index]
+            prev = np.array([im.work.codes[im.j, im.pos - 1] for im in later])
             emb = embed_codes(self.tok_embeddings, prev[:, None, :])
             hidden[[r for im in later for r in im.rows]] = emb[[i for i, im in enumerate(later) for _ in im.rows]]
         for im in images:
             if im.pos == 0:  # the condition token: the class, and the null class on the unconditional row
-                hidden[im.cond] = self.cls_embedding[im.work.labels[im.j]]  # type: ignore[index]
+                hidden[im.cond] = self.cls_embedding[im.work.labels[im.j]]
                 if im.uncond >= 0:
                     hidden[im.uncond] = self.cls_embedding[self.null_class]
         cond = np.array([im.cond for im in images])
