@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 MODEL ?= models/words
 OUT ?= out
 
-.PHONY: setup system-deps demo test clean
+.PHONY: setup system-deps demo test lint clean
 
 # torch is pinned: this version installs a CPU build; an unpinned torch pulls a multi-GB CUDA build.
 $(VENV)/.installed: setup.py
@@ -35,5 +35,11 @@ demo: setup
 test: setup system-deps
 	$(PY) -m pytest tests -q
 
+# ruff, then mypy on every package (settings and their reasons: pyproject.toml)
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(PY) scripts/mypy_path.py
+	$(VENV)/bin/mypy
+
 clean:
-	rm -rf $(OUT) .pytest_cache
+	rm -rf $(OUT) .pytest_cache .ruff_cache .mypy_cache build/mypy-path

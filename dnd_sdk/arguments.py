@@ -4,6 +4,7 @@ Every helper raises InvalidInputError naming the argument (as `names`, so that a
 its flag instead). bool is refused everywhere: `top_k=True` is a mistake, not a 1.
 """
 import numbers
+from typing import Any
 
 import numpy as np
 
@@ -15,7 +16,7 @@ MAX_INDEX = 2**63 - 1
 MAX_IMAGES = 10_000_000
 
 
-def integer(value, name: str, minimum: int = 0, maximum: int = MAX_INDEX) -> int:
+def integer(value: Any, name: str, minimum: int = 0, maximum: int = MAX_INDEX) -> int:
     """`value` as an int in [minimum, maximum]; floats, strings and bools are refused."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
             or not minimum <= value <= maximum:
@@ -24,8 +25,9 @@ def integer(value, name: str, minimum: int = 0, maximum: int = MAX_INDEX) -> int
     return int(value)
 
 
-def number(value, name: str) -> float:
+def number(value: Any, name: str) -> float:
     """`value` as a finite float; strings, bools and non-numbers are refused."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not np.isfinite(value):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) \
+            or not np.isfinite(value):  # type: ignore[call-overload]  # numbers.Real is not in numpy's stubs
         raise InvalidInputError(f"{name} must be a finite number, got {value!r}", [name])
     return float(value)

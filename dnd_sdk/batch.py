@@ -18,9 +18,10 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 from PIL import Image
@@ -28,8 +29,9 @@ from tqdm import tqdm
 
 from .arguments import MAX_IMAGES, integer
 from .errors import InvalidInputError, OutputError
-from .sampler import SamplingParams
+from .generator import Generator
 from .images import TMP_SUFFIX, atomic_write, contact_sheet, save_png, write_npz
+from .sampler import SamplingParams
 
 RUN_FILE, METADATA_FILE, NPZ_FILE, GRID_FILE = "run.json", "metadata.jsonl", "samples.npz", "grid.png"
 GRID_MAX = 256  # images on the contact sheet; it is a preview, not the data set
@@ -89,7 +91,7 @@ def _count(job: BatchJob, num_classes: int) -> int:
     return job.num
 
 
-def _shard_range(shard, num: int) -> range:
+def _shard_range(shard: tuple, num: int) -> range:
     i, n = shard
     if not (isinstance(i, int) and isinstance(n, int) and 0 <= i < n):
         raise InvalidInputError(f"shard must be I/N with 0 <= I < N, got {i}/{n}", ["shard"])
@@ -137,7 +139,7 @@ class RunPlan:
     image_size: tuple    # (width, height)
 
 
-def plan_run(gen, job: BatchJob) -> RunPlan:
+def plan_run(gen: Generator, job: BatchJob) -> RunPlan:
     """Validate `job` against the model of `gen` (InvalidInputError naming the bad argument) and fix the run."""
     num = _count(job, gen.num_classes)
     labels = None if job.labels is None else list(job.labels)
@@ -158,7 +160,7 @@ def plan_run(gen, job: BatchJob) -> RunPlan:
 
 
 @contextlib.contextmanager
-def open_run(out: Path, plan: RunPlan):
+def open_run(out: Path, plan: RunPlan) -> Iterator[list]:
     """Hold `out` for this shard while the block writes: claim the folder (or check that it holds this
     run), take the shard's writer lock and remove its leftover temporary files. Yields this shard's
     indices without a PNG. A failed write in the block becomes one OutputError."""
@@ -170,7 +172,7 @@ def open_run(out: Path, plan: RunPlan):
             yield [i for i in plan.mine if not _on_disk(out / png_name(i), plan.image_size)]
 
 
-def sample_chunk(gen, plan: RunPlan, chunk: list) -> list:
+def sample_chunk(gen: Generator, plan: RunPlan, chunk: list) -> list:
     """The images of indices `chunk`, as PIL images."""
     return gen.sample(plan.labels[chunk], image_indices=chunk, seed=plan.seed, batch_size=len(chunk),
                       sampling=plan.params)
@@ -189,7 +191,7 @@ def finish_run(out: Path, plan: RunPlan, job: BatchJob) -> bool:
     return complete
 
 
-def run_batch(gen, out, job: BatchJob, progress: bool = True) -> BatchSummary:
+def run_batch(gen: Generator, out: str | Path, job: BatchJob, progress: bool = True) -> BatchSummary:
     """Generate the images of `job` (this shard's part) into folder `out`, resuming whatever is already there.
 
     Args:
@@ -220,7 +222,7 @@ def run_batch(gen, out, job: BatchJob, progress: bool = True) -> BatchSummary:
 # --- what may share a run folder: this run's PNGs, its writers' locks, nothing foreign -----------------
 
 @contextlib.contextmanager
-def _shard_lock(out: Path, tag: str, shard: tuple):
+def _shard_lock(out: Path, tag: str, shard: tuple) -> Iterator[None]:
     """Hold shard `tag`'s lock on `out` for the block. A second writer of the same shard is refused, so
     the stale temporary files a run deletes at start can only be those of a dead writer. The kernel
     drops the lock when its process dies, however it dies."""
@@ -261,7 +263,7 @@ def _on_disk(path: Path, size: tuple) -> bool:
 
 
 @contextlib.contextmanager
-def _write_errors(out: Path):
+def _write_errors(out: Path) -> Iterator[None]:
     """A failed write (disk full, read-only folder...) as one clean error; the files already in place are
     complete, so the same command resumes once the cause is fixed."""
     try:

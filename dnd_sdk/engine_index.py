@@ -7,6 +7,7 @@ A built folder is the exported folder plus `engines/*.plan` and this index, so e
 backend can still run it.
 """
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -48,7 +49,7 @@ class EngineIndex:
     version: int = VERSION
 
 
-def write_engine_index(folder, index: EngineIndex) -> EngineIndex:
+def write_engine_index(folder: str | Path, index: EngineIndex) -> EngineIndex:
     """Fill sha256 and bytes of every plan from disk, then write folder/engines.json atomically."""
     folder = Path(folder)
     for ref in index.files.values():
@@ -58,7 +59,7 @@ def write_engine_index(folder, index: EngineIndex) -> EngineIndex:
     return index
 
 
-def load_engine_index(folder, graphs=(), verify: bool = True) -> Optional[EngineIndex]:
+def load_engine_index(folder: str | Path, graphs: Iterable[str] = (), verify: bool = True) -> Optional[EngineIndex]:
     """Read folder/engines.json (None if absent); check it lists every name in `graphs` and, with
     verify, each plan's size and sha256."""
     path = Path(folder) / ENGINES_NAME
@@ -87,7 +88,7 @@ def load_engine_index(folder, graphs=(), verify: bool = True) -> Optional[Engine
     return index
 
 
-def read_plan(folder, index: EngineIndex, graph: str) -> bytes:
+def read_plan(folder: str | Path, index: EngineIndex, graph: str) -> bytes:
     """The plan of `graph`, read once and checked against its size and sha256: TensorRT deserializes
     the very bytes that were hashed, so a file swapped after a check cannot slip in."""
     ref = index.files[graph]

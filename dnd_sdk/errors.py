@@ -1,4 +1,5 @@
 """Typed errors. Every message says what was wrong and what to do about it."""
+from collections.abc import Iterable
 
 
 class DndError(Exception):
@@ -8,7 +9,7 @@ class DndError(Exception):
     show its own flags instead (`num` -> `--num`); see dnd_sdk.cli.flags.
     """
 
-    def __init__(self, message: str = "", names=()):
+    def __init__(self, message: str = "", names: Iterable[str] = ()) -> None:
         super().__init__(message)
         self.names = tuple(names)
 

@@ -17,7 +17,9 @@ import errno
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, Optional
 
 from .errors import InvalidInputError
 
@@ -34,12 +36,13 @@ def _read_umask() -> int:
 UMASK = _read_umask()
 
 
-def usual_mode(path, directory: bool = False) -> None:
+def usual_mode(path: str | Path, directory: bool = False) -> None:
     """Give a mkstemp/mkdtemp entry (private: 0600/0700) the mode open()/mkdir() would have given it."""
     os.chmod(path, (0o777 if directory else 0o666) & ~UMASK)
 
 
-def atomic_write(path, write, tmp_tag: str = "", keep_existing: bool = False, to_name: bool = False) -> None:
+def atomic_write(path: str | Path, write: Callable[[Any], Any], tmp_tag: str = "", keep_existing: bool = False,
+                 to_name: bool = False) -> None:
     """Call write(file) on a temporary file beside `path`, then rename it into place.
 
     A reader (or a resumed run) sees either the whole file or none. Temporary files are named
@@ -71,7 +74,7 @@ def atomic_write(path, write, tmp_tag: str = "", keep_existing: bool = False, to
             os.remove(tmp)
 
 
-def fsync_file(path) -> None:
+def fsync_file(path: str | Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -79,20 +82,20 @@ def fsync_file(path) -> None:
         os.close(fd)
 
 
-def fsync_folder(folder) -> None:
+def fsync_folder(folder: str | Path) -> None:
     """Make the names in `folder` (a rename into it, a new file) durable."""
     fsync_file(folder)
 
 
 def fsync_tree(folder: Path) -> None:
     """fsync every file under `folder`, then every folder, deepest first."""
-    for root, dirs, files in os.walk(folder, topdown=False):
+    for root, _dirs, files in os.walk(folder, topdown=False):
         for name in files:
             fsync_file(os.path.join(root, name))
         fsync_folder(root)
 
 
-def check_target(out_dir: Path, force: bool, source=None) -> None:
+def check_target(out_dir: Path, force: bool, source: Optional[Path] = None) -> None:
     """Refuse a target that is a file, a non-empty folder unless `force`, a folder that cannot be
     moved aside (the current folder or one above it, a mount point), or one that holds `source`
     (the input the new folder is written from)."""
@@ -139,7 +142,7 @@ def write_failure(out_dir: Path, error: OSError) -> str:
     return f"{what} {_FIXES[error.errno]}" if error.errno in _FIXES else what
 
 
-def _missing_ancestor(folder: Path):
+def _missing_ancestor(folder: Path) -> Optional[Path]:
     """The outermost folder of `folder`'s path that does not exist yet (to remove on failure)."""
     missing = None
     for p in [folder, *folder.parents]:
@@ -194,7 +197,7 @@ def _remove_created(folder: Path, created: Path) -> None:
 
 
 @contextlib.contextmanager
-def staged_folder(out_dir: Path, force: bool = False):
+def staged_folder(out_dir: Path, force: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside `out_dir` that replaces it when the block ends cleanly; on
     any exception, interrupts included, it is removed with the parent folders it created (those
     still empty)."""

@@ -10,15 +10,17 @@ images of all concurrent calls as rows of one batch (`dnd_sdk.scheduler`); every
 it returns alone, bit for bit.
 """
 import logging
+import os
 import weakref
 from concurrent.futures import Future, TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Optional
 
 import numpy as np
 
-from .backends import open_backend
 from .arguments import MAX_IMAGES, MAX_INDEX, integer, number
+from .backends import open_backend
 from .errors import InvalidInputError, RequestTimeoutError
 from .manifest import load_manifest
 from .model_files import load_embeddings
@@ -66,7 +68,8 @@ class Generator:
         BackendUnavailableError: the requested backend cannot run here.
     """
 
-    def __init__(self, path, backend: str = "auto", *, threads=None, max_batch=None, max_queue: int = 1024):
+    def __init__(self, path: str | os.PathLike, backend: str = "auto", *, threads: Optional[int] = None,
+                 max_batch: Optional[int] = None, max_queue: int = 1024) -> None:
         self.path = Path(path)
         # each file is checked against its sha256 as it is read (embeddings here, graphs by the backend)
         self.manifest = m = load_manifest(self.path, verify=False)
@@ -99,13 +102,13 @@ class Generator:
         """Stop the scheduler (unfinished calls get CancelledError) and release the backend."""
         self._finalizer()
 
-    def __enter__(self):
+    def __enter__(self) -> "Generator":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def _class_id(self, label) -> int:
+    def _class_id(self, label: Any) -> int:
         if isinstance(label, str):
             if label in self._label_ids:
                 return self._label_ids[label]
@@ -121,7 +124,7 @@ class Generator:
                                     f"0..{self.num_classes - 1}", ["labels"])
         return int(label)
 
-    def _given_labels(self, labels) -> list:
+    def _given_labels(self, labels: Any) -> list:
         if isinstance(labels, (str, int, np.integer)):
             given = [labels]
         elif isinstance(labels, (list, tuple, range, np.ndarray)):
@@ -134,7 +137,7 @@ class Generator:
                                     "or pass None", ["labels"])
         return [self._class_id(x) for x in given]
 
-    def _indices(self, given, num, image_indices, start) -> np.ndarray:
+    def _indices(self, given: Optional[list], num: Any, image_indices: Any, start: Any) -> np.ndarray:
         if image_indices is not None:
             if start:
                 raise InvalidInputError("give image_indices or start, not both", ["image_indices", "start"])
@@ -153,8 +156,9 @@ class Generator:
         num = integer(num, "num", 1, MAX_IMAGES)
         return np.arange(num, dtype=np.int64) + integer(start, "start", 0, MAX_INDEX - num)
 
-    def request(self, labels=None, num=None, *, seed=0, sampling=None, batch_size=None, image_indices=None, start=0,
-                **settings) -> Request:
+    def request(self, labels: Any = None, num: Optional[int] = None, *, seed: int = 0,
+                sampling: Optional[SamplingParams] = None, batch_size: Optional[int] = None, image_indices: Any = None,
+                start: int = 0, **settings: Any) -> Request:
         """Validate a sampling request before any work; arguments as in `sample`.
 
         Raises:
@@ -186,7 +190,7 @@ class Generator:
                 f"{limited_by} at most {limit}; use batch_size <= {limit // per_image}", ["batch_size"])
         return Request(ids.astype(np.int64), indices.astype(np.int64), integer(seed, "seed"), params, batch_size)
 
-    def _params(self, sampling, settings: dict) -> SamplingParams:
+    def _params(self, sampling: Optional[SamplingParams], settings: dict) -> SamplingParams:
         """`sampling` (a SamplingParams, taken whole) or the given `settings`, the rest from the manifest's defaults."""
         if sampling is not None and (settings or not isinstance(sampling, SamplingParams)):
             raise InvalidInputError("give sampling (a SamplingParams) or single settings such as cfg_scale=2, not both",
@@ -213,12 +217,14 @@ class Generator:
         return self.scheduler.submit(Work(Future(), request.labels, request.indices, request.seed, request.params,
                                           request.batch_size, images, codes))
 
-    def sample_codes(self, labels=None, num=None, *, timeout=None, **kwargs) -> np.ndarray:
+    def sample_codes(self, labels: Any = None, num: Optional[int] = None, *, timeout: Optional[float] = None,
+                     **kwargs: Any) -> np.ndarray:
         """Sample latent codes; arguments as in `sample`. Returns int64 [n, h, w, D]."""
         timeout = _timeout(timeout)
         return _wait(self.submit(self.request(labels, num, **kwargs), images=False), timeout)
 
-    def sample(self, labels=None, num=None, *, timeout=None, **kwargs) -> list:
+    def sample(self, labels: Any = None, num: Optional[int] = None, *, timeout: Optional[float] = None,
+               **kwargs: Any) -> list:
         """Sample images.
 
         Image j of the request is fully determined by (model, its class, the sampling parameters,
@@ -252,7 +258,7 @@ class Generator:
         timeout = _timeout(timeout)
         return _wait(self.submit(self.request(labels, num, **kwargs)), timeout)
 
-    def check_codes(self, codes) -> np.ndarray:
+    def check_codes(self, codes: Any) -> np.ndarray:
         """codes -> int64 [n, h, w, D] with every value in [0, vocab_size), or InvalidInputError."""
         arr = np.asarray(codes)
         if arr.dtype.kind not in "iu":
@@ -264,21 +270,21 @@ class Generator:
             raise InvalidInputError(f"codes must lie in [0, {self.vocab_size}), got values in [{arr.min()}, {arr.max()}]")
         return arr.astype(np.int64)
 
-    def decode(self, codes, batch_size: int = 16, *, timeout=None) -> list:
+    def decode(self, codes: Any, batch_size: int = 16, *, timeout: Optional[float] = None) -> list:
         """Decode codes [n, h, w, D] (any integer dtype) into n RGB PIL images."""
         codes, timeout = self.check_codes(codes), _timeout(timeout)
         batch_size = min(integer(batch_size, "batch_size", 1), self.backend.max_batch or batch_size)
         return _wait(self.scheduler.submit(Work(Future(), batch_size=batch_size, codes=codes)), timeout)
 
 
-def _timeout(timeout):
+def _timeout(timeout: Any) -> Optional[float]:
     """None or a number of seconds >= 0, checked before anything is queued."""
     if timeout is not None and number(timeout, "timeout") < 0:
         raise InvalidInputError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}", ["timeout"])
     return timeout
 
 
-def _wait(future: Future, timeout):
+def _wait(future: Future, timeout: Optional[float]) -> Any:
     try:
         return future.result(timeout)
     except KeyboardInterrupt:  # nobody waits for the result any more: free the request's rows

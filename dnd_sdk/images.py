@@ -1,6 +1,9 @@
 """Image files: atomic PNG writes, contact sheets and the `arr_0` npz that FID evaluators read."""
 import math
 import zipfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO, Any, Optional
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -13,11 +16,11 @@ def to_pil(images: np.ndarray) -> list:
     return [Image.fromarray(np.ascontiguousarray(im), mode="RGB") for im in images]
 
 
-def save_png(image: Image.Image, path, tmp_tag: str = "") -> None:
+def save_png(image: Image.Image, path: str | Path, tmp_tag: str = "") -> None:
     atomic_write(path, lambda f: image.save(f, format="PNG"), tmp_tag)
 
 
-def _font(size: int):
+def _font(size: int) -> Any:
     """DejaVu Sans where it is installed, else Pillow's built-in font: captions never need a font package."""
     try:
         return ImageFont.truetype("DejaVuSans.ttf", size)
@@ -25,7 +28,8 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def contact_sheet(images: list, cols: int, pad: int = 2, captions=None, background="white") -> Image.Image:
+def contact_sheet(images: list, cols: int, pad: int = 2, captions: Optional[list] = None,
+                  background: str = "white") -> Image.Image:
     """Images of one size laid out row by row, `cols` per row, `pad` pixels of `background` between them;
     with `captions` (one string per image), each cell gets its caption in a strip below it, clipped to the
     cell's width."""
@@ -45,7 +49,7 @@ def contact_sheet(images: list, cols: int, pad: int = 2, captions=None, backgrou
     return sheet
 
 
-def write_npz(path, images, shape: tuple, tmp_tag: str = "") -> None:
+def write_npz(path: str | Path, images: Iterable, shape: tuple, tmp_tag: str = "") -> None:
     """Write `arr_0` uint8 `shape` [n, H, W, 3] as numpy.savez would, streamed one image at a time.
 
     Streaming keeps memory flat for 50k-image FID sets; the fixed zip timestamp keeps the file
@@ -53,7 +57,7 @@ def write_npz(path, images, shape: tuple, tmp_tag: str = "") -> None:
     """
     header = {"descr": np.dtype(np.uint8).str, "fortran_order": False, "shape": tuple(shape)}
 
-    def write(f):
+    def write(f: IO[bytes]) -> None:
         with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
             with zf.open(zipfile.ZipInfo("arr_0.npy", date_time=(1980, 1, 1, 0, 0, 0)), "w", force_zip64=True) as member:
                 np.lib.format.write_array_header_1_0(member, header)

@@ -1,8 +1,9 @@
 """Class names: each must name exactly one class, and `--labels a,b` splits on commas."""
+from collections.abc import Iterable
 from typing import Optional
 
 
-def label_problem(labels) -> Optional[str]:
+def label_problem(labels: Iterable) -> Optional[str]:
     """What is wrong with a model's class names, or None: a repeated name would silently mean its last id,
     a name with a comma could never be asked for on the command line."""
     seen, repeated = set(), []

@@ -19,7 +19,7 @@ import json
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 from .errors import ManifestError
 from .folders import atomic_write
@@ -194,12 +194,12 @@ class Manifest:
             raise ManifestError("manifest.json is invalid: " + "; ".join(found) + f". {_RERUN}")
 
 
-def json_bytes(obj) -> bytes:
+def json_bytes(obj: Any) -> bytes:
     """The bytes of an index file: indented JSON and a final newline."""
     return (json.dumps(obj, indent=2) + "\n").encode()
 
 
-def sha256_file(path) -> str:
+def sha256_file(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -211,7 +211,7 @@ def _refs(entry: FileEntry) -> list:
     return [entry, *entry.external_data]
 
 
-def write_manifest(model_dir, manifest: Manifest) -> Manifest:
+def write_manifest(model_dir: str | Path, manifest: Manifest) -> Manifest:
     """Fill sha256 and bytes of every listed file from disk, then write model_dir/manifest.json."""
     model_dir = Path(model_dir)
     manifest = dataclasses.replace(manifest, model_dir=model_dir)
@@ -247,7 +247,7 @@ def load_manifest(model_dir: Union[str, Path], verify: bool = True) -> Manifest:
     return manifest
 
 
-def read_json(path: Path, max_bytes: int, remedy: str):
+def read_json(path: Path, max_bytes: int, remedy: str) -> Any:
     """Parse a small JSON file; oversized, malformed or absurdly nested content is a ManifestError."""
     if path.stat().st_size > max_bytes:
         raise ManifestError(f"{path}: {path.stat().st_size} bytes, far more than any {path.name} needs. {remedy}")

@@ -2,10 +2,11 @@
 with the graphs' I/O specs. `problems(manifest)` lists what is wrong; Manifest refuses to load
 when the list is not empty, so the runtime never allocates from a number it has not checked.
 """
+from typing import Any, Optional
+
 from .errors import InvalidInputError
 from .labels import label_problem
-from .manifest_schema import (BACKEND_NAMES, CACHE_DTYPES, DECODER_DTYPES, DIM_NAMES, DTYPES, KV_TEMPLATES,
-                              SAMPLER_KEYS)
+from .manifest_schema import BACKEND_NAMES, CACHE_DTYPES, DECODER_DTYPES, DIM_NAMES, DTYPES, KV_TEMPLATES, SAMPLER_KEYS
 from .sampler import SamplingParams
 
 # generous bounds: far beyond any trained model, far below what would exhaust memory
@@ -13,20 +14,20 @@ LIMITS = {"latent side": 1024, "depth": 64, "image side": 16384, "vocab_size": 1
           "n_layer": 1024, "n_head": 1024, "n_kv_head": 1024, "labels": 1 << 20, "tensor dim": 1 << 31, "opset": 1000}
 
 
-def _int_in(value, lo: int, hi: int) -> bool:
+def _int_in(value: Any, lo: int, hi: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
 
 
-def _kv_template(value) -> bool:
+def _kv_template(value: Any) -> bool:
     """A template takes exactly one layer index: 'new_key_values.%d.key'."""
     return isinstance(value, str) and value.count("%") == 1 and "%d" in value
 
 
-def _strings(value) -> bool:
+def _strings(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(x, str) for x in value)
 
 
-def problems(m) -> list:
+def problems(m: Any) -> list:
     found = []
 
     def need(ok: bool, text: str) -> bool:
@@ -85,12 +86,12 @@ def problems(m) -> list:
     return found
 
 
-def _io(entry, key: str) -> dict:
+def _io(entry: Any, key: str) -> dict:
     """name -> (dtype, shape) of a graph entry's inputs or outputs."""
     return {spec.name: (spec.dtype, spec.shape) for spec in (getattr(entry, key) or [])}
 
 
-def _layer_ranges(m):
+def _layer_ranges(m: Any) -> Optional[list]:
     """The layers of each stage, as the exporter cuts them (`Transformer.stage_layers`): stage k holds
     the layers after head k-1's up to head k's position; layers past the last head are never built.
     None when model_config.pred_head_positions is not that many increasing layer indices."""
@@ -101,7 +102,7 @@ def _layer_ranges(m):
     return [list(range(heads[k - 1] + 1 if k else 0, heads[k] + 1)) for k in range(depth)]
 
 
-def _stage_problems(m) -> list:
+def _stage_problems(m: Any) -> list:
     ranges = _layer_ranges(m)
     if ranges is None:
         return [f"model_config.pred_head_positions must be {m.depth} increasing layer indices below n_layer "
@@ -119,7 +120,7 @@ def _stage_problems(m) -> list:
     return found
 
 
-def _stage_io_problems(m, stage) -> list:
+def _stage_io_problems(m: Any, stage: Any) -> list:
     """Stage graph v2's I/O, as the backends allocate and bind it: the hidden state, the rows' positions
     and cache mask in, logits and hidden state out, each of the stage's layers a fixed past key/value
     [rows, kv_heads, L, head_dim] in and its new row [rows, kv_heads, 1, head_dim] out."""
@@ -135,14 +136,14 @@ def _stage_io_problems(m, stage) -> list:
     return _spec_problems(m, stage.graph, want)
 
 
-def _decoder_problems(m) -> list:
+def _decoder_problems(m: Any) -> list:
     lat, img = m.latent, m.image
     rows = DIM_NAMES[0]
     return _spec_problems(m, "decoder", {"inputs": {"codes": ("int64", [rows, lat["h"], lat["w"], lat["depth"]])},
                                          "outputs": {"image": ("uint8", [rows, img["height"], img["width"], 3])}})
 
 
-def _spec_problems(m, graph: str, want: dict) -> list:
+def _spec_problems(m: Any, graph: str, want: dict) -> list:
     """What differs between graph's declared inputs/outputs and `want` ({key: {name: (dtype, shape)}})."""
     found = []
     for key, expected in want.items():
@@ -155,12 +156,12 @@ def _spec_problems(m, graph: str, want: dict) -> list:
     return found
 
 
-def spec_text(spec) -> str:
+def spec_text(spec: Any) -> str:
     """A (dtype, shape) pair in words, e.g. "float32 ['batch_size', 1, 32]"."""
     return "absent" if spec is None else f"{spec[0]} {spec[1]}"
 
 
-def _sampler_problems(m) -> list:
+def _sampler_problems(m: Any) -> list:
     defaults, keys = m.sampler_defaults, SAMPLER_KEYS
     if not isinstance(defaults, dict) or set(keys) != set(defaults):  # another key would reach SamplingParams(**)
         has = sorted(defaults) if isinstance(defaults, dict) else defaults

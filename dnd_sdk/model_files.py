@@ -16,7 +16,9 @@ import io
 import math
 import os
 import zipfile
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +31,7 @@ _CHUNK = 1 << 20
 MAX_GRAPH_BYTES = (1 << 31) - 1  # protobuf's limit on one message: a bigger .onnx cannot be parsed
 
 
-def inside(folder, name, listed_in: str = "manifest.json", remedy: str = RERUN) -> Path:
+def inside(folder: str | Path, name: Any, listed_in: str = "manifest.json", remedy: str = RERUN) -> Path:
     """folder/name, refused unless `name` is a relative path to a regular file that stays in `folder`
     (no absolute path, no `..`, no link leading out). Nothing outside is touched before the refusal."""
     folder = Path(folder)
@@ -46,19 +48,19 @@ def inside(folder, name, listed_in: str = "manifest.json", remedy: str = RERUN) 
     return Path(real)
 
 
-def _check_size(size: int, path: Path, ref, listed_in: str, remedy: str) -> None:
+def _check_size(size: int, path: Path, ref: Any, listed_in: str, remedy: str) -> None:
     if size != ref.bytes:
         raise ManifestError(f"{path.name}: {size} bytes, but {listed_in} says {ref.bytes}; the file was "
                             f"modified or truncated. {remedy}")
 
 
-def _check_digest(digest, path: Path, ref, listed_in: str, remedy: str) -> None:
+def _check_digest(digest: Any, path: Path, ref: Any, listed_in: str, remedy: str) -> None:
     if digest.hexdigest() != ref.sha256:
         raise ManifestError(f"{path.name}: contents do not match {listed_in} (sha256 differs); the file was "
                             f"modified. {remedy}")
 
 
-def verify(path: Path, ref, listed_in: str = "manifest.json", remedy: str = RERUN) -> os.stat_result:
+def verify(path: Path, ref: Any, listed_in: str = "manifest.json", remedy: str = RERUN) -> os.stat_result:
     """Check size and sha256 through one open handle; returns its stat for `unchanged`."""
     with open(path, "rb") as f:
         st = os.fstat(f.fileno())
@@ -70,7 +72,7 @@ def verify(path: Path, ref, listed_in: str = "manifest.json", remedy: str = RERU
     return st
 
 
-def read_verified(path: Path, ref, listed_in: str = "manifest.json", remedy: str = RERUN) -> bytes:
+def read_verified(path: Path, ref: Any, listed_in: str = "manifest.json", remedy: str = RERUN) -> bytes:
     """The file's bytes, read once and checked against ref's size and sha256. One read of the known size
     fills a single bytes object (no chunks joined afterwards), so the peak is the file's size; being
     immutable, the object that was hashed is the one the caller hands on."""
@@ -87,7 +89,7 @@ def unchanged(path: Path, st: os.stat_result) -> bool:
     return (now.st_dev, now.st_ino, now.st_size, now.st_mtime_ns) == (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def load_embeddings(manifest) -> tuple:
+def load_embeddings(manifest: Any) -> tuple:
     """(tok_embeddings [V, d], cls_embedding [num_classes (+1 null), d]) from the verified embeddings.npz.
     Each member's .npy header is checked against the model's shapes before its data is inflated, and its
     uncompressed size must be what that header implies: neither a huge declared shape nor a zip bomb can
@@ -127,7 +129,7 @@ def _member_array(npz: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, shape: 
     return table.reshape(shape, order="F" if fortran_order else "C")
 
 
-def verify_graph(folder, entry) -> tuple:
+def verify_graph(folder: str | Path, entry: Any) -> tuple:
     """(the graph's verified bytes, {external-data path: its stat}) after checking that every
     external-data file the graph reads is listed in `entry` and matches its sha256."""
     path = inside(folder, entry.file)
@@ -147,7 +149,7 @@ def verify_graph(folder, entry) -> tuple:
     return model, {data_path: verify(data_path, ref) for data_path, ref in zip(data_paths, entry.external_data)}
 
 
-def graph_session(manifest, name: str, open_session):
+def graph_session(manifest: Any, name: str, open_session: Callable[[bytes, Path], Any]) -> Any:
     """open_session(model_bytes, folder) on the verified bytes of graph `name` (see verify_graph); its
     external data must be the files that were hashed, unchanged."""
     folder = Path(manifest.model_dir)

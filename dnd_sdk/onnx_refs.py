@@ -6,6 +6,7 @@ The runtime must know every file a graph will open before ONNX Runtime opens it,
 the onnx package. Only the fields that can hold a tensor are followed (field numbers from
 onnx.proto); raw weights are skipped by length, never copied.
 """
+from collections.abc import Iterator
 
 # message -> {field number: message type of that field}; TensorProto is handled by _tensor
 _MESSAGES = {
@@ -24,7 +25,7 @@ class WireFormatError(ValueError):
     """The bytes are not a well-formed protobuf message."""
 
 
-def _varint(buf, pos: int) -> tuple:
+def _varint(buf: memoryview, pos: int) -> tuple:
     value = shift = 0
     while True:
         if pos >= len(buf) or shift > 63:
@@ -37,7 +38,7 @@ def _varint(buf, pos: int) -> tuple:
             return value, pos
 
 
-def _fields(buf):
+def _fields(buf: memoryview) -> Iterator[tuple]:
     """(field number, wire type, value) of one message; value is a memoryview for length-delimited fields."""
     pos = 0
     while pos < len(buf):
@@ -57,7 +58,7 @@ def _fields(buf):
         yield number, wire, value
 
 
-def _tensor(buf, found: set) -> None:
+def _tensor(buf: memoryview, found: set) -> None:
     for number, wire, value in _fields(buf):
         if number == _TENSOR_EXTERNAL_DATA and wire == 2:
             entry = {n: bytes(v).decode("utf-8", "replace") for n, w, v in _fields(value) if w == 2}
@@ -65,7 +66,7 @@ def _tensor(buf, found: set) -> None:
                 found.add(entry.get(_ENTRY_VALUE, ""))
 
 
-def _walk(buf, kind: str, found: set, depth: int) -> None:
+def _walk(buf: memoryview, kind: str, found: set, depth: int) -> None:
     if depth > _MAX_NESTING:
         raise WireFormatError(f"subgraphs nested deeper than {_MAX_NESTING}")
     children = _MESSAGES[kind]
@@ -81,6 +82,6 @@ def _walk(buf, kind: str, found: set, depth: int) -> None:
 
 def onnx_external_files(model: bytes) -> set:
     """Every external-data `location` in a serialized ModelProto. Raises WireFormatError if malformed."""
-    found = set()
+    found: set = set()
     _walk(memoryview(model), "model", found, 0)
     return found

@@ -18,14 +18,15 @@ import tempfile
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 from tqdm import tqdm
 
-from .batch import BatchJob, BatchSummary, finish_run, open_run, plan_run, sample_chunk, write_chunk
+from .batch import BatchJob, BatchSummary, RunPlan, finish_run, open_run, plan_run, sample_chunk, write_chunk
 from .errors import ClusterError, DndError, InvalidInputError
 from .generator import Generator
 from .images import to_pil
@@ -77,7 +78,8 @@ class RayBatchSummary(BatchSummary):
     sampling_seconds: float  # from the first chunk handed out to the last one written
 
 
-def run_batch_ray(model, out, job: BatchJob, options: Optional[RayOptions] = None, progress: bool = True,
+def run_batch_ray(model: str | Path, out: str | Path, job: BatchJob, options: Optional[RayOptions] = None,
+                  progress: bool = True,
                   on_chunk: Optional[Callable[[WorkerStats, int, int], None]] = None) -> RayBatchSummary:
     """`batch.run_batch` with the sampling done by Ray workers; same files, same resume rules.
 
@@ -147,7 +149,7 @@ def _check(o: RayOptions) -> None:
 LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
-def _import_ray(address: str):
+def _import_ray(address: str) -> Any:
     if address == "local":  # a private cluster of this machine alone listens on 127.0.0.1 only
         for key, value in LOOPBACK_ONLY.items():
             os.environ.setdefault(key, value)
@@ -158,7 +160,7 @@ def _import_ray(address: str):
     return ray
 
 
-def _connect(ray, address: str) -> bool:
+def _connect(ray: Any, address: str) -> bool:
     """Connect this process to the cluster; True when this call did (and the run disconnects at the end)."""
     if ray.is_initialized():
         return False
@@ -182,7 +184,7 @@ def _connect(ray, address: str) -> bool:
     return True
 
 
-def _check_room(ray, o: RayOptions) -> None:
+def _check_room(ray: Any, o: RayOptions) -> None:
     """Refuse workers the cluster can never place: Ray would wait for them forever."""
     total = ray.cluster_resources()
     for key, each in (("CPU", o.worker_cpus), ("GPU", o.worker_gpus)):
@@ -203,10 +205,14 @@ def _first_line(error: Exception) -> str:
 class _Worker:
     """One Generator in a Ray actor (made a Ray actor class at run time, so this module imports without ray)."""
 
-    def __init__(self):
+    gen: Any  # its Generator, once load() ran
+    _copy: Optional[tempfile.TemporaryDirectory]
+
+    def __init__(self) -> None:
         self.gen, self._copy = None, None
 
-    def load(self, path: str, manifest_sha256: str, files: Optional[dict], backend: str, threads: int):
+    def load(self, path: str | Path, manifest_sha256: str, files: Optional[dict], backend: str,
+             threads: int) -> Optional[dict]:
         """Open the model at `path` if this node has the same manifest.json there, else write `files`
         (name -> ObjectRef of its bytes) to a temporary folder and open that. Returns None when the
         path does not hold the model and no files were given; else where this worker runs."""
@@ -224,10 +230,10 @@ class _Worker:
         self.gen = Generator(path, backend, threads=threads)  # checks every file against its sha256
         return {"node": ray.util.get_node_ip_address(), "backend": self.gen.backend_name}
 
-    def plan(self, job: BatchJob):
+    def plan(self, job: BatchJob) -> RunPlan:
         return plan_run(self.gen, job)
 
-    def sample(self, plan, chunk: list):
+    def sample(self, plan: RunPlan, chunk: list) -> tuple[np.ndarray, float]:
         t0 = time.perf_counter()
         images = sample_chunk(self.gen, plan, chunk)
         return np.stack([np.asarray(im) for im in images]), time.perf_counter() - t0
@@ -240,7 +246,7 @@ class _Worker:
 
 @dataclass(eq=False)
 class _Actor:
-    handle: object
+    handle: Any  # its Ray actor
     name: str
     slot: int
     stats: Optional[WorkerStats] = None  # set once the model is loaded
@@ -250,15 +256,18 @@ class _Actor:
 
 class _Pool:
     """The workers of one run: starts them, hands out chunks, replaces the ones that die."""
+    files: Optional[dict]
+    slots: list  # the current _Actor of each slot
+    stats: list[WorkerStats]
 
-    def __init__(self, ray, model: Path, options: RayOptions):
+    def __init__(self, ray: Any, model: Path, options: RayOptions) -> None:
         self.ray, self.model, self.options = ray, model.resolve(), options
         self.manifest_sha256 = _sha256((model / MANIFEST_NAME).read_bytes())
         self.files = None  # name -> ObjectRef, put the first time a worker needs them
         self.remote = ray.remote(num_cpus=options.worker_cpus, num_gpus=options.worker_gpus, max_restarts=0)(_Worker)
         self.run_id = uuid.uuid4().hex[:8]
         self.slots, self.restarts = [None] * options.workers, [0] * options.workers  # current _Actor per slot
-        self.pending = {}  # ObjectRef -> (_Actor, chunk; None for a load)
+        self.pending: dict = {}  # ObjectRef -> (_Actor, chunk; None for a load)
         self.stats, self.lost = [], 0
         for slot in range(options.workers):
             self._start(slot)
@@ -277,7 +286,7 @@ class _Pool:
                                        o.backend, o.threads or max(1, int(o.worker_cpus)))
         self.pending[ref] = (actor, None)
 
-    def _get(self, ref):
+    def _get(self, ref: Any) -> Any:
         try:
             return self.ray.get(ref)
         except self.ray.exceptions.RayTaskError as e:
@@ -285,7 +294,7 @@ class _Pool:
                 raise e.cause from None
             raise
 
-    def plan(self, job: BatchJob):
+    def plan(self, job: BatchJob) -> RunPlan:
         """The run's plan, from the first worker that has loaded the model."""
         while True:
             actor = next((a for a in self.slots if a.alive and a.stats is not None), None)
@@ -300,14 +309,14 @@ class _Pool:
     def chunks_in_flight(self) -> bool:
         return any(chunk is not None for _, chunk in self.pending.values())
 
-    def feed(self, queue: deque, plan_ref) -> None:
+    def feed(self, queue: deque, plan_ref: Any) -> None:
         for actor in self.slots:
             while actor.alive and actor.stats is not None and actor.in_flight < IN_FLIGHT and queue:
                 chunk = queue.popleft()
                 self.pending[actor.handle.sample.remote(plan_ref, chunk)] = (actor, chunk)
                 actor.in_flight += 1
 
-    def next_chunk(self, queue: deque):
+    def next_chunk(self, queue: deque) -> Optional[tuple]:
         """Wait for the next call to finish: (WorkerStats, chunk, images uint8 [n, H, W, 3]) for a sampled chunk,
         None for anything else (a worker loaded, or died and had its chunk put back in `queue`)."""
         [ref], _ = self.ray.wait(list(self.pending), num_returns=1)

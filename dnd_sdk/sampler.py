@@ -4,8 +4,9 @@
 are meant to be read side by side. The numpy inference loop lives in `dnd_sdk.scheduler`,
 which runs many requests' images as rows of one batch.
 """
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -142,7 +143,7 @@ def sample_images(logits: np.ndarray, cond_rows: np.ndarray, uncond_rows: np.nda
     and its settings params[i]. Images with equal settings are sampled in one call. Every step is
     row by row, so an image gets the very token it gets alone, whatever shares the batch.
     """
-    groups = {}
+    groups: dict = {}  # settings -> the images that share them
     for i, p in enumerate(params):
         groups.setdefault((p.cfg_scale, p.temperature_of(k), p.top_k, p.top_p), []).append(i)
     tokens = np.empty(len(params), np.int64)

@@ -19,9 +19,10 @@ thread would wait for itself forever.
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -56,7 +57,7 @@ class _Image:
     pos: int = 0             # the latent position it samples next
     rows: tuple = field(init=False)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.rows = (self.cond,) if self.uncond < 0 else (self.cond, self.uncond)
 
 
@@ -70,12 +71,16 @@ class Scheduler:
         max_rows (int): rows per backend call (guidance takes two per image).
         max_queue (int): requests waiting for a row (or a decode) before `submit` raises OverloadedError.
     """
+    latent_shape: tuple[int, int, int]
+    _waiting: deque[Work]
+    _images: list[_Image]
+    _thread: Optional[threading.Thread]
 
-    def __init__(self, gen, max_rows: int, max_queue: int):
+    def __init__(self, gen: Any, max_rows: int, max_queue: int) -> None:
         self.backend, self.latent_shape, self.null_class = gen.backend, gen.latent_shape, gen.manifest.null_class
         self.tok_embeddings, self.cls_embedding = gen.tok_embeddings, gen.cls_embedding
         self.max_rows, self.max_queue = max_rows, max_queue
-        self.listeners = []  # f(images, rows, seconds) after each step, e.g. metrics
+        self.listeners: list[Callable] = []  # f(images, rows, seconds) after each step, e.g. metrics
         self._waiting, self._images = deque(), []
         self._lock = threading.Condition()
         self._thread, self._closed, self._reset = None, False, False
@@ -171,7 +176,7 @@ class Scheduler:
             self.backend.reset(self.max_rows)
             self._reset = True
         # the rows in use, and the image (its index in `images`) of each: a guided image has two
-        rows = [r for im in images for r in im.rows]
+        rows: Any = [r for im in images for r in im.rows]  # then the array of them
         n, d = 1 + max(rows), self.tok_embeddings.shape[1]
         rows, owner = np.array(rows), np.array([i for i, im in enumerate(images) for _ in im.rows])
         positions = np.zeros(n, np.int64)
@@ -229,7 +234,7 @@ class Scheduler:
         return images
 
 
-def _resolve(future: Future, compute) -> None:
+def _resolve(future: Future, compute: Callable[..., Any]) -> None:
     if future.done():  # cancelled meanwhile: its result is not wanted
         return
     try:
@@ -244,9 +249,9 @@ def _fail(future: Future, error: Exception) -> None:
     _settle(future.set_exception, error)
 
 
-def _settle(setter, outcome) -> None:
+def _settle(setter: Callable[[Any], Any], outcome: Any) -> None:
     """Set an outcome from a thread of its own, which runs the future's done-callbacks (see the module doc)."""
-    def settle():
+    def settle() -> None:
         try:
             setter(outcome)
         except InvalidStateError:  # cancelled meanwhile

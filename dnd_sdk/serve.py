@@ -18,8 +18,10 @@ import io
 import json
 import re
 import time
+from typing import Optional
 
 import uvicorn
+from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -28,6 +30,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .errors import InvalidInputError, OverloadedError
+from .generator import Generator
 
 # the request keys POST /v1/images takes: Generator.request's arguments, less batch_size (the server's business)
 REQUEST_KEYS = ("labels", "num", "seed", "start", "image_indices", "cfg_scale", "temperature", "top_k", "top_p",
@@ -44,7 +47,7 @@ MAX_BODY_BYTES = 1 << 24
 class Metrics:
     """The Prometheus series of one server, in its own registry."""
 
-    def __init__(self, gen):
+    def __init__(self, gen: Generator) -> None:
         self.registry = r = CollectorRegistry()
         Gauge("dnd_queue_depth", "Requests waiting for a row", registry=r).set_function(
             lambda: gen.scheduler.queue_depth)
@@ -60,13 +63,13 @@ class Metrics:
         gen.scheduler.listeners.append(lambda images, rows, seconds: self.batch.observe(images))
 
 
-def _png(image) -> bytes:
+def _png(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")  # Pillow's defaults, as dnd_sdk.images.save_png writes
     return buf.getvalue()
 
 
-def _error(status: int, message: str, headers=None) -> JSONResponse:
+def _error(status: int, message: str, headers: Optional[dict] = None) -> JSONResponse:
     return JSONResponse({"error": message}, status, headers=headers)
 
 
@@ -77,7 +80,7 @@ def _in_server_words(error: InvalidInputError) -> str:
     return text
 
 
-async def _read_body(request: Request):
+async def _read_body(request: Request) -> Optional[bytes]:
     """The request's body, or None once it passes MAX_BODY_BYTES (read no further: memory stays bounded)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
@@ -96,19 +99,19 @@ async def _disconnect(request: Request) -> None:
         pass
 
 
-def create_app(gen, timeout: float = 300.0) -> Starlette:
+def create_app(gen: Generator, timeout: float = 300.0) -> Starlette:
     """The ASGI app serving `gen` (a dnd_sdk.Generator); `timeout` is the most seconds a request may take."""
     metrics = Metrics(gen)
     m = gen.manifest
 
-    async def images(request: Request):
+    async def images(request: Request) -> Response:
         t0 = time.perf_counter()
         with metrics.in_progress.track_inprogress():
             response = await _images(request)
         metrics.latency.labels(str(response.status_code)).observe(time.perf_counter() - t0)
         return response
 
-    async def _images(request: Request):
+    async def _images(request: Request) -> Response:
         raw = await _read_body(request)
         if raw is None:
             return _error(413, f"the body is over {MAX_BODY_BYTES >> 20} MiB; ask for many images with num and "
@@ -153,26 +156,26 @@ def create_app(gen, timeout: float = 300.0) -> Starlette:
             return Response(pngs[0], media_type="image/png", headers={"X-Image-Metadata": json.dumps(meta[0])})
         return JSONResponse({"images": [{**d, "png": base64.b64encode(p).decode()} for d, p in zip(meta, pngs)]})
 
-    async def models(request: Request):
+    async def models(request: Request) -> Response:
         return JSONResponse({"models": [{
             "id": gen.path.name, "backend": gen.backend_name, "labels": gen.labels,
             "image": {"height": int(m.image["height"]), "width": int(m.image["width"])},
             "latent": dict(zip(("h", "w", "depth"), gen.latent_shape)), "sampler_defaults": m.sampler_defaults,
             "guidance": m.null_class is not None, "max_batch_rows": gen.scheduler.max_rows}]})
 
-    async def health(request: Request):
+    async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
-    async def prometheus(request: Request):
+    async def prometheus(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return Starlette(routes=[Route("/v1/images", images, methods=["POST"]), Route("/v1/models", models),
                              Route("/health", health), Route("/metrics", prometheus)])
 
 
-def run_server(gen, host: str, port: int, timeout: float = 300.0) -> None:
+def run_server(gen: Generator, host: str, port: int, timeout: float = 300.0) -> None:
     """Serve `gen` until SIGTERM or Ctrl-C: uvicorn then stops accepting and lets the requests in flight
     finish; after Ctrl-C it returns, and a SIGTERM it raises again once drained, so that the process ends
     the way a supervisor expects of a signal."""
     uvicorn.run(create_app(gen, timeout), host=host, port=port, log_level="warning", access_log=False,
-                timeout_graceful_shutdown=timeout)
+                timeout_graceful_shutdown=timeout)  # type: ignore[arg-type]  # a float works as well

@@ -33,8 +33,8 @@ def ocr(target, dataset, per_class, num_classes, seed, depth, sampling, threads,
     """TARGET: an exported model folder, a `dnd generate` folder, or a tokenizer.pt / checkpoint.pt.
 
     Prints a summary; -o FILE keeps every image's result."""
-    from . import evaluate as ev
     from dnd_training.data import load_words
+    from . import evaluate as ev
     progress = not quiet
     if dataset:
         result = ev.eval_dataset(num_classes=32 if num_classes is None else num_classes, per_class=per_class, seed=seed,

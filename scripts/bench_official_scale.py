@@ -35,6 +35,7 @@ def write_files(preset: str, folder: Path) -> None:
     """The GPT file ({"model": state_dict}, fp32) and the tokenizer folder (epoch file + config.yaml)."""
     import torch
     import yaml
+
     from dnd_training.tokenizer import RQTokenizer, TokenizerConfig
     n_layer, _, d = PRESETS[preset]
     ffn = 256 * -(-int(8 * d / 3) // 256)

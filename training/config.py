@@ -68,7 +68,8 @@ def read_config_file(path) -> dict:
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise InvalidInputError(f"config file {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}")
+        raise InvalidInputError(
+            f"config file {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}") from None
     return data or {}
 
 

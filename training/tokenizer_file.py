@@ -10,8 +10,8 @@ import dataclasses
 from pathlib import Path
 
 from dnd_sdk.errors import CheckpointError
-from .torch_files import atomic_torch_save, read_torch_file
 from .tokenizer import RQTokenizer, TokenizerConfig
+from .torch_files import atomic_torch_save, read_torch_file
 
 FORMAT, VERSION = "dnd-tokenizer", 1
 

@@ -10,9 +10,10 @@ import functools
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -20,8 +21,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from dnd_sdk.errors import CheckpointError, DndError, InvalidInputError
-from .torch_files import atomic_torch_save, read_torch_file
 from .distributed import Dist, all_mean, barrier, wrap
+from .torch_files import atomic_torch_save, read_torch_file
 
 STATE_FORMAT = "dnd-train-state"
 

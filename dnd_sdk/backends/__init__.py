@@ -2,9 +2,12 @@
 so TensorRT (dnd_sdk/backends/tensorrt.py, `TensorrtBackend`) costs nothing where it is absent."""
 import importlib
 import logging
+from pathlib import Path
+from typing import Optional
 
 from ..arguments import integer
 from ..errors import BackendUnavailableError, InvalidInputError
+from ..manifest import Manifest
 from .base import Backend
 
 log = logging.getLogger(__name__)
@@ -19,7 +22,8 @@ BACKEND_CHOICES = ("auto", *BACKENDS)
 MAX_THREADS = 1024  # threads per session: far beyond any machine's cores
 
 
-def open_backend(model_dir, manifest, backend: str = "auto", threads=None) -> Backend:
+def open_backend(model_dir: str | Path, manifest: Manifest, backend: str = "auto",
+                 threads: Optional[int] = None) -> Backend:
     """The first backend that opens `model_dir`: `backend` itself, or under "auto" the first of BACKENDS.
 
     Raises:

@@ -1,6 +1,6 @@
 """The backend interface: what `Generator` needs from an inference engine, in the shape of Polygraphy's runners."""
 from abc import ABC, abstractmethod
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -58,10 +58,10 @@ class Backend(ABC):
     def close(self) -> None:
         """Release sessions and device memory."""
 
-    def __enter__(self):
+    def __enter__(self) -> "Backend":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: Any) -> None:
         self.close()
 
 
@@ -73,7 +73,7 @@ class RowPositions:
         self._next = [np.zeros(rows, np.int64) for _ in range(depth)]
         self._slots = np.arange(length)
 
-    def take(self, k: int, rows: int, positions=None) -> tuple:
+    def take(self, k: int, rows: int, positions: Optional[np.ndarray] = None) -> tuple:
         """(positions [rows] int64, kv_mask [rows, L] bool) for a call of stage k; InvalidInputError if out of range."""
         if rows > self.rows:  # the cache holds self.rows rows; fewer run the first ones
             raise InvalidInputError(f"stage_step got {rows} rows after reset({self.rows}); call reset(rows) first")

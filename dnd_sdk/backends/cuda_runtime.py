@@ -14,6 +14,7 @@ implements the runtime API on the driver API and cuda-python 13 links cudart sta
 wrapper, used before, looked for libcudart in a few system folders only.
 """
 import threading
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +36,7 @@ except ImportError:
     _native_handle = int
 
 
-def _check(result, call: str):
+def _check(result: tuple, call: str) -> Any:
     """cuda.bindings calls return (cudaError_t, *values): the values, or BackendUnavailableError naming the error."""
     err, *values = result
     if err != cudart.cudaError_t.cudaSuccess:
@@ -73,7 +74,7 @@ class Kernel:
 class CudaRuntime:
     """CUDA device 0, checked on creation: a missing or too old driver, or no GPU, is a BackendUnavailableError."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         try:
             count = _check(cudart.cudaGetDeviceCount(), "cudaGetDeviceCount")
         except BackendUnavailableError as e:  # cudaErrorNoDevice, cudaErrorInsufficientDriver...
@@ -90,18 +91,18 @@ class CudaRuntime:
     def free(self, ptr: int) -> None:
         _check(cudart.cudaFree(ptr), "cudaFree")
 
-    def create_stream(self):
+    def create_stream(self) -> Any:
         return _check(cudart.cudaStreamCreate(), "cudaStreamCreate")
 
-    def destroy_stream(self, stream) -> None:
+    def destroy_stream(self, stream: Any) -> None:
         _check(cudart.cudaStreamDestroy(stream), "cudaStreamDestroy")
 
     @staticmethod
-    def stream_handle(stream) -> int:
+    def stream_handle(stream: Any) -> int:
         """The cudaStream_t as the integer that TensorRT's execute_async_v3 takes."""
         return int(_native_handle(stream))
 
-    def copy(self, dst: int, src: int, nbytes: int, kind, stream) -> None:
+    def copy(self, dst: int, src: int, nbytes: int, kind: Any, stream: Any) -> None:
         """cudaMemcpyAsync on `stream`; dst and src are addresses (a device pointer, or array.ctypes.data)."""
         _check(cudart.cudaMemcpyAsync(dst, src, nbytes, kind, stream), "cudaMemcpyAsync")
 
@@ -162,8 +163,8 @@ class CudaRuntime:
             _check(cudart.cudaSetDevice(0), "cudaSetDevice")
             self._thread = threading.get_ident()
 
-    def zero(self, ptr: int, nbytes: int, stream) -> None:
+    def zero(self, ptr: int, nbytes: int, stream: Any) -> None:
         _check(cudart.cudaMemsetAsync(ptr, 0, nbytes, stream), "cudaMemsetAsync")
 
-    def synchronize(self, stream) -> None:
+    def synchronize(self, stream: Any) -> None:
         _check(cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")

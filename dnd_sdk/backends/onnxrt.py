@@ -10,6 +10,9 @@ buffer is device memory (`device_cache.DeviceCache`, shared with the TensorRT ba
 graph is bound to device addresses, the new rows are written into their slots on the GPU,
 and only the step's inputs and outputs cross the bus.
 """
+from pathlib import Path
+from typing import Optional
+
 import numpy as np
 
 try:
@@ -21,6 +24,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as OrtNotImplemented
 
 from ..errors import BackendUnavailableError, ManifestError
+from ..manifest import Manifest
 from ..manifest_checks import spec_text
 from ..model_files import RERUN, graph_session
 from .base import Backend, RowPositions
@@ -28,7 +32,8 @@ from .base import Backend, RowPositions
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 
-def session_from_onnx(model, provider: str, threads=None, external_folder=None) -> ort.InferenceSession:
+def session_from_onnx(model: bytes | str | Path, provider: str, threads: Optional[int] = None,
+                      external_folder: Optional[Path] = None) -> ort.InferenceSession:
     """An InferenceSession of `model` (a path, or the bytes of a graph whose external data lies in
     `external_folder`) on exactly `provider`, with `threads` intra-op threads (None: one per core)."""
     opts = ort.SessionOptions()
@@ -48,7 +53,7 @@ def _dtype_name(ort_type: str) -> str:
     return {"float": "float32", "double": "float64"}.get(name, name)
 
 
-def _checked_session(manifest, name: str, provider: str, threads) -> ort.InferenceSession:
+def _checked_session(manifest: Manifest, name: str, provider: str, threads: Optional[int]) -> ort.InferenceSession:
     """The verified graph `name` in a session whose inputs and outputs (names, element types, shapes) are
     the ones the manifest declares: the backend allocates and binds its buffers from those."""
     open_session = lambda model, folder: session_from_onnx(model, provider, threads, folder)  # noqa: E731
@@ -79,8 +84,12 @@ class OnnxrtBackend(Backend):
         device (str): "cpu" or "cuda".
         threads (Optional[int]): intra-op threads per session; None lets ONNX Runtime use every core.
     """
+    _caches: list  # per stage: [(past name, new name, cache, new rows)]
+    _outputs: list  # per stage: (logits, hidden_out)
+    _bound_rows: list  # per stage: the rows bound, or None
 
-    def __init__(self, model_dir, manifest, *, device: str = "cpu", threads=None):
+    def __init__(self, model_dir: Path, manifest: Manifest, *, device: str = "cpu",
+                 threads: Optional[int] = None) -> None:
         provider = PROVIDERS[device]
         available = ort.get_available_providers()
         if provider not in available:
@@ -209,7 +218,7 @@ class OnnxrtBackend(Backend):
 
         return self.cache.stage_call(k, {"hidden": hidden, "positions": positions, "kv_mask": kv_mask}, run_graph)
 
-    def stage_step(self, k: int, hidden: np.ndarray, positions=None) -> tuple:
+    def stage_step(self, k: int, hidden: np.ndarray, positions: Optional[np.ndarray] = None) -> tuple:
         rows = hidden.shape[0]
         positions, kv_mask = self._positions.take(k, rows, positions)
         if self.device == "cuda":

@@ -7,6 +7,7 @@ with one kernel launch. The hidden state, positions and mask go in, and logits a
 state come out, through host memory, because the numpy sampler runs between stages.
 """
 from pathlib import Path
+from typing import Any, Optional
 
 import numpy as np
 
@@ -17,6 +18,7 @@ except ImportError as e:
 
 from ..engine_index import ENGINES_NAME, load_engine_index, read_plan, tensorrt_major
 from ..errors import BackendUnavailableError, InvalidInputError
+from ..manifest import Manifest
 from .base import Backend, RowPositions
 from .cuda_runtime import DEVICE_TO_HOST, HOST_TO_DEVICE, CudaRuntime
 from .device_cache import KERNEL_NAME, KERNEL_SOURCE, CacheLayout, DeviceCache
@@ -45,7 +47,7 @@ class DeviceBuffer:
 class Engine:
     """One deserialized engine, its execution context and the names and dtypes of its I/O tensors."""
 
-    def __init__(self, runtime, plan: bytes, path: Path, built_with: str):
+    def __init__(self, runtime: Any, plan: bytes, path: Path, built_with: str):
         self.engine = runtime.deserialize_cuda_engine(plan)
         if self.engine is None:  # TensorRT logged why: usually another GPU or TensorRT version
             raise BackendUnavailableError(
@@ -83,8 +85,12 @@ class TensorrtBackend(Backend):
         threads: ignored (the work runs on the GPU).
     """
     name = "tensorrt"
+    max_batch: int  # the engines' profile: never None here
+    _scratch: dict[tuple, DeviceBuffer]
+    _host: dict[tuple, np.ndarray]
+    _buffers: list[DeviceBuffer]  # every buffer, freed by close()
 
-    def __init__(self, model_dir, manifest, *, threads=None):
+    def __init__(self, model_dir: Path, manifest: Manifest, *, threads: Optional[int] = None) -> None:
         graphs = [*manifest.stage_names, "decoder"]
         index = load_engine_index(model_dir, graphs, verify=False)  # each plan is checked as it is read
         if index is None:
@@ -112,7 +118,7 @@ class TensorrtBackend(Backend):
         self._buffers.append(DeviceBuffer(self.cuda))  # every buffer is registered, so close() frees it whatever failed
         return self._buffers[-1]
 
-    def _scratch_buffer(self, key) -> DeviceBuffer:
+    def _scratch_buffer(self, key: tuple) -> DeviceBuffer:
         if key not in self._scratch:
             self._scratch[key] = self._new_buffer()
         return self._scratch[key]
@@ -153,7 +159,7 @@ class TensorrtBackend(Backend):
         self._positions = RowPositions(self.manifest.depth, rows, self.manifest.cache_length)
         self.cache.reset()
 
-    def stage_step(self, k: int, hidden: np.ndarray, positions=None) -> tuple:
+    def stage_step(self, k: int, hidden: np.ndarray, positions: Optional[np.ndarray] = None) -> tuple:
         engine = self.engines[self.manifest.stages[k].graph]
         rows = hidden.shape[0]
         positions, kv_mask = self._positions.take(k, rows, positions)

@@ -8,6 +8,8 @@ traceback, in the words of the interface used: the library names its Python argu
 """
 import functools
 import re
+from collections.abc import Callable
+from typing import Any, Optional
 
 import click
 
@@ -24,15 +26,15 @@ def in_flags(error: Exception, command: click.Command) -> str:
     return text
 
 
-def click_error(error: DndError, command=None) -> click.ClickException:
+def click_error(error: DndError, command: Optional[click.Command] = None) -> click.ClickException:
     """The one-line exit for a user error, in `command`'s flags when there is one."""
     return click.ClickException(in_flags(error, command) if command is not None else str(error))
 
 
-def user_errors(fn):
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Decorate a command's callback: a DndError it raises exits through click_error."""
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except DndError as e:

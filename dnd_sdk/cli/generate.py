@@ -1,6 +1,7 @@
 """`dnd generate MODEL --num N --out DIR`: a thin wrapper over `dnd_sdk.batch.run_batch`
 (`dnd_sdk.ray_batch.run_batch_ray` with --ray)."""
 from pathlib import Path
+from typing import Any, Optional
 
 import click
 
@@ -9,7 +10,7 @@ from ..generator import Generator
 from .options import backend_options, ray_options, sampler_options
 
 
-def _shard(ctx, param, value):
+def _shard(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
     try:
         i, n = (int(x) for x in value.split("/"))
     except ValueError:
@@ -17,7 +18,7 @@ def _shard(ctx, param, value):
     return i, n
 
 
-def _labels(ctx, param, value):
+def _labels(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> Optional[list[str]]:
     if value is None:
         return None
     labels = [x.strip() for x in value.split(",")]
@@ -44,8 +45,9 @@ def _labels(ctx, param, value):
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @backend_options
 @ray_options
-def generate(model, num, labels, per_class, out, batch_size, seed, sampling, shard, npz, grid, captions, quiet,
-             backend, ray):
+def generate(model: Path, num: Optional[int], labels: Optional[list[str]], per_class: Optional[int], out: Path,
+             batch_size: int, seed: int, sampling: dict, shard: tuple[int, int], npz: bool, grid: bool,
+             captions: Optional[bool], quiet: bool, backend: dict, ray: Optional[dict]) -> None:
     """Sample images from MODEL into OUT: 000000.png ..., metadata.jsonl, run.json.
 
     Killed at any point, the same command resumes where it stopped. Shards may share OUT.
@@ -66,7 +68,7 @@ def generate(model, num, labels, per_class, out, batch_size, seed, sampling, sha
         _echo_workers(s)
 
 
-def _echo_workers(s) -> None:
+def _echo_workers(s: Any) -> None:
     rate = s.made / s.sampling_seconds if s.sampling_seconds else 0.0
     click.echo(f"  sampling {s.sampling_seconds:.1f}s, {rate:.1f} images/s in total"
                + (f"; {s.lost} workers died and were replaced" if s.lost else ""))

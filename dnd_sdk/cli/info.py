@@ -8,7 +8,7 @@ from ..manifest import load_manifest
 from ..model_files import load_embeddings
 
 
-def summary(model_dir) -> str:
+def summary(model_dir: Path) -> str:
     """A short human-readable description of a verified model folder."""
     m = load_manifest(model_dir)
     load_embeddings(m)  # their headers, shapes and dtypes: what a Generator checks when it loads them
@@ -35,6 +35,6 @@ def summary(model_dir) -> str:
 
 @click.command("info")
 @click.argument("model", type=click.Path(path_type=Path))
-def info(model):
+def info(model: Path) -> None:
     """Verify MODEL's files against manifest.json and print its summary."""
     click.echo(summary(model))

@@ -5,6 +5,7 @@ even where the extra a command needs (torch for `dnd train`) is not installed.
 """
 import importlib
 import logging
+from typing import Any, NoReturn, Optional
 
 import click
 
@@ -25,17 +26,17 @@ COMMANDS = {
 
 
 def _missing(name: str, extra: str, error: ImportError) -> click.Command:
-    def fail(**_):
+    def fail(**_: Any) -> NoReturn:
         raise click.ClickException(f"`dnd {name}` needs the {extra!r} extra: pip install 'dnd-sdk[{extra}]' ({error})")
     return click.Command(name, callback=fail, help=f"(needs: pip install 'dnd-sdk[{extra}]')",
                          context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 
 
 class CommandRegistry(click.Group):
-    def list_commands(self, ctx):
+    def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
 
-    def get_command(self, ctx, name):
+    def get_command(self, ctx: click.Context, name: str) -> Optional[click.Command]:
         if name not in COMMANDS:
             return None
         target, _, extra = COMMANDS[name]
@@ -47,12 +48,12 @@ class CommandRegistry(click.Group):
                 raise
             return _missing(name, extra, e)
 
-    def format_commands(self, ctx, formatter):
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # from the registry, so that --help imports no command module
         with formatter.section("Commands"):
             formatter.write_dl([(name, COMMANDS[name][1]) for name in self.list_commands(ctx)])
 
-    def invoke(self, ctx):
+    def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except DndError as e:  # a user error: its message, exit 1, no traceback
@@ -62,10 +63,10 @@ class CommandRegistry(click.Group):
 
 @click.group(cls=CommandRegistry, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Log which backend runs and what is skipped.")
-def cli(verbose):
+def cli(verbose: bool) -> None:
     """dnd: train, export, sample, evaluate and benchmark DnD-Transformer image generators."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
-def main(argv=None):
+def main(argv: Optional[list[str]] = None) -> None:
     cli.main(args=argv, prog_name="dnd")

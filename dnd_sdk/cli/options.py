@@ -1,6 +1,8 @@
 """Option groups shared by commands. Each collapses its options into the keyword arguments the
 Python API takes (`sampling` for Generator.sample, `backend` for Generator), so CLI and API cannot drift."""
 import functools
+from collections.abc import Callable
+from typing import Any, Optional
 
 import click
 
@@ -18,20 +20,20 @@ SAMPLER_FLAGS = {
 assert tuple(SAMPLER_FLAGS) == SAMPLER_KEYS
 
 
-def _stack(*decorators):
-    def apply(f):
+def _stack(*decorators: Callable) -> Callable:
+    def apply(f: Callable) -> Callable:
         for d in reversed(decorators):
             f = d(f)
         return f
     return apply
 
 
-def sampler_options(f=None, *, seed: bool = True, seed_default: int = 0, unset: str = "the model's",
-                    per_head: bool = True):
+def sampler_options(f: Optional[Callable] = None, *, seed: bool = True, seed_default: int = 0,
+                    unset: str = "the model's", per_head: bool = True) -> Callable:
     """The sampler settings -> `sampling` (dict of the ones given; the rest take the model's defaults),
     and with seed=True `--seed` -> `seed`. `unset` says in --help what an absent setting means.
     per_head adds `--head-temperatures` (a request's setting; a model stores no default for it)."""
-    def decorate(f):
+    def decorate(f: Callable) -> Callable:
         options = [click.option(flag, type=kind, help=f"{text} [default: {unset}]")
                    for flag, kind, text in SAMPLER_FLAGS.values()]
         if per_head:
@@ -44,14 +46,14 @@ def sampler_options(f=None, *, seed: bool = True, seed_default: int = 0, unset: 
 
         @_stack(*options)
         @functools.wraps(f)
-        def wrapper(**kwargs):
+        def wrapper(**kwargs: Any) -> Any:
             given = {k: kwargs.pop(k) for k in (*SAMPLER_KEYS, *(["head_temperatures"] if per_head else []))}
             return f(sampling={k: v for k, v in given.items() if v is not None}, **kwargs)
         return wrapper
     return decorate if f is None else decorate(f)
 
 
-def _numbers(ctx, param, value):
+def _numbers(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> Optional[tuple]:
     """"0.5,1,1" -> (0.5, 1.0, 1.0); how many a model takes is checked with the model."""
     if value is None:
         return None
@@ -61,17 +63,17 @@ def _numbers(ctx, param, value):
         raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers, e.g. 0.5,1.0") from None
 
 
-def sampler_grid_options(**values):
+def sampler_grid_options(**values: tuple) -> Callable:
     """Several values of some sampler settings, e.g. sampler_grid_options(cfg_scale=(1.0, 2.0)) ->
     `cfg_scales` (tuple; the flag is repeatable, `values` its default)."""
-    def decorate(f):
+    def decorate(f: Callable) -> Callable:
         return _stack(*(click.option(SAMPLER_FLAGS[k][0], f"{k}s", type=SAMPLER_FLAGS[k][1], multiple=True,
                                      default=v, show_default=True, help=f"{SAMPLER_FLAGS[k][2]} Values to try "
                                      "(repeatable).") for k, v in values.items()))(f)
     return decorate
 
 
-def backend_options(f):
+def backend_options(f: Callable) -> Callable:
     """Backend: which engine runs the graphs -> `backend` dict for Generator(path, **backend)."""
     @_stack(
         click.option("--backend", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
@@ -79,12 +81,12 @@ def backend_options(f):
         click.option("--threads", type=click.IntRange(min=1), help="CPU threads per ONNX Runtime session. [default: all cores]"),
     )
     @functools.wraps(f)
-    def wrapper(**kwargs):
+    def wrapper(**kwargs: Any) -> Any:
         return f(backend={"backend": kwargs.pop("backend"), "threads": kwargs.pop("threads")}, **kwargs)
     return wrapper
 
 
-def ray_options(f):
+def ray_options(f: Callable) -> Callable:
     """Ray: spread a run over a cluster -> `ray` dict of RayOptions fields, or None without --ray."""
     @_stack(
         click.option("--ray", "address", is_flag=False, flag_value="local", metavar="[local|auto|ADDRESS]",
@@ -96,7 +98,7 @@ def ray_options(f):
                      help="CPUs per Ray worker; also its ONNX Runtime threads unless --threads. [default: 1]"),
     )
     @functools.wraps(f)
-    def wrapper(**kwargs):
+    def wrapper(**kwargs: Any) -> Any:
         address = kwargs.pop("address")
         given = {k: v for k in ("workers", "worker_gpus", "worker_cpus") if (v := kwargs.pop(k)) is not None}
         if address is None and given:

@@ -1,5 +1,6 @@
 """`dnd serve MODEL`: a thin wrapper over `dnd_sdk.serve.run_server` (needs the `serve` extra)."""
 from pathlib import Path
+from typing import Optional
 
 import click
 
@@ -20,7 +21,8 @@ from .options import backend_options
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=300.0, show_default=True,
               help="Seconds a request may take before HTTP 504.")
 @backend_options
-def serve(model, host, port, max_batch, max_queue, timeout, backend):
+def serve(model: Path, host: str, port: int, max_batch: Optional[int], max_queue: int, timeout: float,
+          backend: dict) -> None:
     """Serve MODEL over HTTP: POST /v1/images, GET /v1/models, /health, /metrics.
 
     One process, one Generator, one queue: concurrent requests share backend batches. SIGTERM stops

@@ -3,8 +3,8 @@ import json
 
 from click.testing import CliRunner
 
-from dnd_sdk.cli.main import cli
 from dnd_eval.evaluate import eval_dataset, eval_images, eval_model, eval_tokenizer
+from dnd_sdk.cli.main import cli
 from system_tools import needs_dejavu, needs_tesseract
 
 

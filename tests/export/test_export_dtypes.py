@@ -183,8 +183,8 @@ def test_quantized_graphs_keep_only_their_own_external_data(tiny_checkpoint, tmp
 
 
 def test_int8_decoder_keeps_the_tokens_and_approximates_the_pixels(tiny_checkpoint, tiny_model_dir, tmp_path):
-    from dnd_sdk import Generator
     from dnd_export.trt_lint import lint_folder
+    from dnd_sdk import Generator
 
     out = export_model(tiny_checkpoint, tmp_path / "m", decoder_dtype="int8")
     m = load_manifest(out)

@@ -126,6 +126,7 @@ def test_spilled_weights_are_gathered_into_one_data_file_without_loading_them(tm
     """What the exporter does past 2 GB (one file per tensor) is re-saved as graph + one .data file."""
     import onnx
     from onnx import helper, numpy_helper
+
     from dnd_export.onnx_export import _save
     rng = np.random.default_rng(0)
     weights = {f"w{i}": rng.standard_normal((64, 64)).astype(np.float32) for i in range(3)}

@@ -2,8 +2,7 @@
 import onnx
 import pytest
 import torch
-from onnx import TensorProto as T
-from onnx import helper
+from onnx import TensorProto as T, helper
 
 from dnd_export import ExportCheckError, export_model
 from dnd_export.stages import StageWrapper

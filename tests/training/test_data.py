@@ -10,8 +10,8 @@ from PIL import Image
 from dnd_sdk.errors import InvalidInputError
 from dnd_training import data
 from dnd_training.data import DataConfig, WordImageDataset, build_dataset, load_words
-from dnd_training.pixels import to_image, to_tensor
 from dnd_training.image_folder import ImageFolderDataset
+from dnd_training.pixels import to_image, to_tensor
 
 
 def ink_box(image: Image.Image, threshold: int = 40):

@@ -2,7 +2,6 @@
 and official-layout files built here for what that set does not cover."""
 import json
 import os
-import pickle
 import sys
 import textwrap
 from collections import OrderedDict
@@ -16,14 +15,14 @@ from click.testing import CliRunner
 
 from dnd_sdk import Generator
 from dnd_sdk.cli.main import cli
-from dnd_sdk.errors import CheckpointError, DndError, ManifestError
+from dnd_sdk.errors import CheckpointError, ManifestError
 from dnd_sdk.manifest import load_manifest
 from dnd_training.checkpoint import load_checkpoint
-from dnd_training.torch_files import atomic_torch_save
 from dnd_training.importers.official import ImportSettings, imagenet_labels, import_official
 from dnd_training.model import ModelArgs, Transformer
 from dnd_training.sampling import generate
 from dnd_training.tokenizer import RQTokenizer, TokenizerConfig
+from dnd_training.torch_files import atomic_torch_save
 
 REPO = Path(__file__).resolve().parents[2]
 # shared/ sits beside the clone (CI) or beside the folder of worktrees
@@ -143,6 +142,7 @@ def released_style_pickle(tmp_path, payload_fn, path):
     sys.path.insert(0, str(root))
     try:
         import collections
+
         from omegaconf import DictConfig
         from rqvae.utils.dist import DistEnv
         torch.save(payload_fn(DictConfig, DistEnv, collections.defaultdict), path)
