@@ -45,7 +45,7 @@ def _check(result: tuple, call: str) -> Any:
     return values[0] if len(values) == 1 else tuple(values)
 
 
-def _check_driver(result, call: str):
+def _check_driver(result: tuple, call: str) -> Any:
     """The same for the driver API's (CUresult, *values)."""
     from cuda.bindings import driver
     err, *values = result
@@ -55,7 +55,7 @@ def _check_driver(result, call: str):
     return values[0] if len(values) == 1 else tuple(values)
 
 
-def _check_nvrtc(result, call: str):
+def _check_nvrtc(result: tuple, call: str) -> Any:
     """The same for NVRTC's (nvrtcResult, *values)."""
     from cuda.bindings import nvrtc
     err, *values = result
@@ -67,7 +67,7 @@ def _check_nvrtc(result, call: str):
 class Kernel:
     """A compiled kernel: the loaded module (kept alive) and its function."""
 
-    def __init__(self, module, function):
+    def __init__(self, module: Any, function: Any) -> None:
         self.module, self.function = module, function
 
 
@@ -106,10 +106,10 @@ class CudaRuntime:
         """cudaMemcpyAsync on `stream`; dst and src are addresses (a device pointer, or array.ctypes.data)."""
         _check(cudart.cudaMemcpyAsync(dst, src, nbytes, kind, stream), "cudaMemcpyAsync")
 
-    def copy_to_device(self, dst: int, src: int, nbytes: int, stream) -> None:
+    def copy_to_device(self, dst: int, src: int, nbytes: int, stream: Any) -> None:
         self.copy(dst, src, nbytes, HOST_TO_DEVICE, stream)
 
-    def copy_to_host(self, dst: int, src: int, nbytes: int, stream) -> None:
+    def copy_to_host(self, dst: int, src: int, nbytes: int, stream: Any) -> None:
         self.copy(dst, src, nbytes, DEVICE_TO_HOST, stream)
 
     def compile(self, source: str, name: str) -> Kernel:
@@ -146,7 +146,7 @@ class CudaRuntime:
         module = _check_driver(driver.cuModuleLoadData(image.ctypes.data), "cuModuleLoadData")
         return Kernel(module, _check_driver(driver.cuModuleGetFunction(module, name.encode()), "cuModuleGetFunction"))
 
-    def launch(self, kernel: Kernel, launch, stream) -> None:
+    def launch(self, kernel: Kernel, launch: Any, stream: Any) -> None:
         """cuLaunchKernel of `kernel` with a device_cache.Launch's grid, block and arguments, on `stream`."""
         from cuda.bindings import driver
         self._use_on_this_thread()

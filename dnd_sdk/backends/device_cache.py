@@ -23,7 +23,8 @@ kernel in numpy, checked against the ONNX Runtime CPU backend's own cache writes
 kernel's source compiled for the CPU.
 """
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -139,7 +140,10 @@ class CacheLayout:
         if not any(s.name == "positions" and s.dtype == "int64" for s in inputs):
             raise ManifestError("a stage graph without an int64 'positions' input cannot keep its cache on the GPU")
         offset = 0
-        self.cache_offsets, self.new_offsets, self.step_offsets, self.table_offsets = [], [], {}, []
+        self.cache_offsets: list[list[int]] = []
+        self.new_offsets: list[list[int]] = []
+        self.step_offsets: dict[str, int] = {}
+        self.table_offsets: list[int] = []
         for tensors in stages:
             self.cache_offsets.append([])
             for t in tensors:
@@ -160,7 +164,7 @@ class CacheLayout:
         self.nbytes = offset
 
     @classmethod
-    def of(cls, manifest, max_rows: int) -> "CacheLayout":
+    def of(cls, manifest: Any, max_rows: int) -> "CacheLayout":
         """The layout of a model folder's stage graphs for `max_rows` rows."""
         stages = []
         for stage in manifest.stages:
@@ -229,7 +233,7 @@ def host_memory(layout: CacheLayout) -> tuple:
 def write_new_rows_reference(memory: np.ndarray, base: int, launch: Launch) -> None:
     """KERNEL_SOURCE in numpy, on `memory` (uint8) standing for the allocation at address `base`: the
     meaning of one launch, for tests on machines without a GPU and to check the kernel on one."""
-    def array(address: int, count: int, dtype) -> np.ndarray:
+    def array(address: int, count: int, dtype: Any) -> np.ndarray:
         start = address - base
         return memory[start:start + count * np.dtype(dtype).itemsize].view(dtype)
 
@@ -253,7 +257,7 @@ class DeviceCache:
         kernel (dnd_sdk.backends.cuda_runtime.Kernel): KERNEL_SOURCE as `cuda.compile` built it.
     """
 
-    def __init__(self, cuda, layout: CacheLayout, stream, kernel):
+    def __init__(self, cuda: Any, layout: CacheLayout, stream: Any, kernel: Any) -> None:
         self.cuda, self.layout, self.stream, self.kernel = cuda, layout, stream, kernel
         self.base = cuda.malloc(layout.nbytes)
         self.bytes_to_device = self.bytes_to_host = 0  # what stage calls moved, for the traffic check

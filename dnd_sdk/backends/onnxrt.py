@@ -11,7 +11,7 @@ graph is bound to device addresses, the new rows are written into their slots on
 and only the step's inputs and outputs cross the bus.
 """
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from ..manifest import Manifest
 from ..manifest_checks import spec_text
 from ..model_files import RERUN, graph_session
 from .base import Backend, RowPositions
+
+if TYPE_CHECKING:
+    from .device_cache import DeviceCache
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -100,7 +103,9 @@ class OnnxrtBackend(Backend):
             raise BackendUnavailableError("bf16 exports run on TensorRT (dnd-build); export with --dtype fp32 or "
                                           "fp16 for ONNX Runtime")
         self.name, self.device, self.manifest = f"onnxruntime-{device}", device, manifest
-        self.sessions, self.cache, self.stream = {}, None, None
+        self.sessions: dict[str, ort.InferenceSession] = {}
+        self.cache: Optional[DeviceCache] = None
+        self.stream: Any = None
         if device == "cuda":  # before the sessions: without NVRTC, `auto` moves on at once
             self._open_device()
         try:
@@ -115,7 +120,7 @@ class OnnxrtBackend(Backend):
         # same in a call of any size (the runtime promises an image that never depends on its batch)
         self._min_rows = 2 if manifest.dtype == "int4" else 1
 
-    def _open_sessions(self, provider: str, threads) -> None:
+    def _open_sessions(self, provider: str, threads: Optional[int]) -> None:
         manifest = self.manifest
         try:
             self.sessions = {name: _checked_session(manifest, name, provider, threads)
@@ -203,20 +208,23 @@ class OnnxrtBackend(Backend):
 
     def _bind_device(self, k: int, rows: int) -> None:
         """Bind every tensor of stage k to its device address: ONNX Runtime then copies nothing per call."""
+        assert self.cache is not None  # reset() made it
         bind_to_addresses(self._bindings[k], self.cache.layout.bindings(k, rows, self.cache.base), "cuda")
         self._bound_rows[k] = rows
 
-    def _stage_step_on_device(self, k: int, hidden: np.ndarray, positions, kv_mask) -> tuple:
+    def _stage_step_on_device(self, k: int, hidden: np.ndarray, positions: np.ndarray, kv_mask: np.ndarray) -> tuple:
+        cache = self.cache
+        assert cache is not None  # reset() made it
         if self._bound_rows[k] != len(positions):
             self._bind_device(k, len(positions))
         io, session = self._bindings[k], self.sessions[self.manifest.stages[k].graph]
 
-        def run_graph():
-            self.cache.synchronize()  # ONNX Runtime runs on a stream of its own: the inputs must be there first
+        def run_graph() -> None:
+            cache.synchronize()  # ONNX Runtime runs on a stream of its own: the inputs must be there first
             session.run_with_iobinding(io)
             io.synchronize_outputs()  # the new rows are complete before the kernel reads them
 
-        return self.cache.stage_call(k, {"hidden": hidden, "positions": positions, "kv_mask": kv_mask}, run_graph)
+        return cache.stage_call(k, {"hidden": hidden, "positions": positions, "kv_mask": kv_mask}, run_graph)
 
     def stage_step(self, k: int, hidden: np.ndarray, positions: Optional[np.ndarray] = None) -> tuple:
         rows = hidden.shape[0]
@@ -245,7 +253,7 @@ class OnnxrtBackend(Backend):
             self.stream = None
 
 
-def bind_to_addresses(io, bindings: list, device: str) -> None:
+def bind_to_addresses(io: Any, bindings: list, device: str) -> None:
     """Bind each `device_cache.Binding` (name, input or output, dtype, shape, address) into IO binding `io`,
     in memory of `device` ("cuda"; "cpu" for host memory laid out the same way)."""
     io.clear_binding_inputs()

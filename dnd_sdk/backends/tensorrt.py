@@ -157,20 +157,23 @@ class TensorrtBackend(Backend):
             raise InvalidInputError(f"{rows} rows, but the engines were built for at most {self.max_batch}; "
                                     "use a smaller batch or rebuild with a larger --max-batch")
         self._positions = RowPositions(self.manifest.depth, rows, self.manifest.cache_length)
+        assert self.cache is not None, "the backend is closed"
         self.cache.reset()
 
     def stage_step(self, k: int, hidden: np.ndarray, positions: Optional[np.ndarray] = None) -> tuple:
         engine = self.engines[self.manifest.stages[k].graph]
         rows = hidden.shape[0]
         positions, kv_mask = self._positions.take(k, rows, positions)
+        cache = self.cache
+        assert cache is not None, "the backend is closed"
         if self._bound_rows[k] != rows:  # addresses never change; shapes do with the rows
-            for b in self.cache.layout.bindings(k, rows, self.cache.base):
+            for b in cache.layout.bindings(k, rows, cache.base):
                 if b.is_input:
                     engine.set_shape(b.name, b.shape)
                 engine.context.set_tensor_address(b.name, b.ptr)
             self._bound_rows[k] = rows
         inputs = {"hidden": hidden, "positions": positions, "kv_mask": kv_mask}
-        return self.cache.stage_call(k, inputs, lambda: self._execute(engine))
+        return cache.stage_call(k, inputs, lambda: self._execute(engine))
 
     def close(self) -> None:
         for buf in self._buffers:

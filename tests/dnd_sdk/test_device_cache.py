@@ -14,8 +14,17 @@ import numpy as np
 import pytest
 
 from dnd_sdk import Generator
-from dnd_sdk.backends.device_cache import (ALIGN, KERNEL_NAME, KERNEL_SOURCE, CacheLayout, CacheTensor, DeviceCache,
-                                           StepTensor, host_memory, write_new_rows_reference)
+from dnd_sdk.backends.device_cache import (
+    ALIGN,
+    KERNEL_NAME,
+    KERNEL_SOURCE,
+    CacheLayout,
+    CacheTensor,
+    DeviceCache,
+    StepTensor,
+    host_memory,
+    write_new_rows_reference,
+)
 from dnd_sdk.backends.onnxrt import bind_to_addresses
 
 

@@ -27,6 +27,7 @@ def _why_no_tensorrt() -> str:
     """'' when TensorRT can run here, else what is missing."""
     try:
         import tensorrt
+
         from dnd_sdk.engine_index import tensorrt_major
         tensorrt_major(tensorrt.__version__)
     except (ImportError, DndError) as e:
@@ -167,8 +168,15 @@ def test_the_cache_kernel_writes_what_its_reference_writes(rows):
     """The NVRTC-compiled kernel on the GPU against `write_new_rows_reference` on the same bytes: fp32, fp16 and
     bf16 tensors of two shapes, rows at positions that repeat and differ."""
     from dnd_sdk.backends.cuda_runtime import CudaRuntime
-    from dnd_sdk.backends.device_cache import (KERNEL_NAME, KERNEL_SOURCE, CacheLayout, CacheTensor, StepTensor,
-                                               host_memory, write_new_rows_reference)
+    from dnd_sdk.backends.device_cache import (
+        KERNEL_NAME,
+        KERNEL_SOURCE,
+        CacheLayout,
+        CacheTensor,
+        StepTensor,
+        host_memory,
+        write_new_rows_reference,
+    )
     tensors = [CacheTensor(f"past.{i}", f"new.{i}", dtype, kv, hd)
                for i, (dtype, kv, hd) in enumerate([("float32", 4, 32), ("float16", 24, 64), ("bfloat16", 2, 16)] * 3)]
     layout = CacheLayout([tensors], [StepTensor("positions", "int64", ())], [], max_rows=64, length=33)
