@@ -107,6 +107,9 @@ class Manifest:
     cache_length: int  # L, the slots of every fixed KV cache tensor [rows, kv_heads, L, head_dim]
     forms: dict = field(default_factory=lambda: {"stages": list(BACKEND_NAMES)})  # graph form -> backends
     decoder_dtype: str = ""  # fp32, fp16 or int8; "" in folders written before it was recorded (the export's)
+    # graph form -> facts of its integer kernels (op, and for int8 weights `pair_limit`); {} for float graphs
+    # and for folders written before it was recorded
+    quantization: dict = field(default_factory=dict)
     producer: dict = field(default_factory=dict)
     kv: dict = field(default_factory=lambda: dict(KV_TEMPLATES))
     format: str = FORMAT
@@ -153,6 +156,13 @@ class Manifest:
         return [b for b in self.forms["stages"] if b in self.forms.get("decoder", BACKEND_NAMES)]
 
     @property
+    def unbounded_int8_forms(self) -> list:
+        """The int8 graph forms whose weights carry no `pair_limit` (exported before weights were bounded): on
+        CPUs without VNNI, ONNX Runtime's integer kernels saturate on them (docs/architecture.md)."""
+        int8 = [form for form, dtype in (("stages", self.dtype), ("decoder", self.decoder_dtype)) if dtype == "int8"]
+        return [form for form in int8 if "pair_limit" not in self.quantization.get(form, {})]
+
+    @property
     def graph_kinds(self) -> str:
         """The graphs' precisions in words, e.g. "int8 stages, int8 decoder"."""
         return f"{self.dtype} stages, {self.decoder_dtype or 'float'} decoder"
@@ -175,7 +185,7 @@ class Manifest:
             # version 1 stage graphs grew their cache by concatenation; no backend runs them any more
             raise ManifestError(f"manifest version {d.get('version')!r} is not supported (this build reads {VERSION}). {_RERUN}")
         names = [f.name for f in dataclasses.fields(cls) if f.name != "model_dir"]
-        required = [n for n in names if n not in ("producer", "kv", "forms", "decoder_dtype")]
+        required = [n for n in names if n not in ("producer", "kv", "forms", "decoder_dtype", "quantization")]
         missing = [n for n in required if n not in d]
         if missing:
             raise ManifestError(f"manifest.json is missing required field(s) {missing}. {_RERUN}")

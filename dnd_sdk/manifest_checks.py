@@ -64,6 +64,10 @@ def problems(m: Any) -> list:
          f"got {m.forms!r}")
     need(m.decoder_dtype in ("", *DECODER_DTYPES), f"decoder_dtype must be one of {DECODER_DTYPES}, got "
                                                     f"{m.decoder_dtype!r}")
+    need(isinstance(m.quantization, dict) and set(m.quantization) <= {"stages", "decoder"}
+         and all(isinstance(v, dict) and all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in v.values())
+                 for v in m.quantization.values()),
+         f"quantization must map stages or decoder to an object of names and ints, got {m.quantization!r}")
     need(isinstance(m.producer, dict) and all(isinstance(v, str) for v in m.producer.values()),
          f"producer must be an object of strings (tool -> version), got {m.producer!r}")
     need(_int_in(m.cache_length, 1, LIMITS["tensor dim"]),

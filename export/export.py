@@ -24,7 +24,7 @@ from dnd_sdk.sampler import SamplingParams
 from dnd_training.checkpoint import load_checkpoint
 from .errors import ExportError
 from .onnx_export import EXTERNAL_DATA_THRESHOLD, export_graph
-from .quantize import QUANTIZED, quantize_decoder, quantize_weights
+from .quantize import QUANTIZED, quantization_facts, quantize_decoder, quantize_weights
 from .stages import DecoderWrapper, StageWrapper, cache_length
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,7 @@ def export_model(checkpoint_path, out_dir, dtype: str = "fp32", opset: int = DEF
                 null_class=model.args.num_classes if model.args.has_null_class else None,
                 sampler_defaults=sampler_defaults, stages=stages, files=files, cache_length=cache_length(model.args),
                 forms=forms, decoder_dtype=decoder_dtype,
+                quantization=quantization_facts(dtype, decoder_dtype),
                 producer={"dnd_sdk": dnd_sdk.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
                           "exporter": "torch.onnx TorchScript"})
             write_manifest(tmp, manifest)

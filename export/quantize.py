@@ -50,6 +50,19 @@ ROW_CONSTANTS = {"rq_zero_point": np.array(128, np.uint8), "rq_step": np.array(1
                  "rq_axes": np.array([-1], np.int64)}
 
 
+def quantization_facts(dtype: str, decoder_dtype: str) -> dict:
+    """The manifest's `quantization`: the integer kernels of each quantized graph form. `pair_limit` tells a
+    reader that no two int8 weights of a column weigh more together, so no kernel saturates."""
+    facts = {}
+    if dtype == "int8":
+        facts["stages"] = {"op": "MatMulInteger", "pair_limit": PAIR_LIMIT}
+    elif dtype == "int4":
+        facts["stages"] = {"op": "MatMulNBits", "bits": 4, "block_size": INT4_BLOCK, "accuracy_level": INT4_ACCURACY}
+    if decoder_dtype == "int8":
+        facts["decoder"] = {"op": "QLinearConv", "pair_limit": PAIR_LIMIT}
+    return facts
+
+
 def quantize_weights(path: Path, dtype: str, threshold: int) -> list:
     model = onnx.load(str(path))
     if dtype == "int8":

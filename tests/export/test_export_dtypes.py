@@ -150,6 +150,9 @@ def test_no_int8_kernel_can_saturate(tiny_checkpoint, tmp_path):
     # the kernel's layout, so any two weights of a column times the largest uint8 activation (255) must
     # stay within 32767: checked on the folder's own initializers, on whatever CPU runs this
     m = load_manifest(export_model(tiny_checkpoint, tmp_path / "m", dtype="int8", decoder_dtype="int8"))
+    assert m.quantization == {"stages": {"op": "MatMulInteger", "pair_limit": 128},
+                              "decoder": {"op": "QLinearConv", "pair_limit": 128}}
+    assert m.unbounded_int8_forms == []
     columns = int8_weight_columns(m)
     assert {k.split("/")[0] for k in columns} == set(m.stage_names + ["decoder"])
     for name, q in columns.items():
