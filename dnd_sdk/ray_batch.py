@@ -26,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .batch import BatchJob, BatchSummary, finish_run, open_run, plan_run, sample_chunk, write_chunk
-from .errors import ClusterError, DndError, InvalidInputError
+from .errors import ClusterError, DndError, InvalidInputError, arg
 from .generator import Generator
 from .images import to_pil
 from .manifest import MANIFEST_NAME, load_manifest
@@ -136,10 +136,10 @@ def run_batch_ray(model, out, job: BatchJob, options: Optional[RayOptions] = Non
 
 def _check(o: RayOptions) -> None:
     if isinstance(o.workers, bool) or not isinstance(o.workers, int) or o.workers < 1:
-        raise InvalidInputError(f"workers must be an integer >= 1, got {o.workers!r}", ["workers"])
+        raise InvalidInputError(f"{arg('workers')} must be an integer >= 1, got {o.workers!r}")
     if not o.worker_cpus > 0 or not o.worker_gpus >= 0:
-        raise InvalidInputError(f"worker_cpus must be > 0 and worker_gpus >= 0, got {o.worker_cpus!r} and "
-                                f"{o.worker_gpus!r}", ["worker_cpus", "worker_gpus"])
+        raise InvalidInputError(f"{arg('worker_cpus')} must be > 0 and {arg('worker_gpus')} >= 0, got "
+                                f"{o.worker_cpus!r} and {o.worker_gpus!r}")
 
 
 # Ray swaps a loopback node address for the machine's network IP, and binds its servers there, unless
@@ -165,7 +165,8 @@ def _connect(ray, address: str) -> bool:
     if address not in ("local", "auto") and "://" not in address:
         host, _, port = address.rpartition(":")
         if not host or not port.isdigit():
-            raise ClusterError(f"address must be local, auto, HOST:PORT or ray://HOST:PORT, got {address!r}", ["address"])
+            raise ClusterError(f"{arg('address')} must be local, auto, HOST:PORT or ray://HOST:PORT, "
+                               f"got {address!r}")
         try:
             socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
         except OSError as e:

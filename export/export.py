@@ -17,7 +17,7 @@ import onnx
 import torch
 
 import dnd_sdk
-from dnd_sdk.errors import InvalidInputError
+from dnd_sdk.errors import InvalidInputError, arg
 from dnd_sdk.folders import check_target, staged_folder, write_failure
 from dnd_sdk.manifest import BACKEND_NAMES, ONNXRUNTIME_ONLY, FileEntry, FileRef, Manifest, Stage, write_manifest
 from dnd_sdk.sampler import SamplingParams
@@ -113,10 +113,10 @@ def _forms(dtype: str, decoder_dtype: str) -> dict:
     decoder = ONNXRUNTIME_ONLY if decoder_dtype == "int8" else BACKEND_NAMES
     if not set(stages) & set(decoder):
         raise InvalidInputError(
-            f"dtype {dtype} with decoder_dtype {decoder_dtype} makes a folder no backend runs: {dtype} stage graphs "
-            f"run on {', '.join(stages)} only, an {decoder_dtype} decoder on {', '.join(decoder)} only. Keep a float "
-            "decoder_dtype (auto, fp32 or fp16) for bf16, or use dtype fp32, fp16, int8 or int4 with an int8 decoder",
-            ["dtype", "decoder_dtype"])
+            f"{arg('dtype')} {dtype} with {arg('decoder_dtype')} {decoder_dtype} makes a folder no backend runs: "
+            f"{dtype} stage graphs run on {', '.join(stages)} only, an {decoder_dtype} decoder on "
+            f"{', '.join(decoder)} only. Keep a float {arg('decoder_dtype')} (auto, fp32 or fp16) for bf16, or use "
+            f"{arg('dtype')} fp32, fp16, int8 or int4 with an int8 decoder")
     return {"stages": list(stages), "decoder": list(decoder)}
 
 

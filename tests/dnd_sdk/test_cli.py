@@ -136,3 +136,33 @@ def test_malformed_flags_are_usage_errors_that_write_nothing(tiny_model_dir, tmp
     result = CliRunner().invoke(cli, ["generate", str(tiny_model_dir), "--out", str(out), "--quiet", *args])
     assert result.exit_code == 2 and fragment in result.output and "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_messages_quote_paths_and_prose_as_typed(tiny_model_dir, tmp_path):
+    out = tmp_path / "labels" / "out"  # holds the names of two flags
+    out.mkdir(parents=True)
+    (out / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(cli, ["generate", str(tiny_model_dir), "--num", "2", "--out", str(out), "--quiet"])
+    assert result.exit_code == 1
+    assert f"Error: {out} exists and was not made by `dnd generate`" in result.output
+    assert "choose a new or empty --out folder." in result.output
+    unknown = CliRunner().invoke(cli, ["generate", str(tiny_model_dir), "--labels", "unicorn", "--out", str(out)])
+    assert "this model knows 4 labels (cat, dog, bird, fish)" in unknown.output  # prose, not a flag
+
+
+def test_only_marked_argument_names_become_flags():
+    import click
+    from dnd_sdk.cli.flags import in_flags
+    from dnd_sdk.errors import InvalidInputError, arg
+
+    command = click.Command("c", params=[click.Option(["-o", "--out"]), click.Option(["--per-class", "per_class"]),
+                                         click.Argument(["model"]), click.Option(["--force"], is_flag=True)])
+    error = InvalidInputError(f"/data/per_class/out is full; lower {arg('per_class')}, pass {arg('force')}=True, "
+                              f"fix {arg('model')} or choose another {arg('out')}")
+    assert str(error) == "/data/per_class/out is full; lower per_class, pass force=True, fix model or choose another out"
+    assert in_flags(error, command) == ("/data/per_class/out is full; lower --per-class, pass --force, fix MODEL or "
+                                        "choose another --out")
+    assert error.names == ("per_class", "force", "model", "out")
+    # the helpers that open a message with the argument's name (dnd_sdk.arguments) keep their flag
+    legacy = InvalidInputError("out must be a folder, not out/x", ["out"])
+    assert in_flags(legacy, command) == "--out must be a folder, not out/x"
