@@ -42,6 +42,16 @@ class TransformerRunConfig:
     sample_classes: int = 8  # classes shown in each sample grid (2 images each)
 
 
+def heads_for_depth(n_layer: int, depth: int, n_layer_given: bool) -> dict:
+    """A preset made for another code depth (`tiny` has 2 heads, the word codes 4): one head after each of
+    the last `depth` layers, as every preset places them, with at least `depth` layers."""
+    if n_layer < depth and n_layer_given:
+        raise InvalidInputError(f"model.n_layer {n_layer} is too few for the code file's {depth} depth heads (one "
+                                f"layer each); raise it to {depth} or more, or set model.pred_head_positions")
+    n_layer = max(n_layer, depth)
+    return {"n_layer": n_layer, "pred_head_positions": list(range(n_layer - depth, n_layer))}
+
+
 def build_model_args(cfg: TransformerRunConfig, data: CodeSet) -> ModelArgs:
     if cfg.model_preset is not None and cfg.model_preset not in MODEL_CONFIGS:
         raise InvalidInputError(f"unknown model_preset {cfg.model_preset!r}; choose one of {sorted(MODEL_CONFIGS)}")
@@ -53,6 +63,8 @@ def build_model_args(cfg: TransformerRunConfig, data: CodeSet) -> ModelArgs:
     if clash:
         raise InvalidInputError(f"model settings {clash} (config, code file) contradict the code file; "
                                 "leave them out, they are taken from the codes")
+    if "pred_head_positions" not in cfg.model and len(fields.get("pred_head_positions", ())) != depth:
+        fields.update(heads_for_depth(fields.get("n_layer", ModelArgs.n_layer), depth, "n_layer" in cfg.model))
     try:
         return ModelArgs(**{**fields, **derived})
     except (TypeError, ValueError) as e:
