@@ -26,6 +26,7 @@ from .config import save_config
 from .distributed import init_distributed, shutdown
 from .grids import eval_mode, save_tensor_grid, step_png
 from .model import MODEL_CONFIGS, ModelArgs, Transformer
+from .run_folder import claim_run_folder
 from .sampling import generate
 from .tokenizer import TokenizerConfig, code_weights_differ
 from .tokenizer_file import load_tokenizer
@@ -85,9 +86,10 @@ def start_weights(path, args: ModelArgs, data: CodeSet, tokenizer) -> dict:
     return start.model
 
 
-def train_transformer(cfg: TransformerRunConfig, *, resume: bool = False, stop_at=None) -> Path:
+def train_transformer(cfg: TransformerRunConfig, *, resume: bool = False, force: bool = False, stop_at=None) -> Path:
     """Train per `cfg`; returns the path of the checkpoint.pt written."""
     tcfg = cfg.train
+    claim_run_folder(tcfg.out_dir, resume=resume, force=force)  # before this run writes anything
     if tcfg.num_threads:
         torch.set_num_threads(tcfg.num_threads)
     d = init_distributed(tcfg.device)
