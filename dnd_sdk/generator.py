@@ -95,6 +95,11 @@ class Generator:
     def backend_name(self) -> str:
         return self.backend.name
 
+    def __repr__(self) -> str:
+        image = self.manifest.image
+        return (f"Generator({str(self.path)!r}, backend={self.backend_name!r}, labels={self.num_classes}, "
+                f"image={image['height']}x{image['width']})")
+
     def close(self) -> None:
         """Stop the scheduler (unfinished calls get CancelledError) and release the backend."""
         self._finalizer()
