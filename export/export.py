@@ -19,7 +19,8 @@ import torch
 import dnd_sdk
 from dnd_sdk.errors import InvalidInputError, arg
 from dnd_sdk.folders import check_target, staged_folder, write_failure
-from dnd_sdk.manifest import BACKEND_NAMES, ONNXRUNTIME_ONLY, FileEntry, FileRef, Manifest, Stage, write_manifest
+from dnd_sdk.manifest import (BACKEND_NAMES, ONNXRUNTIME_ONLY, FileEntry, FileRef, Manifest, Stage, sha256_file,
+                              write_manifest)
 from dnd_sdk.sampler import SamplingParams
 from dnd_training.checkpoint import load_checkpoint
 from .errors import ExportError
@@ -96,7 +97,7 @@ def export_model(checkpoint_path, out_dir, dtype: str = "fp32", opset: int = DEF
                 sampler_defaults=sampler_defaults, stages=stages, files=files, cache_length=cache_length(model.args),
                 forms=forms, decoder_dtype=decoder_dtype,
                 producer={"dnd_sdk": dnd_sdk.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
-                          "exporter": "torch.onnx TorchScript"})
+                          "exporter": "torch.onnx TorchScript", **provenance(checkpoint_path)})
             write_manifest(tmp, manifest)
             if check:
                 from .check import check_export  # polygraphy is only needed for --check
@@ -105,6 +106,13 @@ def export_model(checkpoint_path, out_dir, dtype: str = "fp32", opset: int = DEF
         raise ExportError(write_failure(out_dir, e)) from e
     log.debug("exported %s (%s) to %s", checkpoint_path, dtype, out_dir)
     return out_dir
+
+
+def provenance(checkpoint_path) -> dict:
+    """Which checkpoint.pt the folder was exported from: `dnd info` shows it, and `dnd bench MODEL` compares the
+    runtime with that file when it still holds the same bytes."""
+    path = Path(checkpoint_path).resolve()
+    return {"checkpoint": str(path), "checkpoint_sha256": sha256_file(path)}
 
 
 def _forms(dtype: str, decoder_dtype: str) -> dict:
