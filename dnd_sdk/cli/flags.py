@@ -46,3 +46,16 @@ def user_errors(fn):
         except DndError as e:
             raise click_error(e, click.get_current_context().command) from None
     return wrapper
+
+
+def refuse_flags_that_do_not_apply(ctx: click.Context, target: str, applies_to: dict) -> None:
+    """A flag typed for a target it does nothing for is an error, not silently ignored.
+
+    applies_to: parameter name -> the targets it applies to, e.g. {"depth": ("a tokenizer",)};
+    `target` is what the command was given, in the same words ("a model folder")."""
+    flags = {p.name: max(p.opts, key=len) for p in ctx.command.params if isinstance(p, click.Option)}
+    for name, targets in applies_to.items():
+        typed = ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+        if typed and target not in targets:
+            raise click.UsageError(f"{flags[name]} does not apply to {target}; it applies to {' and '.join(targets)}",
+                                   ctx)
