@@ -187,6 +187,37 @@ def finish_run(out: Path, plan: RunPlan, job: BatchJob) -> bool:
     return complete
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run, with how far it got: the images done are complete files, and the same call
+    (the same command) makes the rest."""
+
+    def __init__(self, out: Path, done: int, total: int):
+        super().__init__(f"interrupted with {done} of {total} images done in {out}")
+        self.out, self.done, self.total = out, done, total
+
+
+class RunProgress:
+    """How many of the shard's images are on disk, shown on a tqdm bar unless progress is off."""
+
+    def __init__(self, bar: tqdm, done: int):
+        self.bar, self.n = bar, done  # tqdm counts nothing when disabled, so the count is kept here
+
+    def update(self, count: int) -> None:
+        self.n += count
+        self.bar.update(count)
+
+
+@contextlib.contextmanager
+def run_progress(out: Path, mine: range, todo: list, progress: bool):
+    """The run's RunProgress; a Ctrl-C inside becomes RunInterrupted, with the count."""
+    with tqdm(total=len(mine), initial=len(mine) - len(todo), unit="img", disable=not progress) as bar:
+        counter = RunProgress(bar, len(mine) - len(todo))
+        try:
+            yield counter
+        except KeyboardInterrupt:
+            raise RunInterrupted(out, counter.n, len(mine)) from None
+
+
 def run_batch(gen, out, job: BatchJob, progress: bool = True) -> BatchSummary:
     """Generate the images of `job` (this shard's part) into folder `out`, resuming whatever is already there.
 
@@ -201,12 +232,13 @@ def run_batch(gen, out, job: BatchJob, progress: bool = True) -> BatchSummary:
 
     Raises:
         InvalidInputError: a bad argument, or `out` holds a different run. Nothing is written then.
+        RunInterrupted: Ctrl-C; the images written so far are complete, and the same call resumes.
     """
     t0, out = time.perf_counter(), Path(out)
     plan = plan_run(gen, job)
     mine = plan.mine
     with open_run(out, plan) as todo:
-        with tqdm(total=len(mine), initial=len(mine) - len(todo), unit="img", disable=not progress) as bar:
+        with run_progress(out, mine, todo, progress) as bar:
             for lo in range(0, len(todo), job.batch_size):
                 chunk = todo[lo:lo + job.batch_size]
                 write_chunk(out, plan, chunk, sample_chunk(gen, plan, chunk))

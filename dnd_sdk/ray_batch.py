@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
-from tqdm import tqdm
 
-from .batch import BatchJob, BatchSummary, finish_run, open_run, plan_run, sample_chunk, write_chunk
+from .batch import BatchJob, BatchSummary, finish_run, open_run, plan_run, run_progress, sample_chunk, write_chunk
 from .errors import ClusterError, DndError, InvalidInputError, arg
 from .generator import Generator
 from .images import to_pil
@@ -112,7 +111,7 @@ def run_batch_ray(model, out, job: BatchJob, options: Optional[RayOptions] = Non
         with open_run(out, plan) as todo:
             queue = deque(todo[lo:lo + job.batch_size] for lo in range(0, len(todo), job.batch_size))
             plan_ref, t1 = ray.put(plan), time.perf_counter()
-            with tqdm(total=len(mine), initial=len(mine) - len(todo), unit="img", disable=not progress) as bar:
+            with run_progress(out, mine, todo, progress) as bar:
                 while queue or pool.chunks_in_flight():
                     pool.feed(queue, plan_ref)
                     done = pool.next_chunk(queue)

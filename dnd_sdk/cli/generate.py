@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from ..batch import BatchJob, run_batch
+from ..batch import BatchJob, RunInterrupted, run_batch
 from ..generator import Generator
 from .options import backend_options, ray_options, sampler_options
 
@@ -53,13 +53,18 @@ def generate(model, num, labels, per_class, out, batch_size, seed, sampling, sha
     """
     job = BatchJob(num=num, labels=labels, per_class=per_class, seed=seed, sampling=sampling,
                    batch_size=batch_size, shard=shard, npz=npz, grid=grid, captions=captions)
-    if ray is None:
-        gen = Generator(model, **backend)
-        s, where = run_batch(gen, out, job, progress=not quiet), f"on {gen.backend_name}"
-    else:
-        from ..ray_batch import RayOptions, run_batch_ray  # ray itself is imported only when a run starts
-        s = run_batch_ray(model, out, job, RayOptions(**ray, **backend), progress=not quiet)
-        where = f"on {len(s.workers)} Ray worker(s)"
+    try:
+        if ray is None:
+            gen = Generator(model, **backend)
+            s, where = run_batch(gen, out, job, progress=not quiet), f"on {gen.backend_name}"
+        else:
+            from ..ray_batch import RayOptions, run_batch_ray  # ray itself is imported only when a run starts
+            s = run_batch_ray(model, out, job, RayOptions(**ray, **backend), progress=not quiet)
+            where = f"on {len(s.workers)} Ray worker(s)"
+    except RunInterrupted as e:
+        click.echo(f"\nInterrupted: {e.done} of {e.total} images are done in {e.out}. Run the same command again "
+                   "to make the rest; nothing is made twice.", err=True)
+        raise SystemExit(130) from None  # 128 + SIGINT, as a shell reports a Ctrl-C
     state = "complete" if s.complete else "this shard done, others still missing"
     click.echo(f"{out}: {s.made} made, {s.skipped} already there ({state}) {where} in {s.seconds:.1f}s")
     if ray is not None:

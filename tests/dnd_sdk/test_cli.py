@@ -166,3 +166,19 @@ def test_only_marked_argument_names_become_flags():
     # the helpers that open a message with the argument's name (dnd_sdk.arguments) keep their flag
     legacy = InvalidInputError("out must be a folder, not out/x", ["out"])
     assert in_flags(legacy, command) == "--out must be a folder, not out/x"
+
+
+def test_ctrl_c_says_how_many_images_are_done_and_how_to_resume(tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+    args = [*DND, "generate", str(tiny_model_dir), "--num", "400", "--batch-size", "1", "--threads", "1", "--quiet",
+            "--out", str(out)]
+    proc = subprocess.Popen(args, env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while len(list(out.glob("*.png"))) < 5 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    stderr = proc.communicate(timeout=60)[1]
+    done = len(list(out.glob("*.png")))
+    assert proc.returncode == 130 and 5 <= done < 400, stderr
+    assert f"Interrupted: {done} of 400 images are done in {out}. Run the same command again" in stderr
+    assert "Traceback" not in stderr and "Aborted!" not in stderr
