@@ -182,3 +182,24 @@ def test_ctrl_c_says_how_many_images_are_done_and_how_to_resume(tiny_model_dir, 
     assert proc.returncode == 130 and 5 <= done < 400, stderr
     assert f"Interrupted: {done} of 400 images are done in {out}. Run the same command again" in stderr
     assert "Traceback" not in stderr and "Aborted!" not in stderr
+
+
+def test_info_summarises_a_checkpoint(tiny_checkpoint, tiny_model_dir):
+    from dnd_training.checkpoint import load_checkpoint
+    ckpt = load_checkpoint(tiny_checkpoint)
+    parameters = sum(p.numel() for p in ckpt.build_model().parameters())
+    result = CliRunner().invoke(cli, ["info", str(tiny_checkpoint)])
+    assert result.exit_code == 0, result.output
+    assert "classes:   4 (cat, dog, bird, fish); guidance available (null class)" in result.output
+    assert f"vocab 64; {parameters / 1e6:.2f} M parameters" in result.output
+    assert "sampler:   cfg_scale=2.0, temperature=1.0, top_k=0, top_p=1.0\n" in result.output
+    assert f"export:    dnd-export {tiny_checkpoint} -o DIR" in result.output
+    # and the exported folder names the checkpoint it came from
+    folder = CliRunner().invoke(cli, ["info", str(tiny_model_dir)])
+    assert f"exported from: {tiny_checkpoint.resolve()} (sha256 " in folder.output
+
+
+def test_info_on_a_file_that_is_no_checkpoint_is_a_clean_error(tmp_path):
+    (tmp_path / "notes.pt").write_text("hello")
+    result = CliRunner().invoke(cli, ["info", str(tmp_path / "notes.pt")])
+    assert result.exit_code == 1 and "Traceback" not in result.output and "notes.pt" in result.output
