@@ -24,6 +24,8 @@ from dnd_sdk.cpu import CpuFeatures, cpu_features
 from dnd_sdk.errors import CheckpointError, DndError, InvalidInputError
 from .torch_files import atomic_torch_save, read_torch_file
 from .distributed import Dist, all_mean, barrier, wrap
+from .loss_plot import save_loss_plot
+from .tensorboard_log import TensorBoardLog
 
 STATE_FORMAT = "dnd-train-state"
 logger = logging.getLogger("dnd_training")
@@ -46,7 +48,8 @@ class TrainConfig:
     num_threads: int = 0  # torch CPU threads; 0 = torch's default
     log_every: int = 10
     ckpt_every: int = 500
-    sample_every: int = 500  # 0 = no sample grids
+    sample_every: int = 500  # 0 = no sample grids; loss.png is redrawn with every grid and checkpoint
+    tensorboard: bool = False  # also log scalars to out_dir/tensorboard (needs pip install tensorboard)
     out_dir: str = "runs/run"
     init_from: Optional[str] = None  # fine-tune: start from this file's weights (tokenizer.pt or checkpoint.pt)
 
@@ -135,6 +138,9 @@ class JsonlLog:
         if self.enabled:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+
+    def records(self) -> list:
+        return [json.loads(x) for x in self.path.read_text().splitlines()] if self.path.is_file() else []
 
 
 @dataclass
@@ -231,6 +237,7 @@ def run(cfg: TrainConfig, model: torch.nn.Module, d: Dist, loop: Loop, *, resume
     log = JsonlLog(out / "log.jsonl", d.is_main)
     if resume:
         log.drop_after(start)
+    board = TensorBoardLog(out / "tensorboard", cfg.tensorboard and d.is_main, start)
     weights = lambda: ema.module if ema is not None else model  # noqa: E731
     end = min(cfg.steps, stop_at or cfg.steps)
     bar = tqdm(range(start, end), initial=start, total=cfg.steps, disable=not d.is_main, dynamic_ncols=True)
@@ -256,13 +263,19 @@ def run(cfg: TrainConfig, model: torch.nn.Module, d: Dist, loop: Loop, *, resume
                                f"raise train.warmup_steps, then restart (or --resume from the last checkpoint)")
             bar.set_postfix(_postfix(record))
             log.write(record)
-        if loop.sample and d.is_main and cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.steps):
+            board.write(record)
+        sampled = loop.sample and d.is_main and cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.steps)
+        if sampled:
             loop.sample(done, weights())
-        if done % cfg.ckpt_every == 0 or done == end:
+        saved = done % cfg.ckpt_every == 0 or done == end
+        if saved:
             if d.is_main:
                 loop.save(done, weights(), record)
                 save_state(out / "train_state.pt", done, model, opt, sched, ema, cfg)
             barrier(d)
+        if d.is_main and (sampled or saved):
+            save_loss_plot(log.records(), out / "loss.png")
         meter.restart_clock()  # sec_per_step counts training steps, not sample grids or checkpoints
     bar.close()
+    board.close()
     return weights()

@@ -97,7 +97,8 @@ def train_tokenizer(cfg: TokenizerRunConfig, *, resume: bool = False, force: boo
         with eval_mode(weights):
             codes = weights.encode(preview)
             recons = [weights.decode(codes[..., :k]).clamp(-1, 1) for k in range(1, codes.shape[-1] + 1)]
-        save_tensor_grid(step_png(out, step), [preview] + recons)
+        titles = ["original"] + [f"{k} code{'s' if k > 1 else ''}" for k in range(1, len(recons) + 1)]
+        save_tensor_grid(step_png(out, step), [preview] + recons, titles)
 
     if d.is_main:
         save_config(cfg, out / "config.yaml")

@@ -40,7 +40,7 @@ class TransformerRunConfig:
     codes: CodesConfig = field(default_factory=CodesConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="runs/transformer"))
     sampler_defaults: Optional[SamplingParams] = None  # stored in meta (SAMPLER_KEYS); also used for the sample grids
-    sample_classes: int = 8  # classes shown in each sample grid (2 images each)
+    sample_classes: int = 8  # classes shown in each sample grid: a column each, titled by name, 2 images
 
 
 def heads_for_depth(n_layer: int, depth: int, n_layer_given: bool) -> dict:
@@ -130,12 +130,14 @@ def train_transformer(cfg: TransformerRunConfig, *, resume: bool = False, force:
                         {**meta, "step": step, "metrics": metrics})
 
     def sample(step, weights):
-        shown = torch.arange(min(cfg.sample_classes, args.num_classes)).repeat_interleave(2)
+        classes = min(cfg.sample_classes, args.num_classes)
+        shown = torch.arange(classes).repeat(2)  # two rows: every class once per row
         # the reference sampler draws its uniforms on the CPU, so it samples from a CPU copy
         m = weights if d.device.type == "cpu" else copy.deepcopy(weights).float().cpu()
         with eval_mode(m):
             images = tokenizer.decode(generate(m, shown, seed=step, **sampler)).clamp(-1, 1)
-        save_tensor_grid(step_png(out, step), [images[0::2], images[1::2]])
+        save_tensor_grid(step_png(out, step), [images[c::classes] for c in range(classes)],
+                         list(data.label_names[:classes]))
 
     if d.is_main:
         save_config(cfg, out / "config.yaml")
