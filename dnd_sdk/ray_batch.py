@@ -141,14 +141,20 @@ def _check(o: RayOptions) -> None:
                                 f"{o.worker_cpus!r} and {o.worker_gpus!r}")
 
 
-# Ray swaps a loopback node address for the machine's network IP, and binds its servers there, unless
-# this flag is off (ray._private.services.get_node_ip_address reads it when ray is imported)
-LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+# The private cluster of `--ray local`, set before ray is imported:
+PRIVATE_CLUSTER = {
+    # Ray swaps a loopback node address for the machine's network IP, and binds its servers there, unless
+    # this flag is off (ray._private.services.get_node_ip_address reads it when ray is imported)
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    # token authentication, which Ray turns on by default for a new local cluster with a warning on every run
+    # ("Token authentication is enabled for this Ray cluster"); said explicitly, it stays on and Ray is quiet
+    "RAY_AUTH_MODE": "token",
+}
 
 
 def _import_ray(address: str):
     if address == "local":  # a private cluster of this machine alone listens on 127.0.0.1 only
-        for key, value in LOOPBACK_ONLY.items():
+        for key, value in PRIVATE_CLUSTER.items():
             os.environ.setdefault(key, value)
     try:
         import ray
@@ -178,6 +184,10 @@ def _connect(ray, address: str) -> bool:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
                  **({"include_dashboard": False} if address == "local" else {}))
     except ConnectionError as e:
+        if address == "auto":  # Ray's own message names a --address flag, which is `ray start`'s, not ours
+            raise ClusterError(f"no Ray cluster runs on this machine for {arg('address')} auto (`ray start --head` "
+                               f"starts one; RAY_ADDRESS names another). Give {arg('address')} HOST:PORT of a head "
+                               f"node, or {arg('address')} local for a private cluster of this machine") from None
         raise ClusterError(f"cannot join a Ray cluster at {address!r}: {e}") from None
     return True
 
