@@ -25,7 +25,8 @@ def _run_options(fn):
                      help="Override a config entry, e.g. --set train.steps=100 (repeatable)."),
         click.option("--steps", type=int, help="Same as --set train.steps=N."),
         click.option("--batch-size", type=int, help="Global batch size, same as --set train.batch_size=N."),
-        click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Same as --set train.out_dir=DIR."),
+        click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False),
+                     help="The run folder, same as --set train.out_dir=DIR."),
         click.option("--resume", is_flag=True, help="Continue the run in train.out_dir from its train_state.pt."),
         click.option("--force", is_flag=True, help="Start over in a folder that holds a run: deletes its run files "
                                                    "(checkpoint, training state, log, config, sample grids)."),

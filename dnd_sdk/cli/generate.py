@@ -32,7 +32,7 @@ def _labels(ctx, param, value):
 @click.option("--labels", callback=_labels, help="Comma-separated class names or ids; image i gets entry i mod count. "
               "[default: image i gets class i mod num_classes]")
 @click.option("--per-class", type=int, help="K images of every class (num = K x classes).")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Images per backend call.")
 @sampler_options
 @click.option("--shard", default="0/1", show_default=True, callback=_shard,

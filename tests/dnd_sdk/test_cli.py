@@ -203,3 +203,43 @@ def test_info_on_a_file_that_is_no_checkpoint_is_a_clean_error(tmp_path):
     (tmp_path / "notes.pt").write_text("hello")
     result = CliRunner().invoke(cli, ["info", str(tmp_path / "notes.pt")])
     assert result.exit_code == 1 and "Traceback" not in result.output and "notes.pt" in result.output
+
+
+def all_commands():
+    """(name, click command) of every command of dnd, dnd-export and dnd-build, subcommands included."""
+    import click
+    from dnd_engines.cli import main as build
+    from dnd_export.cli import main as export
+
+    def walk(name, command):
+        if isinstance(command, click.Group):
+            for sub in command.list_commands(None):
+                yield from walk(f"{name} {sub}", command.get_command(None, sub))
+        else:
+            yield name, command
+    yield from walk("dnd", cli)
+    yield from walk("dnd-export", export)
+    yield from walk("dnd-build", build)
+
+
+def test_flags_agree_across_commands():
+    import click
+    outputs = {}
+    for name, command in all_commands():
+        for p in command.params:
+            if not isinstance(p, click.Option):
+                continue
+            if "-o" in p.opts:  # one meaning per command: the short form of its output option
+                assert p.opts in (["-o", "--out"], ["-o", "--output"]), (name, p.opts)
+            if "--out" in p.opts:  # a folder, always
+                assert isinstance(p.type, click.Path) and not p.type.file_okay, name
+                outputs[name] = "folder"
+            if "--output" in p.opts:  # a file, always
+                assert isinstance(p.type, click.Path) and not p.type.dir_okay, name
+                outputs[name] = "file"
+            assert not {"--batch", "--batch-size"} & set(p.opts) or "--batch-size" in p.opts, (name, p.opts)
+    assert outputs == {"dnd generate": "folder", "dnd train tokenizer": "folder", "dnd train transformer": "folder",
+                       "dnd export": "folder", "dnd import official": "file", "dnd eval ocr": "file",
+                       "dnd eval sweep": "file", "dnd bench": "file", "dnd-export": "folder", "dnd-build": "folder"}
+    bench = dict(all_commands())["dnd bench"]
+    assert bench.params[0].name == "model" and isinstance(bench.params[0], click.Argument)  # the model comes first
