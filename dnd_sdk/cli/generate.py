@@ -51,6 +51,8 @@ def generate(model, num, labels, per_class, out, batch_size, seed, sampling, sha
     Killed at any point, the same command resumes where it stopped. Shards may share OUT.
     With --ray, Ray workers sample and this process writes the same files.
     """
+    if captions is not None and not grid:
+        raise click.UsageError("--captions/--no-captions apply to grid.png: add --grid")
     job = BatchJob(num=num, labels=labels, per_class=per_class, seed=seed, sampling=sampling,
                    batch_size=batch_size, shard=shard, npz=npz, grid=grid, captions=captions)
     try:

@@ -126,6 +126,7 @@ def test_concurrent_shards_in_one_folder_equal_a_single_run(tiny_model_dir, tmp_
 
 
 @pytest.mark.parametrize("args, fragment", [
+    (["--num", "4", "--no-captions"], "--captions/--no-captions apply to grid.png: add --grid"),
     (["--num", "4", "--labels", "cat,,dog"], "Invalid value for '--labels': empty entry in 'cat,,dog'"),
     (["--num", "4", "--labels", "cat,"], "empty entry"),
     (["--num", "1e13"], "Invalid value for '--num': '1e13' is not a valid integer"),
