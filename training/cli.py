@@ -47,6 +47,8 @@ def _overrides(overrides, steps, batch_size, out_dir) -> list:
 def train():
     """Train a tokenizer, extract codes, train a transformer."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # under `dnd`, whose group configured logging at WARNING first: a run still says what it chose (precision)
+    logging.getLogger("dnd_training").setLevel(logging.INFO)
 
 
 @train.command("tokenizer")

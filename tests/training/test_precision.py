@@ -1,5 +1,7 @@
 """train.precision auto: bf16 where the device computes in it, fp32 elsewhere, and the log says which and why."""
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -47,3 +49,15 @@ def test_the_log_says_which_and_why(tmp_path, caplog):
         train_tokenizer(cfg)
     expected, why = choose_precision(cfg.train, CPU)
     assert f"training in {expected} ({why}; --set train.precision=bf16|fp32 overrides)" in caplog.text
+
+
+def test_dnd_train_prints_the_choice(tmp_path):
+    overrides = ["tokenizer={ch: 8, ch_mult: [1, 2, 2, 2], embed_dim: 8, codebook_size: 16, depth: 2}",
+                 "data.height=16", "data.width=64", "data.num_classes=4", "train.batch_size=2", "train.sample_every=0",
+                 "train.num_threads=1"]
+    proc = subprocess.run([sys.executable, "-c", "from dnd_sdk.cli.main import main; main()", "train", "tokenizer",
+                           *sum((["--set", o] for o in overrides), []), "--steps", "1", "--out", str(tmp_path / "t")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    chosen, why = choose_precision(TrainConfig(), CPU)
+    assert f"training in {chosen} ({why}; --set train.precision=bf16|fp32 overrides)" in proc.stderr
