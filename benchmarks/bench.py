@@ -1,18 +1,20 @@
 """Images/s of the torch-free runtime (dnd_sdk.Generator) vs the PyTorch reference sampler, same model, same run.
 
     dnd bench                                                   # random "tiny" model, exported to a temp dir
-    dnd bench --preset mid --dtype int8 --batch 1 --batch 16    # a random MODEL_CONFIGS preset, int8 stages and decoder
+    dnd bench out/model                                         # against the checkpoint it was exported from
+    dnd bench --preset mid --dtype int8 --batch-size 1 --batch-size 16   # a random preset, int8 stages and decoder
     dnd bench --preset mid --decoder-dtype int8                 # fp32 stages (exact tokens), int8 decoder
-    dnd bench --checkpoint ckpt.pt --model out/model --batch 1 --batch 16 --threads 2 -o bench.json
-    dnd bench --preset mid --batch 64 --profile                 # where the runtime's time goes
-    dnd bench --checkpoint ckpt.pt --model out/engines --backend tensorrt --reference-device cuda   # both on the GPU
+    dnd bench out/model --checkpoint ckpt.pt --batch-size 1 --batch-size 16 --threads 2 -o bench.json
+    dnd bench --preset mid --batch-size 64 --profile            # where the runtime's time goes
+    dnd bench out/engines --checkpoint ckpt.pt --backend tensorrt --reference-device cuda   # both on the GPU
 
 Both sides sample the same codes (the model's own default sampling unless overridden) and
 decode them to uint8 images: the runtime with its decoder graph, the reference with the RQ
 tokenizer in eager PyTorch. The JSON holds images/s per batch size for each side, their ratio
-(runtime / reference) and the device the reference ran on, so that a ratio always says what it
-is compared against; `--profile` adds the runtime's seconds in stage calls, sampling and
-decoder, the model's GFLOP per image and their rate against the same run's GEMM rate.
+(runtime / reference), the device the reference ran on and the CPU, so that a ratio always says
+what it is compared against (without a reference, the runtime's images/s alone); `--profile`
+adds the runtime's seconds in stage calls, sampling and decoder, the model's GFLOP per image and
+their rate against the same run's GEMM rate.
 """
 import tempfile
 import time

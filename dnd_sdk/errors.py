@@ -38,6 +38,9 @@ class DndError(Exception):
     def __str__(self) -> str:
         return self.marked_message.replace(ARG_MARK, "")
 
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r})"
+
 
 class InvalidInputError(DndError, ValueError):
     """An argument or input array is invalid (bad label, temperature, dtype...)."""
