@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 MODEL ?= models/words
 OUT ?= out
 
-.PHONY: setup system-deps demo test lint clean
+.PHONY: setup system-deps demo smoke test lint clean
 
 # torch is pinned: this version installs a CPU build; an unpinned torch pulls a multi-GB CUDA build.
 $(VENV)/.installed: setup.py
@@ -31,6 +31,15 @@ demo: setup
 	$(VENV)/bin/dnd-export $(MODEL)/checkpoint.pt -o $(OUT)/demo-model
 	$(VENV)/bin/dnd generate $(OUT)/demo-model --per-class 2 --out $(OUT)/demo-samples --grid
 	@echo "Wrote $(OUT)/demo-samples/grid.png"
+
+# train a small model from nothing and export it: under 2 minutes on 2 CPU cores (configs/smoke-*.yaml).
+# --force: this target owns runs/smoke-* and out/smoke-model, so a second `make smoke` starts them over
+smoke: setup
+	$(VENV)/bin/dnd train tokenizer --config configs/smoke-tokenizer.yaml --force
+	$(VENV)/bin/dnd train extract-codes --config configs/smoke-transformer.yaml
+	$(VENV)/bin/dnd train transformer --config configs/smoke-transformer.yaml --force
+	$(VENV)/bin/dnd-export runs/smoke-transformer/checkpoint.pt -o $(OUT)/smoke-model --force
+	@echo "Wrote $(OUT)/smoke-model; try: $(VENV)/bin/dnd generate $(OUT)/smoke-model --per-class 2 --out $(OUT)/smoke-samples --grid"
 
 test: setup system-deps
 	$(PY) -m pytest tests -q

@@ -36,6 +36,7 @@ setup(
         # the CUDA 12 builds, for drivers r535+; cuda-python 13 would need a CUDA 13 driver
         "gpu-cu12": ["onnxruntime-gpu", "tensorrt-cu12>=10,<12", "cuda-python>=12.6.1,<13", "nvidia-cuda-nvrtc-cu12"],
         "train": ["torch>=2.4", "onnx", "onnxscript", "polygraphy", "pyyaml"],
+        "tensorboard": ["tensorboard"],  # train.tensorboard: true; without it a run logs to log.jsonl and loss.png
         "export": ["torch>=2.4", "onnx", "onnxscript", "polygraphy"],
         "eval": ["pytesseract"],
         "ray": ["ray>=2.60,<3"],

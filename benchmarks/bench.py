@@ -1,18 +1,20 @@
 """Images/s of the torch-free runtime (dnd_sdk.Generator) vs the PyTorch reference sampler, same model, same run.
 
     dnd bench                                                   # random "tiny" model, exported to a temp dir
-    dnd bench --preset mid --dtype int8 --batch 1 --batch 16    # a random MODEL_CONFIGS preset, int8 stages and decoder
+    dnd bench out/model                                         # against the checkpoint it was exported from
+    dnd bench --preset mid --dtype int8 --batch-size 1 --batch-size 16   # a random preset, int8 stages and decoder
     dnd bench --preset mid --decoder-dtype int8                 # fp32 stages (exact tokens), int8 decoder
-    dnd bench --checkpoint ckpt.pt --model out/model --batch 1 --batch 16 --threads 2 -o bench.json
-    dnd bench --preset mid --batch 64 --profile                 # where the runtime's time goes
-    dnd bench --checkpoint ckpt.pt --model out/engines --backend tensorrt --reference-device cuda   # both on the GPU
+    dnd bench out/model --checkpoint ckpt.pt --batch-size 1 --batch-size 16 --threads 2 -o bench.json
+    dnd bench --preset mid --batch-size 64 --profile            # where the runtime's time goes
+    dnd bench out/engines --checkpoint ckpt.pt --backend tensorrt --reference-device cuda   # both on the GPU
 
 Both sides sample the same codes (the model's own default sampling unless overridden) and
 decode them to uint8 images: the runtime with its decoder graph, the reference with the RQ
 tokenizer in eager PyTorch. The JSON holds images/s per batch size for each side, their ratio
-(runtime / reference) and the device the reference ran on, so that a ratio always says what it
-is compared against; `--profile` adds the runtime's seconds in stage calls, sampling and
-decoder, the model's GFLOP per image and their rate against the same run's GEMM rate.
+(runtime / reference), the device the reference ran on and the CPU, so that a ratio always says
+what it is compared against (without a reference, the runtime's images/s alone); `--profile`
+adds the runtime's seconds in stage calls, sampling and decoder, the model's GFLOP per image and
+their rate against the same run's GEMM rate.
 """
 import tempfile
 import time
@@ -21,7 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dnd_sdk.cpu import cpu_features
 from dnd_sdk.errors import InvalidInputError
+from dnd_sdk.manifest import sha256_file
 from dnd_training.pixels import to_uint8
 from dnd_training.random_checkpoint import random_checkpoint
 from .profile import gemm_gflops, profile_runtime
@@ -41,41 +45,55 @@ def _rates(num: int, repeats: int, *fns) -> list:
     return [num / b for b in best]
 
 
+def reference_checkpoint(manifest) -> tuple:
+    """(path, why) of the checkpoint.pt the folder was exported from, if that file still holds the same bytes;
+    else (None, why not). `dnd-export` records it in the manifest's producer entry."""
+    path, digest = manifest.producer.get("checkpoint"), manifest.producer.get("checkpoint_sha256")
+    if not path:
+        return None, "the folder does not name the checkpoint it was exported from"
+    if not Path(path).is_file():
+        return None, f"{path}, which it was exported from, does not exist here"
+    if digest != sha256_file(path):
+        return None, f"{path} has changed since the folder was exported from it"
+    return Path(path), f"{path}, which it was exported from"
+
+
 def bench(checkpoint, model_dir, batches, num_batches: int, threads: int, repeats: int, sampling: dict,
           backend: str = "onnxruntime-cpu", reference_device: str = "cpu", profile: bool = False) -> dict:
+    """Images/s of the runtime on `model_dir` and, given `checkpoint` (None: the runtime alone), of the PyTorch
+    reference on it, at each batch size."""
     from dnd_sdk import Generator
-    from dnd_training.checkpoint import load_checkpoint
-    from dnd_training.sampling import generate
 
+    if checkpoint is None and profile:
+        raise InvalidInputError("--profile counts the model's FLOPs from its checkpoint; give --checkpoint")
     if reference_device == "cuda" and not torch.cuda.is_available():
         raise InvalidInputError(f"--reference-device cuda needs a GPU and a torch build with CUDA; this torch "
                                 f"({torch.__version__}) sees none. Compare with the CPU reference instead.")
     torch.set_num_threads(threads)
-    ckpt = load_checkpoint(checkpoint)
-    model, tokenizer = ckpt.build_model().to(reference_device), ckpt.build_tokenizer().to(reference_device)
+    reference = None if checkpoint is None else Reference(checkpoint, reference_device)
     gen = Generator(model_dir, backend=backend, threads=threads)
     sampling = {**gen.manifest.sampler_defaults, **sampling}  # the model's own defaults unless overridden
     rows = []
     for batch in batches:
         num = batch * num_batches
         labels = (np.arange(num) % gen.num_classes).tolist()
-
-        @torch.no_grad()
-        def reference():
-            for lo in range(0, num, batch):
-                codes = generate(model, labels[lo:lo + batch], seed=0, image_indices=range(lo, lo + batch), **sampling)
-                x = tokenizer.decode(codes)
-                to_uint8(x).permute(0, 2, 3, 1).cpu().numpy()
-
         runtime = lambda: gen.sample(labels, seed=0, batch_size=batch, **sampling)  # noqa: E731
-        ours, ref = _rates(num, repeats, runtime, reference)
+        if reference is None:
+            ours, = _rates(num, repeats, runtime)
+            rows.append({"batch_size": batch, "images": num, "runtime_images_per_s": round(ours, 2),
+                         "reference_images_per_s": None, "ratio": None})
+            continue
+        ours, ref = _rates(num, repeats, runtime, lambda: reference.sample(labels, batch, sampling))
         rows.append({"batch_size": batch, "images": num, "runtime_images_per_s": round(ours, 2),
                      "reference_images_per_s": round(ref, 2), "ratio": round(ours / ref, 2)})
         if profile:
-            rows[-1]["profile"] = profile_runtime(gen, model.args, tokenizer, runtime, num, sampling["cfg_scale"] != 1.0)
-    report = {"model": str(model_dir), "backend": gen.backend_name, "reference": f"PyTorch on {reference_device}",
+            rows[-1]["profile"] = profile_runtime(gen, reference.model.args, reference.tokenizer, runtime, num,
+                                                  sampling["cfg_scale"] != 1.0)
+    report: dict = {"model": str(model_dir), "checkpoint": None if checkpoint is None else str(checkpoint),
+              "backend": gen.backend_name,
+              "reference": None if reference is None else f"PyTorch on {reference_device}",
               "dtype": gen.manifest.dtype, "decoder_dtype": gen.manifest.decoder_dtype, "threads": threads,
-              "sampling": sampling, "torch": torch.__version__, "results": rows}
+              "sampling": sampling, "torch": torch.__version__, "cpu": cpu_features().summary(), "results": rows}
     if profile:
         report["gemm_gflops_per_s"] = round(gemm_gflops(threads), 2)
         for row in rows:  # utilization of each part against the same run's GEMM rate
@@ -86,14 +104,65 @@ def bench(checkpoint, model_dir, batches, num_batches: int, threads: int, repeat
     return report
 
 
+class Reference:
+    """The PyTorch reference sampler on a checkpoint, decoding to uint8 images by the runtime's pixel rule."""
+
+    def __init__(self, checkpoint, device: str):
+        from dnd_training.checkpoint import load_checkpoint
+        ckpt = load_checkpoint(checkpoint)
+        self.model, self.tokenizer = ckpt.build_model().to(device), ckpt.build_tokenizer().to(device)
+
+    @torch.no_grad()
+    def sample(self, labels: list, batch: int, sampling: dict) -> None:
+        from dnd_training.sampling import generate
+        for lo in range(0, len(labels), batch):
+            codes = generate(self.model, labels[lo:lo + batch], seed=0, image_indices=range(lo, lo + batch), **sampling)
+            to_uint8(self.tokenizer.decode(codes)).permute(0, 2, 3, 1).cpu().numpy()
+
+
 def bench_command(checkpoint, model_dir, batches, num_batches=4, threads=1, repeats=3, sampling=None,
                   backend: str = "onnxruntime-cpu", preset: str = "tiny", dtype: str = "fp32",
-                  profile: bool = False, reference_device: str = "cpu", decoder_dtype: str = "auto") -> dict:
-    """`bench` with defaults filled in: without a checkpoint, a random `preset` model exported to a temp dir."""
+                  profile: bool = False, reference_device: str = "cpu", decoder_dtype: str = "auto",
+                  notice=lambda text: None) -> dict:
+    """`bench` with defaults filled in; `notice(text)` is told what is compared with what.
+    - neither: a random `preset` model, exported to a temporary folder;
+    - a checkpoint alone: its export to a temporary folder;
+    - a model folder alone: against the checkpoint it was exported from if that file is unchanged, else the
+      runtime alone."""
+    if not batches or min(batches) < 1:
+        raise InvalidInputError(f"--batch-size must be 1 or more, got {min(batches, default=None)}")
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = checkpoint or random_checkpoint(Path(tmp) / "checkpoint.pt", preset)[0]
+        if checkpoint is None and model_dir is None:
+            notice(f"No MODEL given: benchmarking a random `{preset}` preset (--preset) exported to a temporary "
+                   "folder. Give MODEL (an exported folder) or --checkpoint to benchmark yours.")
+            checkpoint = random_checkpoint(Path(tmp) / "checkpoint.pt", preset)[0]
+        elif checkpoint is None:
+            from dnd_sdk.manifest import load_manifest
+            checkpoint, why = reference_checkpoint(load_manifest(model_dir, verify=False))
+            notice(f"Comparing {model_dir} with the PyTorch reference on {why}." if checkpoint is not None else
+                   f"Benchmarking the runtime alone: {why}; give --checkpoint to compare with PyTorch.")
         if model_dir is None:
             from dnd_export import export_model
             model_dir = export_model(checkpoint, Path(tmp) / "model", dtype=dtype, decoder_dtype=decoder_dtype)
         return bench(checkpoint, model_dir, batches, num_batches, threads, repeats, sampling or {}, backend,
                      reference_device, profile)
+
+
+def table(report: dict) -> str:
+    """The report as people read it: one line per batch size."""
+    cpu = report["cpu"]
+    flags = ", ".join(f for f, on in cpu["flags"].items() if on) or "none of " + ", ".join(cpu["flags"])
+    decoder = f", decoder {report['decoder_dtype']}" if report["decoder_dtype"] else ""
+    lines = [f"model:     {report['model']} ({report['dtype']}{decoder}) on {report['backend']}, "
+             f"{report['threads']} thread(s)",
+             f"reference: {report['reference'] or 'none (the runtime alone)'}"
+             + (f", {report['checkpoint']}" if report["checkpoint"] else ""),
+             f"cpu:       {cpu['model']} ({flags})",
+             "",
+             f"{'batch size':>10}  {'images':>6}  {'runtime img/s':>13}  {'reference img/s':>15}  {'ratio':>6}"]
+    for row in report["results"]:
+        ref = "-" if row["reference_images_per_s"] is None else f"{row['reference_images_per_s']:.2f}"
+        ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}x"
+        lines.append(f"{row['batch_size']:>10}  {row['images']:>6}  {row['runtime_images_per_s']:>13.2f}  "
+                     f"{ref:>15}  {ratio:>6}")
+    return "\n".join(lines)

@@ -28,7 +28,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .arguments import MAX_IMAGES, integer
-from .errors import InvalidInputError, OutputError
+from .errors import InvalidInputError, OutputError, arg
 from .generator import Generator
 from .images import TMP_SUFFIX, atomic_write, contact_sheet, save_png, write_npz
 from .sampler import SamplingParams
@@ -74,19 +74,18 @@ def png_name(index: int) -> str:
 
 def _count(job: BatchJob, num_classes: int) -> int:
     if job.labels is not None and not isinstance(job.labels, (list, tuple)):
-        raise InvalidInputError(f"labels must be a list of class names or ids, got {job.labels!r}", ["labels"])
+        raise InvalidInputError(f"{arg('labels')} must be a list of class names or ids, got {job.labels!r}")
     if job.labels is not None and job.per_class is not None:
-        raise InvalidInputError("give labels or per_class, not both", ["labels", "per_class"])
+        raise InvalidInputError(f"give {arg('labels')} or {arg('per_class')}, not both")
     if job.per_class is not None:
         per_class = integer(job.per_class, "per_class", 1, MAX_IMAGES // num_classes)
         if job.num is not None and job.num != per_class * num_classes:
-            raise InvalidInputError(f"num={job.num} contradicts per_class={per_class} x {num_classes} classes; "
-                                    "give only one of them", ["num", "per_class"])
+            raise InvalidInputError(f"{arg('num')}={job.num} contradicts {arg('per_class')}={per_class} x {num_classes} "
+                                    "classes; give only one of them")
         return per_class * num_classes
     if job.num is None:
         if not job.labels:
-            raise InvalidInputError("say how many images: give num, labels or per_class",
-                                    ["num", "labels", "per_class"])
+            raise InvalidInputError(f"say how many images: give {arg('num')}, {arg('labels')} or {arg('per_class')}")
         return len(job.labels)
     return job.num
 
@@ -94,7 +93,7 @@ def _count(job: BatchJob, num_classes: int) -> int:
 def _shard_range(shard: tuple, num: int) -> range:
     i, n = shard
     if not (isinstance(i, int) and isinstance(n, int) and 0 <= i < n):
-        raise InvalidInputError(f"shard must be I/N with 0 <= I < N, got {i}/{n}", ["shard"])
+        raise InvalidInputError(f"{arg('shard')} must be I/N with 0 <= I < N, got {i}/{n}")
     return range(i * num // n, (i + 1) * num // n)
 
 
@@ -107,7 +106,7 @@ def _claim(out: Path, identity: dict, tag: str) -> None:
             p.name.startswith(".") and p.name.endswith((TMP_SUFFIX, LOCK_SUFFIX)))
         if out.exists() and (not out.is_dir() or not all(ours(p) for p in out.iterdir())):
             raise InvalidInputError(f"{out} exists and was not made by `dnd generate` (no {RUN_FILE}); "
-                                    "choose a new or empty out folder.", ["out"])
+                                    f"choose a new or empty {arg('out')} folder.")
         out.mkdir(parents=True, exist_ok=True)
         # the first shard's run.json stays: every later one, simultaneous or not, is checked against it
         atomic_write(run_file, lambda f: f.write((json.dumps(identity, indent=2) + "\n").encode()), tag,
@@ -117,11 +116,11 @@ def _claim(out: Path, identity: dict, tag: str) -> None:
     except (ValueError, UnicodeDecodeError, RecursionError):
         stored = None
     if not isinstance(stored, dict):
-        raise InvalidInputError(f"{run_file} is not a run file of `dnd generate`; choose a new out folder.", ["out"])
+        raise InvalidInputError(f"{run_file} is not a run file of `dnd generate`; choose a new {arg('out')} folder.")
     diff = [f"{k}: {stored.get(k)!r} there, {identity[k]!r} now" for k in identity if stored.get(k) != identity[k]]
     if diff:
         raise InvalidInputError(f"{out} holds a run made with different arguments ({'; '.join(diff)}). "
-                                "Rerun with the original arguments to resume it, or choose a new out folder.", ["out"])
+                                f"Rerun with the original arguments to resume it, or choose a new {arg('out')} folder.")
 
 
 @dataclass(frozen=True)
@@ -146,8 +145,7 @@ def plan_run(gen: Generator, job: BatchJob) -> RunPlan:
     settings = [f.name for f in fields(SamplingParams)]
     if not isinstance(job.sampling, dict) or not set(job.sampling) <= set(settings):
         got = sorted(set(job.sampling) - set(settings)) if isinstance(job.sampling, dict) else job.sampling
-        raise InvalidInputError(f"sampling must be a dict of the settings {', '.join(settings)}; got {got!r}",
-                                ["sampling"])
+        raise InvalidInputError(f"{arg('sampling')} must be a dict of the settings {', '.join(settings)}; got {got!r}")
     req = gen.request(labels, num, seed=job.seed, batch_size=job.batch_size, **job.sampling)  # validates everything
     mine = _shard_range(job.shard, num)
     identity = {"format": "dnd-generate-run", "version": 1,
@@ -191,6 +189,37 @@ def finish_run(out: Path, plan: RunPlan, job: BatchJob) -> bool:
     return complete
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run, with how far it got: the images done are complete files, and the same call
+    (the same command) makes the rest."""
+
+    def __init__(self, out: Path, done: int, total: int) -> None:
+        super().__init__(f"interrupted with {done} of {total} images done in {out}")
+        self.out, self.done, self.total = out, done, total
+
+
+class RunProgress:
+    """How many of the shard's images are on disk, shown on a tqdm bar unless progress is off."""
+
+    def __init__(self, bar: tqdm, done: int) -> None:
+        self.bar, self.n = bar, done  # tqdm counts nothing when disabled, so the count is kept here
+
+    def update(self, count: int) -> None:
+        self.n += count
+        self.bar.update(count)
+
+
+@contextlib.contextmanager
+def run_progress(out: Path, mine: range, todo: list, progress: bool) -> Iterator[RunProgress]:
+    """The run's RunProgress; a Ctrl-C inside becomes RunInterrupted, with the count."""
+    with tqdm(total=len(mine), initial=len(mine) - len(todo), unit="img", disable=not progress) as bar:
+        counter = RunProgress(bar, len(mine) - len(todo))
+        try:
+            yield counter
+        except KeyboardInterrupt:
+            raise RunInterrupted(out, counter.n, len(mine)) from None
+
+
 def run_batch(gen: Generator, out: str | Path, job: BatchJob, progress: bool = True) -> BatchSummary:
     """Generate the images of `job` (this shard's part) into folder `out`, resuming whatever is already there.
 
@@ -205,12 +234,13 @@ def run_batch(gen: Generator, out: str | Path, job: BatchJob, progress: bool = T
 
     Raises:
         InvalidInputError: a bad argument, or `out` holds a different run. Nothing is written then.
+        RunInterrupted: Ctrl-C; the images written so far are complete, and the same call resumes.
     """
     t0, out = time.perf_counter(), Path(out)
     plan = plan_run(gen, job)
     mine = plan.mine
     with open_run(out, plan) as todo:
-        with tqdm(total=len(mine), initial=len(mine) - len(todo), unit="img", disable=not progress) as bar:
+        with run_progress(out, mine, todo, progress) as bar:
             for lo in range(0, len(todo), job.batch_size):
                 chunk = todo[lo:lo + job.batch_size]
                 write_chunk(out, plan, chunk, sample_chunk(gen, plan, chunk))
@@ -271,7 +301,7 @@ def _write_errors(out: Path) -> Iterator[None]:
     except OSError as e:
         raise OutputError(f"writing {out} failed ({e.strerror or e}); the images written so far are kept. Free "
                           "disk space or fix the folder's permissions and rerun the same command to resume, or "
-                          "choose another out folder.", ["out"]) from e
+                          f"choose another {arg('out')} folder.") from e
 
 
 def _write_aggregates(out: Path, plan: RunPlan, job: BatchJob) -> None:

@@ -1,17 +1,45 @@
 """Typed errors. Every message says what was wrong and what to do about it."""
+import re
 from collections.abc import Iterable
+
+# Marks an argument name inside a message (see `arg`). A control character: no path, label or prose has it.
+ARG_MARK = "\x1f"
+_MARKED = re.compile(f"{ARG_MARK}([A-Za-z_][A-Za-z0-9_]*){ARG_MARK}")
+
+
+def arg(name: str) -> str:
+    """`name` marked as a Python argument name in an error message: `str(error)` shows it as it is
+    (`per_class`), a command line shows its own flag in its place (`--per-class`). Only marked names are
+    rewritten, so a path or a sentence that contains the same word is quoted as it was given."""
+    return f"{ARG_MARK}{name}{ARG_MARK}"
+
+
+def marked_names(message: str) -> list:
+    return _MARKED.findall(message)
 
 
 class DndError(Exception):
     """Base of every error this SDK raises on purpose; the CLI prints its message only.
 
-    `names` lists the Python argument names the message mentions, so that a command line can
-    show its own flags instead (`num` -> `--num`); see dnd_sdk.cli.flags.
+    Argument names in the message are marked with `arg(name)`, so that a command line can show its
+    own flags instead (`num` -> `--num`; see dnd_sdk.cli.flags). `names` lists the marked names,
+    plus any given explicitly.
     """
 
     def __init__(self, message: str = "", names: Iterable[str] = ()) -> None:
         super().__init__(message)
-        self.names = tuple(names)
+        self.names = tuple(dict.fromkeys([*names, *marked_names(message)]))
+
+    @property
+    def marked_message(self) -> str:
+        """The message with its argument names still marked (for dnd_sdk.cli.flags)."""
+        return str(self.args[0]) if self.args else ""
+
+    def __str__(self) -> str:
+        return self.marked_message.replace(ARG_MARK, "")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r})"
 
 
 class InvalidInputError(DndError, ValueError):

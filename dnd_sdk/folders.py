@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import InvalidInputError
+from .errors import InvalidInputError, arg
 
 TMP_SUFFIX = ".tmp"
 
@@ -100,24 +100,24 @@ def check_target(out_dir: Path, force: bool, source: Optional[Path] = None) -> N
     moved aside (the current folder or one above it, a mount point), or one that holds `source`
     (the input the new folder is written from)."""
     if out_dir.exists() and not out_dir.is_dir():
-        raise InvalidInputError(f"{out_dir} exists and is not a folder; choose another out_dir", ["out_dir"])
+        raise InvalidInputError(f"{out_dir} exists and is not a folder; choose another {arg('out_dir')}")
     if out_dir.is_symlink() and not out_dir.exists():
         raise InvalidInputError(f"{out_dir} is a link that leads nowhere (broken, or a loop); remove it or choose "
-                                "another out_dir", ["out_dir"])
+                                f"another {arg('out_dir')}")
     if source is not None and _holds(out_dir, Path(source)):
         raise InvalidInputError(f"{out_dir} holds the input {source}: replacing it would delete the input; "
-                                "choose another out_dir", ["out_dir"])
+                                f"choose another {arg('out_dir')}")
     if _holds(out_dir, Path.cwd()):
         # the folder is swapped by renaming: the current folder (".") cannot be renamed, and a shell
         # inside a replaced folder would be left in a deleted one
         raise InvalidInputError(f"{out_dir} is the current folder or holds it, so it cannot be replaced; "
-                                "choose another out_dir, or run from outside it", ["out_dir"])
+                                f"choose another {arg('out_dir')}, or run from outside it")
     if out_dir.is_dir() and os.path.ismount(out_dir):
         raise InvalidInputError(f"{out_dir} is a mount point, which cannot be replaced by renaming; "
-                                "choose a folder inside it", ["out_dir"])
+                                "choose a folder inside it")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise InvalidInputError(f"{out_dir} exists and is not empty; pass force=True to replace it, "
-                                "or choose another out_dir", ["force", "out_dir"])
+        raise InvalidInputError(f"{out_dir} exists and is not empty; pass {arg('force')}=True to replace it, "
+                                f"or choose another {arg('out_dir')}")
 
 
 def _holds(folder: Path, path: Path) -> bool:
@@ -167,8 +167,8 @@ def _replace_folder(tmp: Path, out_dir: Path, force: bool) -> None:
         filled = True
     if filled and not force:
         raise InvalidInputError(f"{out_dir} was written to while the new folder was being made, so it is no longer "
-                                "empty and was left as it is; pass force=True to replace it, or choose another out_dir",
-                                ["force", "out_dir"])
+                                f"empty and was left as it is; pass {arg('force')}=True to replace it, or choose another "
+                                f"{arg('out_dir')}")
     # keep the old folder until the new one is in place, then delete it
     old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
     try:

@@ -21,7 +21,7 @@ import numpy as np
 
 from .arguments import MAX_IMAGES, MAX_INDEX, integer, number
 from .backends import open_backend
-from .errors import InvalidInputError, RequestTimeoutError
+from .errors import InvalidInputError, RequestTimeoutError, arg
 from .manifest import load_manifest
 from .model_files import load_embeddings
 from .sampler import SamplingParams
@@ -86,8 +86,8 @@ class Generator:
         self.backend = open_backend(self.path, m, backend, threads)
         if limit is not None and self.backend.max_batch is not None and limit > self.backend.max_batch:
             self.backend.close()
-            raise InvalidInputError(f"max_batch {limit} exceeds the {self.backend.max_batch} rows {self.backend.name} "
-                                    "was built for", ["max_batch"])
+            raise InvalidInputError(f"{arg('max_batch')} {limit} exceeds the {self.backend.max_batch} rows "
+                                    f"{self.backend.name} was built for")
         self.scheduler = Scheduler(self, limit or self.backend.max_batch or DEFAULT_ROWS, max_queue)
         # a Generator dropped without close() still stops its thread and releases its backend
         self._finalizer = weakref.finalize(self, self.scheduler.close)
@@ -97,6 +97,11 @@ class Generator:
     @property
     def backend_name(self) -> str:
         return self.backend.name
+
+    def __repr__(self) -> str:
+        image = self.manifest.image
+        return (f"Generator({str(self.path)!r}, backend={self.backend_name!r}, labels={self.num_classes}, "
+                f"image={image['height']}x{image['width']})")
 
     def close(self) -> None:
         """Stop the scheduler (unfinished calls get CancelledError) and release the backend."""
@@ -115,13 +120,13 @@ class Generator:
             if not label.strip().isdecimal():
                 known = ", ".join(self.labels[:8]) + (", ..." if self.num_classes > 8 else "")
                 raise InvalidInputError(f"unknown label {label!r}; this model knows {self.num_classes} labels "
-                                        f"({known}) or class ids 0..{self.num_classes - 1}", ["labels"])
+                                        f"({known}) or class ids 0..{self.num_classes - 1}")
             label = int(label)
         if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)):
-            raise InvalidInputError(f"a label is a class name or an int class id, got {label!r}", ["labels"])
+            raise InvalidInputError(f"each of {arg('labels')} is a class name or an int class id, got {label!r}")
         if not 0 <= label < self.num_classes:
             raise InvalidInputError(f"class id {label} is out of range; this model has classes "
-                                    f"0..{self.num_classes - 1}", ["labels"])
+                                    f"0..{self.num_classes - 1}")
         return int(label)
 
     def _given_labels(self, labels: Any) -> list:
@@ -130,26 +135,26 @@ class Generator:
         elif isinstance(labels, (list, tuple, range, np.ndarray)):
             given = list(np.asarray(labels).ravel()) if isinstance(labels, np.ndarray) else list(labels)
         else:
-            raise InvalidInputError(f"labels must be a class name, an int class id or a list of them, got {labels!r}",
-                                    ["labels"])
+            raise InvalidInputError(f"{arg('labels')} must be a class name, an int class id or a list of them, "
+                                    f"got {labels!r}")
         if not given or len(given) > MAX_IMAGES:
-            raise InvalidInputError(f"labels must hold 1..{MAX_IMAGES:,} class names or ids, got {len(given)}; "
-                                    "or pass None", ["labels"])
+            raise InvalidInputError(f"{arg('labels')} must hold 1..{MAX_IMAGES:,} class names or ids, got "
+                                    f"{len(given)}; or pass None")
         return [self._class_id(x) for x in given]
 
     def _indices(self, given: Optional[list], num: Any, image_indices: Any, start: Any) -> np.ndarray:
         if image_indices is not None:
             if start:
-                raise InvalidInputError("give image_indices or start, not both", ["image_indices", "start"])
+                raise InvalidInputError(f"give {arg('image_indices')} or {arg('start')}, not both")
             indices = np.asarray(image_indices)
             listed = image_indices if isinstance(image_indices, (list, tuple)) else ()
             bools = any(isinstance(x, (bool, np.bool_)) for x in listed)  # np.asarray reads True as 1
             if bools or indices.ndim != 1 or not 0 < len(indices) <= MAX_IMAGES or indices.dtype.kind not in "iu" \
                     or (indices < 0).any() or (indices > MAX_INDEX).any():
-                raise InvalidInputError("image_indices must be a non-empty 1-D list of ints >= 0, "
-                                        f"got {image_indices!r}", ["image_indices"])
+                raise InvalidInputError(f"{arg('image_indices')} must be a non-empty 1-D list of ints >= 0, "
+                                        f"got {image_indices!r}")
             if num is not None and len(indices) != integer(num, "num", 1, MAX_IMAGES):
-                raise InvalidInputError(f"num={num} but {len(indices)} image_indices were given", ["num"])
+                raise InvalidInputError(f"{arg('num')}={num} but {len(indices)} {arg('image_indices')} were given")
             return indices.astype(np.int64)
         if num is None:
             num = self.num_classes if given is None else len(given)  # default: one image per class or label
@@ -177,24 +182,24 @@ class Generator:
             batch_size = max(1, self.scheduler.max_rows // per_image)
         batch_size = integer(batch_size, "batch_size", 1, MAX_IMAGES)
         rows = min(batch_size, len(ids)) * per_image
-        limit, limited_by = self.scheduler.max_rows, "max_batch allows"
+        limit, limited_by = self.scheduler.max_rows, f"{arg('max_batch')} allows"
         if self.backend.max_batch is not None and self.backend.max_batch < limit:
             limit, limited_by = self.backend.max_batch, f"{self.backend_name} was built for"
         if params.guided and limit < 2:  # no batch_size helps: say what does
-            more = "max_batch >= 2" if (self.backend.max_batch or 2) >= 2 else "engines built for 2 rows or more"
-            raise InvalidInputError(f"guidance (a cfg_scale other than 1) needs 2 rows per image, but {limited_by} "
-                                    f"at most 1; use cfg_scale 1, or {more}", ["cfg_scale", "max_batch"])
+            more = f"{arg('max_batch')} >= 2" if (self.backend.max_batch or 2) >= 2 else "engines built for 2 rows or more"
+            raise InvalidInputError(f"guidance (a {arg('cfg_scale')} other than 1) needs 2 rows per image, but "
+                                    f"{limited_by} at most 1; use {arg('cfg_scale')} 1, or {more}")
         if rows > limit:
             raise InvalidInputError(
-                f"batch_size {batch_size} needs {rows} rows{' (guidance doubles them)' if params.guided else ''}, but "
-                f"{limited_by} at most {limit}; use batch_size <= {limit // per_image}", ["batch_size"])
+                f"{arg('batch_size')} {batch_size} needs {rows} rows{' (guidance doubles them)' if params.guided else ''}, "
+                f"but {limited_by} at most {limit}; use {arg('batch_size')} <= {limit // per_image}")
         return Request(ids.astype(np.int64), indices.astype(np.int64), integer(seed, "seed"), params, batch_size)
 
     def _params(self, sampling: Optional[SamplingParams], settings: dict) -> SamplingParams:
         """`sampling` (a SamplingParams, taken whole) or the given `settings`, the rest from the manifest's defaults."""
         if sampling is not None and (settings or not isinstance(sampling, SamplingParams)):
-            raise InvalidInputError("give sampling (a SamplingParams) or single settings such as cfg_scale=2, not both",
-                                    ["sampling"])
+            raise InvalidInputError(f"give {arg('sampling')} (a SamplingParams) or single settings such as cfg_scale=2, "
+                                    "not both")
         if sampling is None:
             fields = set(SamplingParams.__dataclass_fields__)
             unknown = sorted(set(settings) - fields)
@@ -280,7 +285,7 @@ class Generator:
 def _timeout(timeout: Any) -> Optional[float]:
     """None or a number of seconds >= 0, checked before anything is queued."""
     if timeout is not None and number(timeout, "timeout") < 0:
-        raise InvalidInputError(f"timeout must be a number of seconds >= 0 or None, got {timeout!r}", ["timeout"])
+        raise InvalidInputError(f"{arg('timeout')} must be a number of seconds >= 0 or None, got {timeout!r}")
     return timeout
 
 
@@ -294,5 +299,4 @@ def _wait(future: Future, timeout: Optional[float]) -> Any:
         if not future.cancel():  # it finished in the meantime
             return future.result()
         raise RequestTimeoutError(f"the request did not finish within its timeout of {timeout} s; it was dropped. "
-                                  "Retry with a longer timeout, or when the Generator is less busy",
-                                  ["timeout"]) from None
+                                  f"Retry with a longer {arg('timeout')}, or when the Generator is less busy") from None

@@ -29,23 +29,30 @@ def _font(size: int) -> Any:
 
 
 def contact_sheet(images: list, cols: int, pad: int = 2, captions: Optional[list] = None,
-                  background: str = "white") -> Image.Image:
+                  background: str = "white", column_titles: Optional[list] = None) -> Image.Image:
     """Images of one size laid out row by row, `cols` per row, `pad` pixels of `background` between them;
     with `captions` (one string per image), each cell gets its caption in a strip below it, clipped to the
-    cell's width."""
+    cell's width; with `column_titles` (one string per column), a strip above the first row names each column."""
     w, h = images[0].size
     font_size = max(9, min(14, w // 8))
     strip = font_size + 4 if captions else 0
+    header = font_size + 4 + pad if column_titles else 0
     rows = math.ceil(len(images) / cols)
-    sheet = Image.new("RGB", (cols * (w + pad) + pad, rows * (h + strip + pad) + pad), background)
-    font = _font(font_size) if captions else None
+    sheet = Image.new("RGB", (cols * (w + pad) + pad, header + rows * (h + strip + pad) + pad), background)
+    font = _font(font_size) if captions or column_titles else None
+
+    def text_strip(text: object) -> Image.Image:
+        label = Image.new("RGB", (w, font_size + 4), "white")
+        ImageDraw.Draw(label).text((1, 1), str(text), fill="black", font=font)
+        return label
+
+    for c, title in enumerate(column_titles or ()):
+        sheet.paste(text_strip(title), (pad + c * (w + pad), pad))
     for i, im in enumerate(images):
-        x, y = pad + (i % cols) * (w + pad), pad + (i // cols) * (h + strip + pad)
+        x, y = pad + (i % cols) * (w + pad), header + pad + (i // cols) * (h + strip + pad)
         sheet.paste(im, (x, y))
         if captions:
-            label = Image.new("RGB", (w, strip), "white")
-            ImageDraw.Draw(label).text((1, 1), str(captions[i]), fill="black", font=font)
-            sheet.paste(label, (x, y + h))
+            sheet.paste(text_strip(captions[i]), (x, y + h))
     return sheet
 
 

@@ -24,10 +24,19 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-from tqdm import tqdm
 
-from .batch import BatchJob, BatchSummary, RunPlan, finish_run, open_run, plan_run, sample_chunk, write_chunk
-from .errors import ClusterError, DndError, InvalidInputError
+from .batch import (
+    BatchJob,
+    BatchSummary,
+    RunPlan,
+    finish_run,
+    open_run,
+    plan_run,
+    run_progress,
+    sample_chunk,
+    write_chunk,
+)
+from .errors import ClusterError, DndError, InvalidInputError, arg
 from .generator import Generator
 from .images import to_pil
 from .manifest import MANIFEST_NAME, load_manifest
@@ -114,7 +123,7 @@ def run_batch_ray(model: str | Path, out: str | Path, job: BatchJob, options: Op
         with open_run(out, plan) as todo:
             queue = deque(todo[lo:lo + job.batch_size] for lo in range(0, len(todo), job.batch_size))
             plan_ref, t1 = ray.put(plan), time.perf_counter()
-            with tqdm(total=len(mine), initial=len(mine) - len(todo), unit="img", disable=not progress) as bar:
+            with run_progress(out, mine, todo, progress) as bar:
                 while queue or pool.chunks_in_flight():
                     pool.feed(queue, plan_ref)
                     done = pool.next_chunk(queue)
@@ -138,20 +147,26 @@ def run_batch_ray(model: str | Path, out: str | Path, job: BatchJob, options: Op
 
 def _check(o: RayOptions) -> None:
     if isinstance(o.workers, bool) or not isinstance(o.workers, int) or o.workers < 1:
-        raise InvalidInputError(f"workers must be an integer >= 1, got {o.workers!r}", ["workers"])
+        raise InvalidInputError(f"{arg('workers')} must be an integer >= 1, got {o.workers!r}")
     if not o.worker_cpus > 0 or not o.worker_gpus >= 0:
-        raise InvalidInputError(f"worker_cpus must be > 0 and worker_gpus >= 0, got {o.worker_cpus!r} and "
-                                f"{o.worker_gpus!r}", ["worker_cpus", "worker_gpus"])
+        raise InvalidInputError(f"{arg('worker_cpus')} must be > 0 and {arg('worker_gpus')} >= 0, got "
+                                f"{o.worker_cpus!r} and {o.worker_gpus!r}")
 
 
-# Ray swaps a loopback node address for the machine's network IP, and binds its servers there, unless
-# this flag is off (ray._private.services.get_node_ip_address reads it when ray is imported)
-LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+# The private cluster of `--ray local`, set before ray is imported:
+PRIVATE_CLUSTER = {
+    # Ray swaps a loopback node address for the machine's network IP, and binds its servers there, unless
+    # this flag is off (ray._private.services.get_node_ip_address reads it when ray is imported)
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    # token authentication, which Ray turns on by default for a new local cluster with a warning on every run
+    # ("Token authentication is enabled for this Ray cluster"); said explicitly, it stays on and Ray is quiet
+    "RAY_AUTH_MODE": "token",
+}
 
 
 def _import_ray(address: str) -> Any:
     if address == "local":  # a private cluster of this machine alone listens on 127.0.0.1 only
-        for key, value in LOOPBACK_ONLY.items():
+        for key, value in PRIVATE_CLUSTER.items():
             os.environ.setdefault(key, value)
     try:
         import ray
@@ -167,7 +182,8 @@ def _connect(ray: Any, address: str) -> bool:
     if address not in ("local", "auto") and "://" not in address:
         host, _, port = address.rpartition(":")
         if not host or not port.isdigit():
-            raise ClusterError(f"address must be local, auto, HOST:PORT or ray://HOST:PORT, got {address!r}", ["address"])
+            raise ClusterError(f"{arg('address')} must be local, auto, HOST:PORT or ray://HOST:PORT, "
+                               f"got {address!r}")
         try:
             socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
         except OSError as e:
@@ -180,6 +196,10 @@ def _connect(ray: Any, address: str) -> bool:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
                  **({"include_dashboard": False} if address == "local" else {}))
     except ConnectionError as e:
+        if address == "auto":  # Ray's own message names a --address flag, which is `ray start`'s, not ours
+            raise ClusterError(f"no Ray cluster runs on this machine for {arg('address')} auto (`ray start --head` "
+                               f"starts one; RAY_ADDRESS names another). Give {arg('address')} HOST:PORT of a head "
+                               f"node, or {arg('address')} local for a private cluster of this machine") from None
         raise ClusterError(f"cannot join a Ray cluster at {address!r}: {e}") from None
     return True
 

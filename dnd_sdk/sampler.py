@@ -11,7 +11,7 @@ from typing import Optional
 import numpy as np
 
 from .arguments import integer, number
-from .errors import InvalidInputError
+from .errors import InvalidInputError, arg
 
 # Dividing logits by a temperature this small overflows float64 (1e-320 turns every row into
 # NaN), and long before that the distribution is one-hot: below it, sampling is greedy.
@@ -49,26 +49,26 @@ class SamplingParams:
         temps = [temperature] if self.head_temperatures is None else self._head_temperatures(depth)
         if any(t < 0 for t in temps):
             name = "temperature" if self.head_temperatures is None else "head_temperatures"
-            raise InvalidInputError(f"{name} must be >= 0 (0 = greedy), got {min(temps)}", [name])
+            raise InvalidInputError(f"{arg(name)} must be >= 0 (0 = greedy), got {min(temps)}")
         top_k = integer(self.top_k, "top_k", 0, vocab_size)
         top_p = number(self.top_p, "top_p")
         if not 0 < top_p <= 1:
-            raise InvalidInputError(f"top_p must be in (0, 1] (1 = off), got {top_p}", ["top_p"])
+            raise InvalidInputError(f"{arg('top_p')} must be in (0, 1] (1 = off), got {top_p}")
         if not 0 <= cfg_scale <= MAX_CFG_SCALE:
-            raise InvalidInputError(f"cfg_scale must be in [0, {MAX_CFG_SCALE:g}] (1 = no guidance), got {cfg_scale}",
-                                    ["cfg_scale"])
+            raise InvalidInputError(f"{arg('cfg_scale')} must be in [0, {MAX_CFG_SCALE:g}] (1 = no guidance), "
+                                    f"got {cfg_scale}")
         if cfg_scale != 1.0 and not has_null_class:
             raise InvalidInputError(
-                f"cfg_scale={cfg_scale} needs guidance, but this model was trained without a null class "
-                "(class_dropout_prob = 0); use cfg_scale=1", ["cfg_scale"])
+                f"{arg('cfg_scale')}={cfg_scale} needs guidance, but this model was trained without a null class "
+                f"(class_dropout_prob = 0); use {arg('cfg_scale')}=1")
         return replace(self, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p,
                        head_temperatures=None if self.head_temperatures is None else tuple(temps))
 
     def _head_temperatures(self, depth: int) -> list:
         given = self.head_temperatures
         if isinstance(given, (str, bytes)) or not isinstance(given, (Sequence, np.ndarray)) or len(given) != depth:
-            raise InvalidInputError(f"head_temperatures must be a list of {depth} numbers (one per depth), "
-                                    f"got {given!r}", ["head_temperatures"])
+            raise InvalidInputError(f"{arg('head_temperatures')} must be a list of {depth} numbers (one per "
+                                    f"depth), got {given!r}")
         return [number(t, "head_temperatures") for t in given]
 
 

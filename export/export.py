@@ -17,9 +17,18 @@ import onnx
 import torch
 
 import dnd_sdk
-from dnd_sdk.errors import InvalidInputError
+from dnd_sdk.errors import InvalidInputError, arg
 from dnd_sdk.folders import check_target, staged_folder, write_failure
-from dnd_sdk.manifest import BACKEND_NAMES, ONNXRUNTIME_ONLY, FileEntry, FileRef, Manifest, Stage, write_manifest
+from dnd_sdk.manifest import (
+    BACKEND_NAMES,
+    ONNXRUNTIME_ONLY,
+    FileEntry,
+    FileRef,
+    Manifest,
+    Stage,
+    sha256_file,
+    write_manifest,
+)
 from dnd_sdk.sampler import SamplingParams
 from dnd_training.checkpoint import load_checkpoint
 from .errors import ExportError
@@ -97,7 +106,7 @@ def export_model(checkpoint_path, out_dir, dtype: str = "fp32", opset: int = DEF
                 forms=forms, decoder_dtype=decoder_dtype,
                 quantization=quantization_facts(dtype, decoder_dtype),
                 producer={"dnd_sdk": dnd_sdk.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
-                          "exporter": "torch.onnx TorchScript"})
+                          "exporter": "torch.onnx TorchScript", **provenance(checkpoint_path)})
             write_manifest(tmp, manifest)
             if check:
                 from .check import check_export  # polygraphy is only needed for --check
@@ -108,16 +117,23 @@ def export_model(checkpoint_path, out_dir, dtype: str = "fp32", opset: int = DEF
     return out_dir
 
 
+def provenance(checkpoint_path) -> dict:
+    """Which checkpoint.pt the folder was exported from: `dnd info` shows it, and `dnd bench MODEL` compares the
+    runtime with that file when it still holds the same bytes."""
+    path = Path(checkpoint_path).resolve()
+    return {"checkpoint": str(path), "checkpoint_sha256": sha256_file(path)}
+
+
 def _forms(dtype: str, decoder_dtype: str) -> dict:
     """The manifest's `forms`; refuses a combination whose graphs no one backend runs."""
     stages = ONNXRUNTIME_ONLY if dtype in QUANTIZED else TENSORRT_ONLY if dtype == "bf16" else BACKEND_NAMES
     decoder = ONNXRUNTIME_ONLY if decoder_dtype == "int8" else BACKEND_NAMES
     if not set(stages) & set(decoder):
         raise InvalidInputError(
-            f"dtype {dtype} with decoder_dtype {decoder_dtype} makes a folder no backend runs: {dtype} stage graphs "
-            f"run on {', '.join(stages)} only, an {decoder_dtype} decoder on {', '.join(decoder)} only. Keep a float "
-            "decoder_dtype (auto, fp32 or fp16) for bf16, or use dtype fp32, fp16, int8 or int4 with an int8 decoder",
-            ["dtype", "decoder_dtype"])
+            f"{arg('dtype')} {dtype} with {arg('decoder_dtype')} {decoder_dtype} makes a folder no backend runs: "
+            f"{dtype} stage graphs run on {', '.join(stages)} only, an {decoder_dtype} decoder on "
+            f"{', '.join(decoder)} only. Keep a float {arg('decoder_dtype')} (auto, fp32 or fp16) for bf16, or use "
+            f"{arg('dtype')} fp32, fp16, int8 or int4 with an int8 decoder")
     return {"stages": list(stages), "decoder": list(decoder)}
 
 

@@ -25,8 +25,11 @@ def _run_options(fn):
                      help="Override a config entry, e.g. --set train.steps=100 (repeatable)."),
         click.option("--steps", type=int, help="Same as --set train.steps=N."),
         click.option("--batch-size", type=int, help="Global batch size, same as --set train.batch_size=N."),
-        click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Same as --set train.out_dir=DIR."),
+        click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False),
+                     help="The run folder, same as --set train.out_dir=DIR."),
         click.option("--resume", is_flag=True, help="Continue the run in train.out_dir from its train_state.pt."),
+        click.option("--force", is_flag=True, help="Start over in a folder that holds a run: deletes its run files "
+                                                   "(checkpoint, training state, log, config, sample grids)."),
         click.option("--stop-at", type=int, hidden=True, help="Stop after this step, as if interrupted (tests)."),
     ]
     for option in reversed(options):
@@ -44,17 +47,19 @@ def _overrides(overrides, steps, batch_size, out_dir) -> list:
 def train():
     """Train a tokenizer, extract codes, train a transformer."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # under `dnd`, whose group configured logging at WARNING first: a run still says what it chose (precision)
+    logging.getLogger("dnd_training").setLevel(logging.INFO)
 
 
 @train.command("tokenizer")
 @_run_options
 @user_errors
-def tokenizer_cmd(config_path, overrides, steps, batch_size, out_dir, resume, stop_at):
+def tokenizer_cmd(config_path, overrides, steps, batch_size, out_dir, resume, force, stop_at):
     """Train the RQ tokenizer; writes OUT/tokenizer.pt."""
     from .config import load_config
     from .train_tokenizer import TokenizerRunConfig, train_tokenizer
     cfg = load_config(TokenizerRunConfig, config_path, _overrides(overrides, steps, batch_size, out_dir))
-    click.echo(f"wrote {train_tokenizer(cfg, resume=resume, stop_at=stop_at)}")
+    click.echo(f"wrote {train_tokenizer(cfg, resume=resume, force=force, stop_at=stop_at)}")
 
 
 @train.command("extract-codes")
@@ -74,12 +79,12 @@ def extract_codes_cmd(config_path, overrides, device):
 @train.command("transformer")
 @_run_options
 @user_errors
-def transformer_cmd(config_path, overrides, steps, batch_size, out_dir, resume, stop_at):
+def transformer_cmd(config_path, overrides, steps, batch_size, out_dir, resume, force, stop_at):
     """Train the DnD transformer on extracted codes; writes OUT/checkpoint.pt."""
     from .config import load_config
     from .train_transformer import TransformerRunConfig, train_transformer
     cfg = load_config(TransformerRunConfig, config_path, _overrides(overrides, steps, batch_size, out_dir))
-    click.echo(f"wrote {train_transformer(cfg, resume=resume, stop_at=stop_at)}")
+    click.echo(f"wrote {train_transformer(cfg, resume=resume, force=force, stop_at=stop_at)}")
 
 
 @train.command("set-defaults")

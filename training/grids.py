@@ -7,11 +7,12 @@ from dnd_sdk.images import contact_sheet, save_png
 from .pixels import to_image
 
 
-def save_tensor_grid(path, columns: list) -> None:
-    """columns: list of [B, 3, H, W] tensors in about [-1, 1]; row b shows image b of every column."""
+def save_tensor_grid(path, columns: list, titles: list) -> None:
+    """columns: list of [B, 3, H, W] tensors in about [-1, 1], each named by its title above it;
+    row b shows image b of every column."""
     images = [to_image(col[b]) for b in range(columns[0].shape[0]) for col in columns]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_png(contact_sheet(images, cols=len(columns), background=(128, 128, 128)), path)
+    save_png(contact_sheet(images, cols=len(columns), background=(128, 128, 128), column_titles=titles), path)
 
 
 def step_png(out_dir, step: int) -> Path:

@@ -8,6 +8,7 @@ resumed reaches the same weights as one that never stopped.
 """
 import functools
 import json
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -20,11 +21,15 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
+from dnd_sdk.cpu import CpuFeatures, cpu_features
 from dnd_sdk.errors import CheckpointError, DndError, InvalidInputError
 from .distributed import Dist, all_mean, barrier, wrap
+from .loss_plot import save_loss_plot
+from .tensorboard_log import TensorBoardLog
 from .torch_files import atomic_torch_save, read_torch_file
 
 STATE_FORMAT = "dnd-train-state"
+logger = logging.getLogger("dnd_training")
 
 
 @dataclass
@@ -39,12 +44,13 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.0  # 0 = off; when on, the saved checkpoint holds the EMA weights
     seed: int = 0
-    precision: str = "auto"  # auto = bf16 on CUDA devices that support it, else fp32; or "bf16" / "fp32"
+    precision: str = "auto"  # auto = bf16 where the device computes in it (CUDA, AMX, AVX-512 BF16), else fp32
     device: str = "auto"
     num_threads: int = 0  # torch CPU threads; 0 = torch's default
     log_every: int = 10
     ckpt_every: int = 500
-    sample_every: int = 500  # 0 = no sample grids
+    sample_every: int = 500  # 0 = no sample grids; loss.png is redrawn with every grid and checkpoint
+    tensorboard: bool = False  # also log scalars to out_dir/tensorboard (needs pip install tensorboard)
     out_dir: str = "runs/run"
     init_from: Optional[str] = None  # fine-tune: start from this file's weights (tokenizer.pt or checkpoint.pt)
 
@@ -101,10 +107,22 @@ def lr_factor(cfg: TrainConfig, step: int) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
-    if cfg.precision == "auto":
-        return device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return cfg.precision == "bf16"
+def choose_precision(cfg: TrainConfig, device: torch.device, cpu: Optional[CpuFeatures] = None) -> tuple:
+    """("bf16" or "fp32", why). auto takes bf16 only where the hardware computes in it: emulated bf16
+    on a CPU without AMX or AVX-512 BF16 trains several times slower than fp32. `cpu`: this machine's."""
+    if cfg.precision != "auto":
+        return cfg.precision, f"train.precision={cfg.precision} in the config"
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return "bf16", f"auto: {torch.cuda.get_device_name(device)} computes in bf16"
+        return "fp32", f"auto: {torch.cuda.get_device_name(device)} has no bf16"
+    if device.type == "cpu":
+        cpu = cpu or cpu_features()
+        if cpu.has_bf16():
+            which = "AMX" if cpu.has("amx_bf16") else "AVX-512 BF16"
+            return "bf16", f"auto: this CPU ({cpu.model}) has {which}"
+        return "fp32", f"auto: this CPU ({cpu.model}) has neither AMX nor AVX-512 BF16, so bf16 would be emulated"
+    return "fp32", f"auto: fp32 on {device.type}"
 
 
 class JsonlLog:
@@ -121,6 +139,9 @@ class JsonlLog:
         if self.enabled:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+
+    def records(self) -> list:
+        return [json.loads(x) for x in self.path.read_text().splitlines()] if self.path.is_file() else []
 
 
 @dataclass
@@ -141,7 +162,7 @@ def save_state(path: Path, step: int, model, opt, sched, ema, cfg: TrainConfig) 
 
 
 def load_state(path: Path, model, opt, sched, ema, cfg: TrainConfig) -> int:
-    if not path.is_file():
+    if not path.is_file():  # claim_run_folder checked it at the start; this is a folder emptied meanwhile
         raise CheckpointError(f"--resume: no training state at {path}; start without --resume or point "
                               "train.out_dir at the interrupted run")
     state = read_torch_file(path)
@@ -210,10 +231,14 @@ def run(cfg: TrainConfig, model: torch.nn.Module, d: Dist, loop: Loop, *, resume
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True) \
         if cfg.ema_decay else None
     start = load_state(out / "train_state.pt", model, opt, sched, ema, cfg) if resume else 0
-    bf16 = use_bf16(cfg, d.device)
+    precision, why = choose_precision(cfg, d.device)
+    bf16 = precision == "bf16"
+    if d.is_main:
+        logger.info("training in %s (%s; --set train.precision=bf16|fp32 overrides)", precision, why)
     log = JsonlLog(out / "log.jsonl", d.is_main)
     if resume:
         log.drop_after(start)
+    board = TensorBoardLog(out / "tensorboard", cfg.tensorboard and d.is_main, start)
     weights = lambda: ema.module if ema is not None else model  # noqa: E731
     end = min(cfg.steps, stop_at or cfg.steps)
     bar = tqdm(range(start, end), initial=start, total=cfg.steps, disable=not d.is_main, dynamic_ncols=True)
@@ -239,13 +264,19 @@ def run(cfg: TrainConfig, model: torch.nn.Module, d: Dist, loop: Loop, *, resume
                                f"raise train.warmup_steps, then restart (or --resume from the last checkpoint)")
             bar.set_postfix(_postfix(record))
             log.write(record)
-        if loop.sample and d.is_main and cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.steps):
+            board.write(record)
+        sampled = loop.sample and d.is_main and cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.steps)
+        if sampled and loop.sample is not None:
             loop.sample(done, weights())
-        if done % cfg.ckpt_every == 0 or done == end:
+        saved = done % cfg.ckpt_every == 0 or done == end
+        if saved:
             if d.is_main:
                 loop.save(done, weights(), record)
                 save_state(out / "train_state.pt", done, model, opt, sched, ema, cfg)
             barrier(d)
+        if d.is_main and (sampled or saved):
+            save_loss_plot(log.records(), out / "loss.png")
         meter.restart_clock()  # sec_per_step counts training steps, not sample grids or checkpoints
     bar.close()
+    board.close()
     return weights()

@@ -19,6 +19,7 @@ from .config import save_config
 from .data import DataConfig, build_dataset
 from .distributed import init_distributed, shutdown
 from .grids import eval_mode, save_tensor_grid, step_png
+from .run_folder import claim_run_folder
 from .tokenizer import RQTokenizer, TokenizerConfig
 from .tokenizer_file import load_tokenizer, save_tokenizer
 from .train_common import Loop, TrainConfig, batch_indices, check_same_settings, run
@@ -55,9 +56,10 @@ def start_weights(path, config: TokenizerConfig) -> dict:
     return start.state_dict()
 
 
-def train_tokenizer(cfg: TokenizerRunConfig, *, resume: bool = False, stop_at=None) -> Path:
+def train_tokenizer(cfg: TokenizerRunConfig, *, resume: bool = False, force: bool = False, stop_at=None) -> Path:
     """Train per `cfg`; returns the path of the tokenizer.pt written."""
     tcfg = cfg.train
+    claim_run_folder(tcfg.out_dir, resume=resume, force=force)  # before this run writes anything
     if tcfg.num_threads:
         torch.set_num_threads(tcfg.num_threads)
     d = init_distributed(tcfg.device)
@@ -95,7 +97,8 @@ def train_tokenizer(cfg: TokenizerRunConfig, *, resume: bool = False, stop_at=No
         with eval_mode(weights):
             codes = weights.encode(preview)
             recons = [weights.decode(codes[..., :k]).clamp(-1, 1) for k in range(1, codes.shape[-1] + 1)]
-        save_tensor_grid(step_png(out, step), [preview] + recons)
+        titles = ["original"] + [f"{k} code{'s' if k > 1 else ''}" for k in range(1, len(recons) + 1)]
+        save_tensor_grid(step_png(out, step), [preview] + recons, titles)
 
     if d.is_main:
         save_config(cfg, out / "config.yaml")

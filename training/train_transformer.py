@@ -26,6 +26,7 @@ from .config import save_config
 from .distributed import init_distributed, shutdown
 from .grids import eval_mode, save_tensor_grid, step_png
 from .model import MODEL_CONFIGS, ModelArgs, Transformer
+from .run_folder import claim_run_folder
 from .sampling import generate
 from .tokenizer import TokenizerConfig, code_weights_differ
 from .tokenizer_file import load_tokenizer
@@ -39,7 +40,17 @@ class TransformerRunConfig:
     codes: CodesConfig = field(default_factory=CodesConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="runs/transformer"))
     sampler_defaults: Optional[SamplingParams] = None  # stored in meta (SAMPLER_KEYS); also used for the sample grids
-    sample_classes: int = 8  # classes shown in each sample grid (2 images each)
+    sample_classes: int = 8  # classes shown in each sample grid: a column each, titled by name, 2 images
+
+
+def heads_for_depth(n_layer: int, depth: int, n_layer_given: bool) -> dict:
+    """A preset made for another code depth (`tiny` has 2 heads, the word codes 4): one head after each of
+    the last `depth` layers, as every preset places them, with at least `depth` layers."""
+    if n_layer < depth and n_layer_given:
+        raise InvalidInputError(f"model.n_layer {n_layer} is too few for the code file's {depth} depth heads (one "
+                                f"layer each); raise it to {depth} or more, or set model.pred_head_positions")
+    n_layer = max(n_layer, depth)
+    return {"n_layer": n_layer, "pred_head_positions": list(range(n_layer - depth, n_layer))}
 
 
 def build_model_args(cfg: TransformerRunConfig, data: CodeSet) -> ModelArgs:
@@ -53,6 +64,8 @@ def build_model_args(cfg: TransformerRunConfig, data: CodeSet) -> ModelArgs:
     if clash:
         raise InvalidInputError(f"model settings {clash} (config, code file) contradict the code file; "
                                 "leave them out, they are taken from the codes")
+    if "pred_head_positions" not in cfg.model and len(fields.get("pred_head_positions", ())) != depth:
+        fields.update(heads_for_depth(fields.get("n_layer", ModelArgs.n_layer), depth, "n_layer" in cfg.model))
     try:
         return ModelArgs(**{**fields, **derived})
     except (TypeError, ValueError) as e:
@@ -73,9 +86,10 @@ def start_weights(path, args: ModelArgs, data: CodeSet, tokenizer) -> dict:
     return start.model
 
 
-def train_transformer(cfg: TransformerRunConfig, *, resume: bool = False, stop_at=None) -> Path:
+def train_transformer(cfg: TransformerRunConfig, *, resume: bool = False, force: bool = False, stop_at=None) -> Path:
     """Train per `cfg`; returns the path of the checkpoint.pt written."""
     tcfg = cfg.train
+    claim_run_folder(tcfg.out_dir, resume=resume, force=force)  # before this run writes anything
     if tcfg.num_threads:
         torch.set_num_threads(tcfg.num_threads)
     d = init_distributed(tcfg.device)
@@ -116,12 +130,14 @@ def train_transformer(cfg: TransformerRunConfig, *, resume: bool = False, stop_a
                         {**meta, "step": step, "metrics": metrics})
 
     def sample(step, weights):
-        shown = torch.arange(min(cfg.sample_classes, args.num_classes)).repeat_interleave(2)
+        classes = min(cfg.sample_classes, args.num_classes)
+        shown = torch.arange(classes).repeat(2)  # two rows: every class once per row
         # the reference sampler draws its uniforms on the CPU, so it samples from a CPU copy
         m = weights if d.device.type == "cpu" else copy.deepcopy(weights).float().cpu()
         with eval_mode(m):
             images = tokenizer.decode(generate(m, shown, seed=step, **sampler)).clamp(-1, 1)
-        save_tensor_grid(step_png(out, step), [images[0::2], images[1::2]])
+        save_tensor_grid(step_png(out, step), [images[c::classes] for c in range(classes)],
+                         list(data.label_names[:classes]))
 
     if d.is_main:
         save_config(cfg, out / "config.yaml")

@@ -5,7 +5,7 @@ from typing import Any, Optional
 
 import click
 
-from ..batch import BatchJob, run_batch
+from ..batch import BatchJob, RunInterrupted, run_batch
 from ..generator import Generator
 from .options import backend_options, ray_options, sampler_options
 
@@ -33,7 +33,7 @@ def _labels(ctx: click.Context, param: click.Parameter, value: Optional[str]) ->
 @click.option("--labels", callback=_labels, help="Comma-separated class names or ids; image i gets entry i mod count. "
               "[default: image i gets class i mod num_classes]")
 @click.option("--per-class", type=int, help="K images of every class (num = K x classes).")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 @click.option("--batch-size", type=int, default=16, show_default=True, help="Images per backend call.")
 @sampler_options
 @click.option("--shard", default="0/1", show_default=True, callback=_shard,
@@ -53,15 +53,22 @@ def generate(model: Path, num: Optional[int], labels: Optional[list[str]], per_c
     Killed at any point, the same command resumes where it stopped. Shards may share OUT.
     With --ray, Ray workers sample and this process writes the same files.
     """
+    if captions is not None and not grid:
+        raise click.UsageError("--captions/--no-captions apply to grid.png: add --grid")
     job = BatchJob(num=num, labels=labels, per_class=per_class, seed=seed, sampling=sampling,
                    batch_size=batch_size, shard=shard, npz=npz, grid=grid, captions=captions)
-    if ray is None:
-        gen = Generator(model, **backend)
-        s, where = run_batch(gen, out, job, progress=not quiet), f"on {gen.backend_name}"
-    else:
-        from ..ray_batch import RayOptions, run_batch_ray  # ray itself is imported only when a run starts
-        s = run_batch_ray(model, out, job, RayOptions(**ray, **backend), progress=not quiet)
-        where = f"on {len(s.workers)} Ray worker(s)"
+    try:
+        if ray is None:
+            gen = Generator(model, **backend)
+            s, where = run_batch(gen, out, job, progress=not quiet), f"on {gen.backend_name}"
+        else:
+            from ..ray_batch import RayOptions, run_batch_ray  # ray itself is imported only when a run starts
+            s = run_batch_ray(model, out, job, RayOptions(**ray, **backend), progress=not quiet)
+            where = f"on {len(s.workers)} Ray worker(s)"
+    except RunInterrupted as e:
+        click.echo(f"\nInterrupted: {e.done} of {e.total} images are done in {e.out}. Run the same command again "
+                   "to make the rest; nothing is made twice.", err=True)
+        raise SystemExit(130) from None  # 128 + SIGINT, as a shell reports a Ctrl-C
     state = "complete" if s.complete else "this shard done, others still missing"
     click.echo(f"{out}: {s.made} made, {s.skipped} already there ({state}) {where} in {s.seconds:.1f}s")
     if ray is not None:

@@ -1,4 +1,6 @@
-"""`dnd info MODEL`: check a model (or engine) folder against its manifest and print what it holds."""
+"""`dnd info MODEL`: check a model (or engine) folder against its manifest and print what it holds, or summarise
+a checkpoint.pt."""
+import importlib
 from pathlib import Path
 
 import click
@@ -6,6 +8,9 @@ import click
 from ..engine_index import load_engine_index
 from ..manifest import load_manifest
 from ..model_files import load_embeddings
+from .flags import user_errors
+
+SOURCE_KEYS = ("checkpoint", "checkpoint_sha256")  # the producer's record of the file exported (dnd_export)
 
 
 def summary(model_dir: Path) -> str:
@@ -24,8 +29,10 @@ def summary(model_dir: Path) -> str:
         "sampler:  " + ", ".join(f"{k}={v}" for k, v in m.sampler_defaults.items()),
         f"runs on:  {', '.join(m.backends)} (stage graphs v2, cache of {m.cache_length} positions)",
         f"files:    {len(m.files)} ({size / 2**20:.1f} MiB), sha256 verified, embedding tables checked",
-        "producer: " + ", ".join(f"{k} {v}" for k, v in m.producer.items()),
+        "producer: " + ", ".join(f"{k} {v}" for k, v in m.producer.items() if k not in SOURCE_KEYS),
     ]
+    if "checkpoint" in m.producer:
+        lines.append(f"exported from: {m.producer['checkpoint']} (sha256 {m.producer.get('checkpoint_sha256', '?')[:12]})")
     engines = load_engine_index(model_dir, m.stage_names + ["decoder"])
     if engines is not None:
         lines.append(f"engines:  TensorRT {engines.tensorrt_version}, up to {engines.max_rows} rows per call, "
@@ -33,8 +40,22 @@ def summary(model_dir: Path) -> str:
     return "\n".join(lines)
 
 
+# a checkpoint.pt is read by torch, which dnd_sdk never imports: the summary comes from the train extra
+CHECKPOINT_SUMMARY = ("dnd_training.checkpoint_info", "summary")
+
+
+def checkpoint_summary(path: Path) -> str:
+    module, attr = CHECKPOINT_SUMMARY
+    try:
+        return getattr(importlib.import_module(module), attr)(path)
+    except ImportError as e:
+        raise click.ClickException(f"{path} is a file: reading a checkpoint.pt needs the 'train' extra "
+                                   f"(pip install 'dnd-sdk[train]'; {e}). A model folder needs nothing more.") from None
+
+
 @click.command("info")
-@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("model", type=click.Path(exists=True, path_type=Path))
+@user_errors
 def info(model: Path) -> None:
-    """Verify MODEL's files against manifest.json and print its summary."""
-    click.echo(summary(model))
+    """Print what MODEL holds: a model folder (its files verified against manifest.json) or a checkpoint.pt."""
+    click.echo(checkpoint_summary(model) if model.is_file() else summary(model))

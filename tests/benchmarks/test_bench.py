@@ -8,15 +8,27 @@ from click.testing import CliRunner
 
 from dnd_bench.bench import _rates
 from dnd_sdk.cli.main import cli
+from dnd_sdk.cpu import REPORTED_FLAGS, cpu_features
 
 
 def test_bench_writes_json_with_a_ratio_per_batch_size(tiny_checkpoint, tiny_model_dir, tmp_path):
     out = tmp_path / "bench.json"
-    result = CliRunner().invoke(cli, ["bench", "--checkpoint", str(tiny_checkpoint), "--model", str(tiny_model_dir),
-                                      "--batch", "1", "--batch", "2", "--num-batches", "1", "--repeats", "1",
+    result = CliRunner().invoke(cli, ["bench", str(tiny_model_dir), "--checkpoint", str(tiny_checkpoint),
+                                      "--batch-size", "1", "--batch", "2", "--num-batches", "1", "--repeats", "1",
                                       "-o", str(out)])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
+    # the printed table: a header, then per batch size the images, both rates and their ratio
+    lines = result.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["batch", "size"])
+    for line, row in zip(lines[header + 1:header + 3], report["results"]):
+        assert line.split() == [str(row["batch_size"]), str(row["images"]), f"{row['runtime_images_per_s']:.2f}",
+                                f"{row['reference_images_per_s']:.2f}", f"{row['ratio']:.2f}x"]
+    assert f"reference: PyTorch on cpu, {tiny_checkpoint}" in result.stdout
+    cpu = cpu_features()  # the CPU the figures were measured on
+    assert report["cpu"]["model"] == cpu.model
+    assert {k for k, v in report["cpu"]["flags"].items() if v} == {f for f in REPORTED_FLAGS if cpu.has(f)}
+    assert {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile"} <= set(report["cpu"]["flags"])
     assert report["backend"] == "onnxruntime-cpu" and [r["batch_size"] for r in report["results"]] == [1, 2]
     assert report["reference"] == "PyTorch on cpu"  # what every ratio is compared against
     for row in report["results"]:
@@ -26,15 +38,15 @@ def test_bench_writes_json_with_a_ratio_per_batch_size(tiny_checkpoint, tiny_mod
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this torch has CUDA")
 def test_bench_refuses_a_cuda_reference_without_cuda(tiny_checkpoint, tiny_model_dir):
-    result = CliRunner().invoke(cli, ["bench", "--checkpoint", str(tiny_checkpoint), "--model", str(tiny_model_dir),
+    result = CliRunner().invoke(cli, ["bench", str(tiny_model_dir), "--checkpoint", str(tiny_checkpoint),
                                       "--reference-device", "cuda"])
     assert result.exit_code == 1 and "--reference-device cuda needs a GPU" in result.output
 
 
 def test_bench_preset_dtype_and_profile(tmp_path):
     out = tmp_path / "bench.json"
-    result = CliRunner().invoke(cli, ["bench", "--preset", "tiny", "--dtype", "int8", "--batch", "2", "--num-batches",
-                                      "1", "--repeats", "1", "--profile", "-o", str(out)])
+    result = CliRunner().invoke(cli, ["bench", "--preset", "tiny", "--dtype", "int8", "--batch-size", "2",
+                                      "--num-batches", "1", "--repeats", "1", "--profile", "--output", str(out)])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     # the random model has no sampler defaults of its own, so the export's defaults apply, not cfg 2 / T 1
@@ -78,3 +90,39 @@ def test_timed_runs_take_turns_and_each_side_keeps_its_best():
     ours, ref = _rates(10, 2, side("runtime"), side("reference"))
     assert calls == ["runtime", "reference"] * 3  # warm-ups, then alternating timed runs
     assert ours > 10 / 0.02 and ref <= 10 / 0.03  # the runtime's fast first timed run is its best
+
+
+def test_a_model_folder_alone_is_compared_with_the_checkpoint_it_came_from(tiny_checkpoint, tmp_path):
+    from dnd_export import export_model
+    checkpoint = tmp_path / "checkpoint.pt"
+    checkpoint.write_bytes(tiny_checkpoint.read_bytes())
+    model = export_model(checkpoint, tmp_path / "model")
+    args = ["bench", str(model), "--batch-size", "1", "--num-batches", "1", "--repeats", "1", "-o", str(tmp_path / "a.json")]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert f"Comparing {model} with the PyTorch reference on {checkpoint.resolve()}" in result.stderr
+    report = json.loads((tmp_path / "a.json").read_text())
+    assert report["checkpoint"] == str(checkpoint.resolve()) and report["results"][0]["ratio"] > 0
+
+    checkpoint.unlink()  # without that file: the runtime alone, and it says so
+    result = CliRunner().invoke(cli, args[:1] + ["--model"] + args[1:])
+    assert result.exit_code == 0, result.output
+    assert f"Benchmarking the runtime alone: {checkpoint.resolve()}, which it was exported from, does not exist" \
+        in result.stderr
+    assert "reference: none (the runtime alone)" in result.stdout
+    report = json.loads((tmp_path / "a.json").read_text())
+    row = report["results"][0]
+    assert report["reference"] is None and row["ratio"] is None and row["runtime_images_per_s"] > 0
+
+
+def test_the_default_says_it_benchmarks_a_random_preset(tmp_path):
+    result = CliRunner().invoke(cli, ["bench", "--batch-size", "1", "--num-batches", "1", "--repeats", "1"])
+    assert result.exit_code == 0, result.output
+    assert "No MODEL given: benchmarking a random `tiny` preset" in result.stderr
+
+
+@pytest.mark.parametrize("flag", ["--batch-size", "--batch"])
+def test_a_zero_batch_size_names_the_flag(tiny_model_dir, flag):
+    result = CliRunner().invoke(cli, ["bench", str(tiny_model_dir), flag, "0"])
+    assert result.exit_code == 2 and "Invalid value for '--batch-size' / '--batch': 0 is not in the range x>=1" \
+        in result.output

@@ -126,6 +126,7 @@ def test_concurrent_shards_in_one_folder_equal_a_single_run(tiny_model_dir, tmp_
 
 
 @pytest.mark.parametrize("args, fragment", [
+    (["--num", "4", "--no-captions"], "--captions/--no-captions apply to grid.png: add --grid"),
     (["--num", "4", "--labels", "cat,,dog"], "Invalid value for '--labels': empty entry in 'cat,,dog'"),
     (["--num", "4", "--labels", "cat,"], "empty entry"),
     (["--num", "1e13"], "Invalid value for '--num': '1e13' is not a valid integer"),
@@ -136,3 +137,112 @@ def test_malformed_flags_are_usage_errors_that_write_nothing(tiny_model_dir, tmp
     result = CliRunner().invoke(cli, ["generate", str(tiny_model_dir), "--out", str(out), "--quiet", *args])
     assert result.exit_code == 2 and fragment in result.output and "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_messages_quote_paths_and_prose_as_typed(tiny_model_dir, tmp_path):
+    out = tmp_path / "labels" / "out"  # holds the names of two flags
+    out.mkdir(parents=True)
+    (out / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(cli, ["generate", str(tiny_model_dir), "--num", "2", "--out", str(out), "--quiet"])
+    assert result.exit_code == 1
+    assert f"Error: {out} exists and was not made by `dnd generate`" in result.output
+    assert "choose a new or empty --out folder." in result.output
+    unknown = CliRunner().invoke(cli, ["generate", str(tiny_model_dir), "--labels", "unicorn", "--out", str(out)])
+    assert "this model knows 4 labels (cat, dog, bird, fish)" in unknown.output  # prose, not a flag
+
+
+def test_only_marked_argument_names_become_flags():
+    import click
+
+    from dnd_sdk.cli.flags import in_flags
+    from dnd_sdk.errors import InvalidInputError, arg
+
+    command = click.Command("c", params=[click.Option(["-o", "--out"]), click.Option(["--per-class", "per_class"]),
+                                         click.Argument(["model"]), click.Option(["--force"], is_flag=True)])
+    error = InvalidInputError(f"/data/per_class/out is full; lower {arg('per_class')}, pass {arg('force')}=True, "
+                              f"fix {arg('model')} or choose another {arg('out')}")
+    assert str(error) == "/data/per_class/out is full; lower per_class, pass force=True, fix model or choose another out"
+    assert in_flags(error, command) == ("/data/per_class/out is full; lower --per-class, pass --force, fix MODEL or "
+                                        "choose another --out")
+    assert error.names == ("per_class", "force", "model", "out")
+    # the helpers that open a message with the argument's name (dnd_sdk.arguments) keep their flag
+    legacy = InvalidInputError("out must be a folder, not out/x", ["out"])
+    assert in_flags(legacy, command) == "--out must be a folder, not out/x"
+
+
+def test_ctrl_c_says_how_many_images_are_done_and_how_to_resume(tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+    args = [*DND, "generate", str(tiny_model_dir), "--num", "400", "--batch-size", "1", "--threads", "1", "--quiet",
+            "--out", str(out)]
+    proc = subprocess.Popen(args, env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while len(list(out.glob("*.png"))) < 5 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    stderr = proc.communicate(timeout=60)[1]
+    done = len(list(out.glob("*.png")))
+    assert proc.returncode == 130 and 5 <= done < 400, stderr
+    assert f"Interrupted: {done} of 400 images are done in {out}. Run the same command again" in stderr
+    assert "Traceback" not in stderr and "Aborted!" not in stderr
+
+
+def test_info_summarises_a_checkpoint(tiny_checkpoint, tiny_model_dir):
+    from dnd_training.checkpoint import load_checkpoint
+    ckpt = load_checkpoint(tiny_checkpoint)
+    parameters = sum(p.numel() for p in ckpt.build_model().parameters())
+    result = CliRunner().invoke(cli, ["info", str(tiny_checkpoint)])
+    assert result.exit_code == 0, result.output
+    assert "classes:   4 (cat, dog, bird, fish); guidance available (null class)" in result.output
+    assert f"vocab 64; {parameters / 1e6:.2f} M parameters" in result.output
+    assert "sampler:   cfg_scale=2.0, temperature=1.0, top_k=0, top_p=1.0\n" in result.output
+    assert f"export:    dnd-export {tiny_checkpoint} -o DIR" in result.output
+    # and the exported folder names the checkpoint it came from
+    folder = CliRunner().invoke(cli, ["info", str(tiny_model_dir)])
+    assert f"exported from: {tiny_checkpoint.resolve()} (sha256 " in folder.output
+
+
+def test_info_on_a_file_that_is_no_checkpoint_is_a_clean_error(tmp_path):
+    (tmp_path / "notes.pt").write_text("hello")
+    result = CliRunner().invoke(cli, ["info", str(tmp_path / "notes.pt")])
+    assert result.exit_code == 1 and "Traceback" not in result.output and "notes.pt" in result.output
+
+
+def all_commands():
+    """(name, click command) of every command of dnd, dnd-export and dnd-build, subcommands included."""
+    import click
+
+    from dnd_engines.cli import main as build
+    from dnd_export.cli import main as export
+
+    def walk(name, command):
+        if isinstance(command, click.Group):
+            for sub in command.list_commands(None):
+                yield from walk(f"{name} {sub}", command.get_command(None, sub))
+        else:
+            yield name, command
+    yield from walk("dnd", cli)
+    yield from walk("dnd-export", export)
+    yield from walk("dnd-build", build)
+
+
+def test_flags_agree_across_commands():
+    import click
+    outputs = {}
+    for name, command in all_commands():
+        for p in command.params:
+            if not isinstance(p, click.Option):
+                continue
+            if "-o" in p.opts:  # one meaning per command: the short form of its output option
+                assert p.opts in (["-o", "--out"], ["-o", "--output"]), (name, p.opts)
+            if "--out" in p.opts:  # a folder, always
+                assert isinstance(p.type, click.Path) and not p.type.file_okay, name
+                outputs[name] = "folder"
+            if "--output" in p.opts:  # a file, always
+                assert isinstance(p.type, click.Path) and not p.type.dir_okay, name
+                outputs[name] = "file"
+            assert not {"--batch", "--batch-size"} & set(p.opts) or "--batch-size" in p.opts, (name, p.opts)
+    assert outputs == {"dnd generate": "folder", "dnd train tokenizer": "folder", "dnd train transformer": "folder",
+                       "dnd export": "folder", "dnd import official": "file", "dnd eval ocr": "file",
+                       "dnd eval sweep": "file", "dnd bench": "file", "dnd-export": "folder", "dnd-build": "folder"}
+    bench = dict(all_commands())["dnd bench"]
+    assert bench.params[0].name == "model" and isinstance(bench.params[0], click.Argument)  # the model comes first

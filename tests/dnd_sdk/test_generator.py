@@ -188,3 +188,9 @@ def test_bf16_tables_are_read_from_their_bit_patterns():
     bits = np.array([[0x3F80, 0xC040], [0x0000, 0x3E20]], dtype=np.uint16)  # 1.0, -3.0, 0.0, 0.15625
     assert _float32_table(bits).tolist() == [[1.0, -3.0], [0.0, 0.15625]]
     assert _float32_table(np.array([0.5], np.float16)).dtype == np.float32
+
+
+def test_repr_says_what_the_generator_holds(gen, tiny_model_dir):
+    image = gen.manifest.image
+    assert repr(gen) == (f"Generator({str(tiny_model_dir)!r}, backend='onnxruntime-cpu', labels=4, "
+                         f"image={image['height']}x{image['width']})")

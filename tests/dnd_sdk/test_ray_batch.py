@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from dnd_sdk.ray_batch import LOOPBACK_ONLY
+from dnd_sdk.ray_batch import PRIVATE_CLUSTER
 
-os.environ.update(LOOPBACK_ONLY)  # before ray is imported: the test cluster listens on 127.0.0.1 only
+os.environ.update(PRIVATE_CLUSTER)  # before ray is imported: the test cluster listens on 127.0.0.1 only
 import ray  # noqa: E402
 from click.testing import CliRunner
 
@@ -61,9 +61,9 @@ def single(tiny_model_dir, tmp_path_factory):
     return tree(out)
 
 
-def dnd(*args, timeout=120):
+def dnd(*args, timeout=120, env=None):
     return subprocess.run([sys.executable, "-c", "from dnd_sdk.cli.main import main; main()", *args],
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def test_two_workers_write_the_files_of_one_process(cluster, tiny_model_dir, single, tmp_path):
@@ -184,3 +184,23 @@ def test_an_unreachable_or_malformed_address_is_one_line(tiny_model_dir, tmp_pat
     proc = dnd("generate", str(tiny_model_dir), "--num", "2", "--out", str(tmp_path / "a"), "--ray", address)
     assert proc.returncode == 1 and not (tmp_path / "a").exists()
     assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith(error), proc.stderr
+
+
+def test_auto_without_a_cluster_names_dnds_own_flags(tiny_model_dir, tmp_path):
+    # a Ray temp folder of its own: `auto` must not find the cluster the other tests started
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_TMPDIR"] = str(tmp_path / "ray")
+    proc = dnd("generate", str(tiny_model_dir), "--num", "2", "--out", str(tmp_path / "a"), "--ray", "auto", env=env)
+    assert proc.returncode == 1 and not (tmp_path / "a").exists()
+    assert proc.stderr.strip().splitlines() == [
+        "Error: no Ray cluster runs on this machine for --ray auto (`ray start --head` starts one; RAY_ADDRESS names "
+        "another). Give --ray HOST:PORT of a head node, or --ray local for a private cluster of this machine"]
+
+
+def test_a_private_cluster_starts_without_the_token_warning(tiny_model_dir, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in PRIVATE_CLUSTER}  # as a user's shell has it
+    env["OMP_NUM_THREADS"] = "1"
+    proc = dnd("generate", str(tiny_model_dir), "--num", "2", "--out", str(tmp_path / "a"), "--ray", "--threads", "1",
+               "--quiet", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "Token authentication" not in proc.stderr and "2 made" in proc.stdout

@@ -1,6 +1,7 @@
 """`dnd eval ocr` on the dataset, a tokenizer, a model folder and a `dnd generate` folder, with real tesseract."""
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from dnd_eval.evaluate import eval_dataset, eval_images, eval_model, eval_tokenizer
@@ -85,3 +86,19 @@ def test_sweep_scores_every_setting_on_the_same_images(tiny_model_dir, tmp_path)
     assert sorted((r["cfg_scale"], r["temperature"]) for r in rows) == [(1.0, 0.0), (2.0, 0.0)]
     assert all(r["count"] == 4 for r in rows) and rows[0]["accuracy"] >= rows[1]["accuracy"]
     assert "best: dnd train set-defaults" in result.output
+
+
+@pytest.mark.parametrize("target, args, message", [
+    ("images", ["--per-class", "0"], "Invalid value for '--per-class': 0 is not in the range x>=1"),
+    ("images", ["--per-class", "2"], "--per-class does not apply to an image folder; it applies to a model folder"),
+    ("images", ["--seed", "3"], "--seed does not apply to an image folder"),
+    ("model", ["--depth", "1"], "--depth does not apply to a model folder; it applies to a tokenizer"),
+    ("model", ["--num-classes", "8"], "--num-classes does not apply to a model folder"),
+    ("tokenizer", ["--cfg-scale", "2"], "--cfg-scale does not apply to a tokenizer; it applies to a model folder"),
+    (None, ["--dataset", "--threads", "2"], "--threads does not apply to --dataset"),
+])
+def test_a_flag_that_does_not_apply_is_refused(tiny_model_dir, tiny_checkpoint, tmp_path, target, args, message):
+    (tmp_path / "images").mkdir()
+    path = {"images": tmp_path / "images", "model": tiny_model_dir, "tokenizer": tiny_checkpoint, None: None}[target]
+    result = CliRunner().invoke(cli, ["eval", "ocr", *([str(path)] if path else []), *args, "--quiet"])
+    assert result.exit_code == 2 and message in result.output, result.output

@@ -2,6 +2,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -9,11 +10,12 @@ from click.testing import CliRunner
 
 from dnd_sdk.errors import InvalidInputError
 from dnd_training.cli import train
+from dnd_training.codes import CodeSet
 from dnd_training.config import load_config, save_config
 from dnd_training.model import MODEL_CONFIGS, ModelArgs, Transformer
 from dnd_training.train_common import TrainConfig, batch_indices, build_optimizer, lr_factor
 from dnd_training.train_tokenizer import TokenizerRunConfig
-from dnd_training.train_transformer import TransformerRunConfig
+from dnd_training.train_transformer import TransformerRunConfig, build_model_args
 
 
 def test_yaml_config_with_overrides(tmp_path):
@@ -103,3 +105,27 @@ def test_numbers_in_any_yaml_spelling():
         load_config(TokenizerRunConfig, None, ["train.lr=fast"])
     with pytest.raises(InvalidInputError, match="train.steps must be an integer"):
         load_config(TokenizerRunConfig, None, ["train.steps=2.5"])
+
+
+def code_set(depth: int) -> CodeSet:
+    return CodeSet(np.zeros((4, 4, 16, depth), np.uint16), np.arange(4), ["a", "b", "c", "d"],
+                   {"codebook_size": 512})
+
+
+@pytest.mark.parametrize("preset", sorted(MODEL_CONFIGS))
+def test_every_preset_trains_on_codes_of_any_depth(preset):
+    for depth in (1, 2, 4):
+        args = build_model_args(load_config(TransformerRunConfig, None, [f"model_preset={preset}"]), code_set(depth))
+        assert args.num_pred_heads == depth and len(args.pred_head_positions) == depth
+        assert args.pred_head_positions[-1] == args.n_layer - 1  # heads on the last layers, as the presets put them
+        assert args.n_layer >= MODEL_CONFIGS[preset]["n_layer"] and args.dim == MODEL_CONFIGS[preset]["dim"]
+    tiny = build_model_args(load_config(TransformerRunConfig, None, ["model_preset=tiny"]), code_set(4))
+    assert (tiny.n_layer, tiny.pred_head_positions) == (4, [0, 1, 2, 3])  # tiny has 3 layers: one more for 4 heads
+
+
+def test_head_positions_given_are_kept_or_refused():
+    given = load_config(TransformerRunConfig, None, ["model_preset=words", "model.pred_head_positions=[1, 3]"])
+    assert build_model_args(given, code_set(2)).pred_head_positions == [1, 3]
+    few = load_config(TransformerRunConfig, None, ["model_preset=tiny", "model.n_layer=2"])
+    with pytest.raises(InvalidInputError, match="model.n_layer 2 is too few for the code file's 4 depth heads"):
+        build_model_args(few, code_set(4))

@@ -61,7 +61,8 @@ def test_tokenizer_learns_and_writes_its_files(trained):
     tokenizer, meta = load_tokenizer(tok_path)
     assert meta["step"] == 150 and meta["labels"] == ["apple", "house", "water", "light"]
     grid = Image.open(tmp / "tok" / "samples" / "step0000150.png")
-    assert grid.size == (3 * (64 + 2) + 2, 8 * (16 + 2) + 2)  # original + 2 depths, 8 preview rows
+    title = 9 + 4 + 2  # a strip naming each column: original, 1 code, 2 codes
+    assert grid.size == (3 * (64 + 2) + 2, title + 8 * (16 + 2) + 2)  # original + 2 depths, 8 preview rows
 
 
 def test_codes_file(trained):
@@ -93,7 +94,8 @@ def test_transformer_loss_falls_and_checkpoint_samples(trained):
     assert images.shape == (4, 3, 16, 64) and torch.isfinite(images).all()
     # a white page with dark ink: most pixels near white, some clearly darker
     assert images.mean() > 0.3 and images.min() < 0.0
-    assert (tmp / "tr" / "samples" / "step0000300.png").is_file()
+    grid = Image.open(tmp / "tr" / "samples" / "step0000300.png")
+    assert grid.size == (4 * (64 + 2) + 2, 9 + 4 + 2 + 2 * (16 + 2) + 2)  # a column per class, titled; 2 samples
 
 
 def test_checkpoint_holds_the_ema_weights(trained):

@@ -25,7 +25,7 @@ def _positions(ctx, param, value):
 @import_group.command("official")
 @click.argument("gpt_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("tokenizer_file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="checkpoint.pt to write.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="checkpoint.pt to write.")
 @click.option("--release", type=click.Choice(sorted(RELEASES)),
               help="A published model: fills in every setting and its sampling defaults.")
 @click.option("--preset", type=click.Choice(list(PRESETS)), help="GPT size preset (layers, heads, width).")
@@ -40,11 +40,11 @@ def _positions(ctx, param, value):
 @click.option("--labels", "labels_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Class names, one a line. [default: ImageNet names for ImageNet releases, else class ids]")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
-def official(gpt_file, tokenizer_file, out, release, preset, gpt_args, pred_head_positions, num_classes,
+def official(gpt_file, tokenizer_file, output, release, preset, gpt_args, pred_head_positions, num_classes,
              class_dropout_prob, image_size, tokenizer_config, labels_file, force):
     """Import a published DnD-Transformer: its GPT file and RQ-VAE tokenizer file."""
-    if out.exists() and not force:
-        raise InvalidInputError(f"{out} exists; pass --force to replace it")
+    if output.exists() and not force:
+        raise InvalidInputError(f"{output} exists; pass --force to replace it")
     args = None
     if gpt_args is not None:
         try:
@@ -55,5 +55,5 @@ def official(gpt_file, tokenizer_file, out, release, preset, gpt_args, pred_head
                               num_classes=num_classes, class_dropout_prob=class_dropout_prob, image_size=image_size,
                               tokenizer_config=tokenizer_config,
                               labels=read_labels(labels_file) if labels_file else None)
-    import_official(gpt_file, tokenizer_file, out, settings)
-    click.echo(f"wrote {out}")
+    import_official(gpt_file, tokenizer_file, output, settings)
+    click.echo(f"wrote {output}")
