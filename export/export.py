@@ -79,7 +79,7 @@ def export_model(checkpoint_path, out_dir, dtype: str = "fp32", opset: int = DEF
     # defaults the runtime would refuse must fail here, not at every later sample() call
     SamplingParams(**sampler_defaults).validate(ckpt.model_args.vocab_size, ckpt.model_args.num_pred_heads,
                                                 ckpt.model_args.has_null_class)
-    tokenizer = ckpt.build_tokenizer().to(DECODER_TORCH_DTYPES[decoder_dtype])
+    tokenizer = ckpt.build_tokenizer(DECODER_TORCH_DTYPES[decoder_dtype])
     model = ckpt.stream_model(DTYPES[dtype])
     labels = list(ckpt.labels)
     del ckpt  # its last tensors hold the file's mapping

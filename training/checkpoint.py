@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from dnd_sdk.errors import CheckpointError
+from dnd_sdk.errors import CheckpointError, InvalidInputError
 from dnd_sdk.labels import label_problem
 from dnd_sdk.manifest import SAMPLER_KEYS
 from dnd_sdk.sampler import SamplingParams
@@ -55,26 +55,61 @@ class Checkpoint:
     def stream_model(self, dtype=torch.float32) -> Transformer:
         """The model for export, holding one copy of the weights: built on the meta device, it takes over the
         loaded tensors (mmap-backed with `load_checkpoint(mmap=True)`), casts them one at a time and empties
-        `self.model` as it goes. The Checkpoint has no transformer weights afterwards."""
+        `self.model` as it goes. The Checkpoint has no transformer weights afterwards. A weight that overflows
+        `dtype` is refused by name (InvalidInputError)."""
         with torch.device("meta"):
             model = Transformer(self.model_args)
         model.load_state_dict(self.model, assign=True)
         self.model = {}
-        for module in model.modules():
-            for name, p in list(module.named_parameters(recurse=False)):
-                if p.dtype != dtype:
-                    setattr(module, name, torch.nn.Parameter(p.detach().to(dtype), requires_grad=False))
-                    if self.mapped:
-                        release_pages(p)
+        cast_module("model", model, dtype, release=self.mapped)
         return model.eval()
 
-    def build_tokenizer(self) -> RQTokenizer:
+    def build_tokenizer(self, dtype=torch.float32, option: str = "decoder_dtype") -> RQTokenizer:
+        """The tokenizer in `dtype`; a weight that overflows it is refused by name (InvalidInputError naming
+        `option`, the setting that chose the dtype)."""
         tokenizer = RQTokenizer(self.tokenizer_args)
         tokenizer.load_state_dict(self.tokenizer)
         if self.mapped:  # copied: the file's pages need not stay in memory beside the mapped transformer
             for t in self.tokenizer.values():
                 release_pages(t)
+        cast_module("tokenizer", tokenizer, dtype, option=option)
         return tokenizer.eval()
+
+
+DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+
+
+def cast_module(what: str, module: torch.nn.Module, dtype, release: bool = False, option: str = "dtype") -> None:
+    """Cast `module`'s float weights to `dtype` in place, one tensor at a time. The weights were checked finite
+    in float32, but fp16 ends at 65504 (and bf16 rounds the very largest floats up to inf): a weight that
+    becomes inf in the cast would make a model that samples blank images, so it is refused by name.
+    release: the source tensors are file-mapped (see release_pages). option: the setting that chose `dtype`."""
+    for prefix, sub in module.named_modules():
+        tensors = [(n, t, True) for n, t in sub.named_parameters(recurse=False)]
+        tensors += [(n, t, False) for n, t in sub.named_buffers(recurse=False)]
+        for name, tensor, is_parameter in tensors:
+            if not tensor.is_floating_point() or tensor.dtype == dtype:
+                continue
+            cast = cast_finite(f"{what} weight {prefix + '.' if prefix else ''}{name}", tensor.detach(), dtype, option)
+            if is_parameter:
+                setattr(sub, name, torch.nn.Parameter(cast, requires_grad=False))
+            else:
+                sub._buffers[name] = cast
+            if release:
+                release_pages(tensor)
+
+
+def cast_finite(name: str, tensor: torch.Tensor, dtype, option: str = "dtype") -> torch.Tensor:
+    """`tensor` in `dtype`, or InvalidInputError naming it (and `option`) when a finite value does not fit."""
+    cast = tensor.to(dtype)
+    if not bool(torch.isfinite(cast).all()):
+        largest = float(tensor[torch.isfinite(tensor)].abs().max()) if tensor.numel() else 0.0
+        wanted = DTYPE_NAMES.get(dtype, str(dtype))
+        raise InvalidInputError(
+            f"{name} holds values up to {largest:.4g}, which overflow {wanted} (largest finite value "
+            f"{torch.finfo(dtype).max:.4g}): the model would sample blank images. Export with a wider "
+            f"{option} (fp32, or bf16 for TensorRT's stage graphs)", [option])
+    return cast
 
 
 def release_pages(t: torch.Tensor) -> None:
