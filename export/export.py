@@ -19,7 +19,8 @@ import torch
 import dnd_sdk
 from dnd_sdk.errors import InvalidInputError
 from dnd_sdk.folders import check_target, staged_folder, write_failure
-from dnd_sdk.manifest import BACKEND_NAMES, ONNXRUNTIME_ONLY, FileEntry, FileRef, Manifest, Stage, write_manifest
+from dnd_sdk.manifest import (BACKEND_NAMES, EXPORTED, ONNXRUNTIME_ONLY, FileEntry, FileRef, Manifest, Stage,
+                              write_manifest)
 from dnd_sdk.sampler import SamplingParams
 from dnd_training.checkpoint import load_checkpoint
 from .errors import ExportError
@@ -71,7 +72,7 @@ def export_model(checkpoint_path, out_dir, dtype: str = "fp32", opset: int = DEF
                                 "meet by design; judge a quantized export with `dnd eval ocr MODEL_DIR`")
     forms = _forms(dtype, decoder_dtype)
     out_dir = Path(out_dir)
-    check_target(out_dir, force, source=checkpoint_path)
+    check_target(out_dir, force, source=checkpoint_path, ours=EXPORTED)
     # mmap: the weights stay in the file until used, so the export holds one copy of them in its dtype
     ckpt = load_checkpoint(checkpoint_path, mmap=True)  # CheckpointError names what is wrong
     _check_supported(ckpt.model_args)
@@ -85,7 +86,7 @@ def export_model(checkpoint_path, out_dir, dtype: str = "fp32", opset: int = DEF
     del ckpt  # its last tensors hold the file's mapping
 
     try:
-        with staged_folder(out_dir, force) as tmp:
+        with staged_folder(out_dir, force, ours=EXPORTED) as tmp:
             files, stages = _write_graphs(tmp, model, tokenizer, int(opset), external_threshold, dtype, decoder_dtype)
             manifest = Manifest(
                 dtype=dtype, opset=int(opset), model_config=dataclasses.asdict(model.args),

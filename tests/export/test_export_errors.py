@@ -64,12 +64,43 @@ def test_existing_folder_needs_force(tiny_checkpoint, tmp_path):
                                                 "another out_dir"):
         export_model(tiny_checkpoint, out)
     assert leftovers(out) == ["keep.txt"]
-    export_model(tiny_checkpoint, out, force=True)
-    assert "keep.txt" not in leftovers(out) and load_manifest(out).dtype == "fp32"
+    (out / "keep.txt").unlink()
+    export_model(tiny_checkpoint, out)
+    export_model(tiny_checkpoint, out, force=True, dtype="fp16")  # a folder dnd-export made: replaced
+    assert load_manifest(out).dtype == "fp16"
     assert leftovers(tmp_path) == ["out"]  # no temporary or old folders beside it
     empty = tmp_path / "empty"
     empty.mkdir()
     assert load_manifest(export_model(tiny_checkpoint, empty)).depth == 2  # an empty folder is fine
+
+
+@pytest.mark.parametrize("foreign", ["keep.txt", "samples/000000.png", "stage0.onnx.orig"])
+def test_force_never_deletes_what_dnd_export_did_not_write(tiny_checkpoint, tiny_model_dir, tmp_path, foreign):
+    out = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, out)
+    (out / foreign).parent.mkdir(exist_ok=True)
+    (out / foreign).write_text("not the exporter's")
+    result = CliRunner().invoke(main, [str(tiny_checkpoint), "-o", str(out), "--force"])
+    assert result.exit_code == 1 and result.output == (
+        f"Error: {out} holds {foreign}, which dnd-export did not write: --force replaces only a folder dnd-export "
+        "made itself and deletes nothing else. Move those files out of it or choose another --out\n")
+    assert (out / foreign).read_text() == "not the exporter's" and leftovers(tmp_path) == ["model"]
+
+
+def test_force_replaces_a_folder_dnd_export_wrote_with_external_data(tiny_checkpoint, tmp_path):
+    out = export_model(tiny_checkpoint, tmp_path / "model", external_threshold=0)
+    assert "stage0.onnx.data" in leftovers(out)
+    export_model(tiny_checkpoint, out, force=True)
+    assert "stage0.onnx.data" not in leftovers(out) and leftovers(tmp_path) == ["model"]
+
+
+def test_an_out_that_is_a_link_gets_the_model_in_the_folder_it_leads_to(tiny_checkpoint, tmp_path):
+    (tmp_path / "disk").mkdir()
+    (tmp_path / "model").symlink_to(tmp_path / "disk")
+    result = CliRunner().invoke(main, [str(tiny_checkpoint), "-o", str(tmp_path / "model")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "model").is_symlink() and load_manifest(tmp_path / "disk").depth == 2
+    assert sorted(leftovers(tmp_path)) == ["disk", "model"]
 
 
 def test_a_file_written_into_the_target_during_the_export_is_kept(tiny_checkpoint, tmp_path, monkeypatch):
