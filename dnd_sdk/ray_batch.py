@@ -25,7 +25,8 @@ from typing import Callable, Optional
 import numpy as np
 from tqdm import tqdm
 
-from .batch import BatchJob, BatchSummary, finish_run, open_run, plan_run, sample_chunk, write_chunk
+from .batch import (BatchJob, BatchSummary, check_out_folder, finish_run, open_run, plan_run, sample_chunk,
+                    write_chunk)
 from .errors import ClusterError, DndError, InvalidInputError
 from .generator import Generator
 from .images import to_pil
@@ -101,6 +102,7 @@ def run_batch_ray(model, out, job: BatchJob, options: Optional[RayOptions] = Non
     options = options or RayOptions()
     _check(options)
     load_manifest(model, verify=False)  # a missing or foreign folder is reported before any cluster starts
+    check_out_folder(out, model)
     ray = _import_ray(options.address)
     connected = _connect(ray, options.address)
     pool = None
