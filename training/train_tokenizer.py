@@ -9,6 +9,7 @@ A sample grid shows each original next to its reconstructions from depth 1 up to
 With several processes the codebook's EMA statistics are rank 0's (DDP broadcasts buffers).
 """
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,8 +98,8 @@ def train_tokenizer(cfg: TokenizerRunConfig, *, resume: bool = False, stop_at=No
             recons = [weights.decode(codes[..., :k]).clamp(-1, 1) for k in range(1, codes.shape[-1] + 1)]
         save_tensor_grid(step_png(out, step), [preview] + recons)
 
-    if d.is_main:
-        save_config(cfg, out / "config.yaml")
-    run(tcfg, tokenizer, d, Loop(batch, loss, save, sample), resume=resume, stop_at=stop_at)
+    record_config = functools.partial(save_config, cfg, out / "config.yaml")
+    run(tcfg, tokenizer, d, Loop(batch, loss, save, sample, start=record_config), resume=resume,
+        stop_at=stop_at)
     shutdown(d)
     return out / "tokenizer.pt"
