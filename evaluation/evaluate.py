@@ -15,6 +15,7 @@ from PIL import Image
 
 from dnd_sdk.batch import png_name
 from dnd_sdk.errors import InvalidInputError
+from dnd_sdk.folders import open_regular
 from dnd_training.data import WordImageDataset, load_words
 from dnd_training.pixels import to_image, to_tensor
 from .ocr import read_words, score
@@ -68,15 +69,45 @@ def sweep_model(model_dir, cfg_scales, temperatures, per_class: int = 4, seed: i
 
 def eval_images(folder, progress: bool = False) -> dict:
     """Read a `dnd generate` output folder; the truth of each PNG comes from metadata.jsonl."""
-    meta = Path(folder) / "metadata.jsonl"
-    if not meta.is_file():
-        raise InvalidInputError(f"{folder}: no metadata.jsonl; give a finished `dnd generate` output folder")
-    rows = [json.loads(line) for line in meta.read_text().splitlines() if line.strip()]
+    rows = _metadata(Path(folder))
     images, pngs = [], [Path(folder) / png_name(r["index"]) for r in rows]
     for path in pngs:
-        with Image.open(path) as im:
-            images.append(im.convert("RGB"))  # loaded now, so the file closes
+        images.append(_image(path))
     return _report("images", images, [r["label_name"] for r in rows], pngs, progress)
+
+
+NOT_GENERATED = "give a finished `dnd generate` output folder, or rerun `dnd generate` to make it again"
+
+
+def _metadata(folder: Path) -> list:
+    """The rows of metadata.jsonl, each checked to name an image index and a class name."""
+    f = open_regular(folder / "metadata.jsonl", NOT_GENERATED)
+    if f is None:
+        raise InvalidInputError(f"{folder}: no metadata.jsonl; {NOT_GENERATED}")
+    with f:
+        lines = f.read().decode(errors="replace").splitlines()
+    rows = []
+    for number, line in enumerate((x for x in lines if x.strip()), 1):
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError):
+            row = None
+        if not (isinstance(row, dict) and isinstance(row.get("index"), int) and not isinstance(row["index"], bool)
+                and row["index"] >= 0 and isinstance(row.get("label_name"), str)):
+            raise InvalidInputError(f"{folder / 'metadata.jsonl'}: line {number} is not a row of `dnd generate` (an "
+                                    f"object with an int index and a label_name string); {NOT_GENERATED}")
+        rows.append(row)
+    return rows
+
+
+def _image(path: Path) -> Image.Image:
+    """One PNG of the folder as RGB, decoded whole now (so its file closes); anything else is refused by name."""
+    f = open_regular(path, NOT_GENERATED)
+    try:
+        with f or open(path, "rb") as opened, Image.open(opened) as im:
+            return im.convert("RGB")
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
+        raise InvalidInputError(f"{path}: not a readable image ({type(e).__name__}); {NOT_GENERATED}") from None
 
 
 def _dataset(labels, per_class: int, seed: int, preset: str) -> WordImageDataset:

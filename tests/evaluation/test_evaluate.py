@@ -1,6 +1,8 @@
 """`dnd eval ocr` on the dataset, a tokenizer, a model folder and a `dnd generate` folder, with real tesseract."""
 import json
+import re
 
+import pytest
 from click.testing import CliRunner
 
 from dnd_sdk.cli.main import cli
@@ -85,3 +87,45 @@ def test_sweep_scores_every_setting_on_the_same_images(tiny_model_dir, tmp_path)
     assert sorted((r["cfg_scale"], r["temperature"]) for r in rows) == [(1.0, 0.0), (2.0, 0.0)]
     assert all(r["count"] == 4 for r in rows) and rows[0]["accuracy"] >= rows[1]["accuracy"]
     assert "best: dnd train set-defaults" in result.output
+
+
+def _generated(tiny_model_dir, tmp_path):
+    out = tmp_path / "samples"
+    result = CliRunner().invoke(cli, ["generate", str(tiny_model_dir), "--num", "2", "--threads", "1", "--out",
+                                      str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def _edit_metadata(out, edit):
+    rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    edit(rows)
+    (out / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _cut_png(out):
+    data = (out / "000001.png").read_bytes()
+    (out / "000001.png").write_bytes(data[:len(data) // 2])
+
+
+def _fifo_metadata(out):
+    import os
+
+    (out / "metadata.jsonl").unlink()
+    os.mkfifo(out / "metadata.jsonl")  # reading it would wait for a writer for ever
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    (lambda out: _edit_metadata(out, lambda rows: rows[1].update(index="1")), "metadata.jsonl: line 2 is not a row"),
+    (lambda out: _edit_metadata(out, lambda rows: rows[0].update(label_name=3)), "metadata.jsonl: line 1 is not a row"),
+    (lambda out: (out / "metadata.jsonl").write_text('{"index": 0, "label_name": "cat"}\n{oops\n'),
+     "metadata.jsonl: line 2 is not a row"),
+    (_cut_png, r"000001.png: not a readable image \(OSError\)"),
+    (_fifo_metadata, "metadata.jsonl is a FIFO, not a file this command wrote"),
+])
+def test_a_damaged_generate_folder_is_one_line_naming_the_file(tiny_model_dir, tmp_path, damage, fragment):
+    out = _generated(tiny_model_dir, tmp_path)
+    damage(out)
+    result = CliRunner().invoke(cli, ["eval", "ocr", str(out), "--quiet"])
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert re.search(fragment, result.output) and "rerun `dnd generate`" in result.output, result.output
