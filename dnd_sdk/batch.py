@@ -129,9 +129,12 @@ def _claim(out: Path, identity: dict, tag: str) -> None:
 
 
 def check_out_folder(out: Path, model_dir) -> None:
-    """Refuse an out folder inside a model folder (this run's model, or any folder holding a manifest.json beside
+    """Refuse a link that leads nowhere, and an out folder inside a model folder (this run's model, or any folder holding a manifest.json beside
     an embeddings.npz): its images would sit among files that `dnd-export --force` replaces, and they would
     make the model folder one that dnd-export no longer recognises as its own."""
+    if out.is_symlink() and not out.exists():
+        raise InvalidInputError(f"{out} is a link that leads nowhere (broken, or a loop); remove it or choose another "
+                                "out folder", ["out"])
     real = Path(os.path.realpath(out))
     inside = [p for p in (real, *real.parents) if holds(model_dir, p) or _is_model_folder(p)]
     if inside:

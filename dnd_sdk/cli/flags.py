@@ -15,12 +15,13 @@ from ..errors import DndError
 
 
 def in_flags(error: Exception, command: click.Command) -> str:
-    """str(error), with each argument it names (and a `name=True` after it) replaced by the command's flag."""
+    """str(error), with each argument it names (and a `name=True` after it) replaced by the command's flag; a
+    path component of the same name (`runs/out`) stays as it is."""
     text = str(error)
     flags = {p.name: max(p.opts, key=len) for p in command.params if isinstance(p, click.Option)}
     for name in getattr(error, "names", ()):
         if name in flags:
-            text = re.sub(rf"(?<![\w.-]){re.escape(name)}(=True)?(?![\w-])", flags[name], text)
+            text = re.sub(rf"(?<![\w./-]){re.escape(name)}(=True)?(?![\w/-])", flags[name], text)
     return text
 
 

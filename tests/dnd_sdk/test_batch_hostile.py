@@ -243,3 +243,13 @@ def test_shards_written_to_separate_folders_combine_as_the_readme_says(gen, refe
     summary = run_batch(gen, merged, JOB, progress=False)
     assert summary.made == 0 and summary.complete
     assert tree(merged) == tree(reference)
+
+
+def test_an_out_link_that_leads_nowhere_is_refused_by_name(tiny_model_dir, tmp_path):
+    (tmp_path / "out").symlink_to(tmp_path / "missing")
+    result = CliRunner().invoke(cli, ["generate", str(tiny_model_dir), "--num", "1", "--threads", "1", "--out",
+                                      str(tmp_path / "out")])
+    assert result.exit_code == 1 and result.output == (
+        f"Error: {tmp_path / 'out'} is a link that leads nowhere (broken, or a loop); remove it or choose another "
+        "--out folder\n")
+    assert os.listdir(tmp_path) == ["out"]
