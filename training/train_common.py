@@ -20,6 +20,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from dnd_sdk.errors import CheckpointError, DndError, InvalidInputError
+from dnd_sdk.folders import atomic_write, open_regular
 from .torch_files import atomic_torch_save, read_torch_file
 from .distributed import Dist, all_mean, barrier, wrap
 
@@ -111,15 +112,33 @@ class JsonlLog:
         self.path, self.enabled = path, enabled
 
     def drop_after(self, step: int) -> None:
-        """On resume: forget lines logged after the checkpoint, since those steps run again."""
-        if self.enabled and self.path.is_file():
-            lines = self.path.read_text().splitlines()
-            self.path.write_text("".join(f"{x}\n" for x in lines if json.loads(x).get("step", 0) <= step))
+        """On resume: forget lines logged after the checkpoint, since those steps run again, and a line cut short
+        by a kill in the middle of its write (it is no record of anything)."""
+        if not self.enabled:
+            return
+        f = open_regular(self.path, "Move it away and resume again.")
+        if f is None:
+            return
+        with f:
+            lines = f.read().decode(errors="replace").splitlines()
+        atomic_write(self.path, lambda out: out.write("".join(f"{x}\n" for x in lines
+                                                              if _logged_step(x) is not None
+                                                              and _logged_step(x) <= step).encode()))
 
     def write(self, record: dict) -> None:
         if self.enabled:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+
+
+def _logged_step(line: str):
+    """The step of one log line, or None for a line that is not a whole record."""
+    try:
+        record = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    step = record.get("step", 0) if isinstance(record, dict) else None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 @dataclass

@@ -147,3 +147,15 @@ def test_a_state_file_with_a_wrong_typed_value_is_one_error(tokenizer_runs, tmp_
     atomic_torch_save(damaged, out / "train_state.pt")
     with pytest.raises(CheckpointError, match=fragment):
         train_tokenizer(tokenizer_cfg(out), resume=True)
+
+
+def test_a_log_line_cut_short_by_a_kill_is_dropped_on_resume(tokenizer_runs, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(tokenizer_runs / "b", out)
+    with open(out / "log.jsonl", "a") as f:  # killed in the middle of writing a line, then another kind of junk
+        f.write('{"loss": 0.5, "st\n[1, 2]\n')
+    train_tokenizer(tokenizer_cfg(out, "train.steps=21"), resume=True)
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(3, 22, 3))
