@@ -2,8 +2,8 @@
 beside the target, flushed to disk, then moved into place.
 
     atomic_write(path, lambda f: f.write(data))   # one file
-    check_target(out_dir, force, source=input, ours=MADE)   # fail fast, before any slow work
-    with staged_folder(out_dir, force, ours=MADE) as tmp:
+    check_target(out_dir, force, source=input, ours=EXPORTED)   # fail fast, before any slow work
+    with staged_folder(out_dir, force, ours=EXPORTED) as tmp:   # EXPORTED: what the command writes
         ...write into tmp...                      # an exception (or Ctrl-C) leaves nothing behind
     with open_regular(path, remedy) as f: ...     # a file a resume trusts: never a FIFO, device or link
 
