@@ -35,7 +35,7 @@ from .images import TMP_SUFFIX, atomic_write, contact_sheet, save_png, write_npz
 
 RUN_FILE, METADATA_FILE, NPZ_FILE, GRID_FILE = "run.json", "metadata.jsonl", "samples.npz", "grid.png"
 # what to do about a file in the run folder that is not what this run writes there
-CHANGED_OUTSIDE = ("it was changed outside `dnd generate`. Delete it and rerun the same command to make it again.")
+CHANGED_OUTSIDE = "it was changed outside `dnd generate`. Delete it and rerun the same command to make it again."
 GRID_MAX = 256  # images on the contact sheet; it is a preview, not the data set
 LOCK_SUFFIX = ".lock"
 
@@ -129,9 +129,9 @@ def _claim(out: Path, identity: dict, tag: str) -> None:
 
 
 def check_out_folder(out: Path, model_dir) -> None:
-    """Refuse a link that leads nowhere, and an out folder inside a model folder (this run's model, or any folder holding a manifest.json beside
-    an embeddings.npz): its images would sit among files that `dnd-export --force` replaces, and they would
-    make the model folder one that dnd-export no longer recognises as its own."""
+    """Refuse a link that leads nowhere, and an out folder inside a model folder (this run's model, or any folder
+    holding a manifest.json beside an embeddings.npz): its images would sit among files that `dnd-export
+    --force` replaces, and they would make the model folder one that dnd-export no longer recognises as its own."""
     if out.is_symlink() and not out.exists():
         raise InvalidInputError(f"{out} is a link that leads nowhere (broken, or a loop); remove it or choose another "
                                 "out folder", ["out"])
@@ -321,7 +321,8 @@ def _write_aggregates(out: Path, plan: RunPlan, job: BatchJob) -> None:
 def _pixels(path: Path) -> np.ndarray:
     """uint8 [H, W, 3] of one of the run's PNGs; one damaged after its header was checked is refused by name."""
     try:
-        with open_regular(path, CHANGED_OUTSIDE) or open(path, "rb") as f, Image.open(f) as im:  # open: the error
+        # a file gone since it was checked: open() raises the error that says so
+        with open_regular(path, CHANGED_OUTSIDE) or open(path, "rb") as f, Image.open(f) as im:
             return np.asarray(im.convert("RGB"))
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         raise InvalidInputError(f"{path} cannot be decoded ({e}): {CHANGED_OUTSIDE}") from None

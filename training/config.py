@@ -83,12 +83,19 @@ def _fits(tp, value) -> bool:
     if tp is int:
         return isinstance(value, int) and not isinstance(value, bool)
     if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and _finite(value)
     if tp in (list, dict, str):
         return isinstance(value, tp)
     if origin is list:
         return isinstance(value, list) and all(_fits(args[0], v) for v in value)
     return True  # a type no config value needs checked here
+
+
+def _finite(number) -> bool:
+    try:
+        return math.isfinite(number)
+    except OverflowError:  # an int past the float range
+        return False
 
 
 def _kind(tp) -> str:

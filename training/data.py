@@ -29,7 +29,7 @@ DEJAVU_DIR = Path("/usr/share/fonts/truetype/dejavu")
 @dataclass
 class RenderStyle:
     """How much a rendered word varies. Sizes are in pixels for a 32-pixel-high canvas."""
-    fonts: list[str] = field(default_factory=lambda: ["DejaVuSans.ttf"])
+    fonts: list = field(default_factory=lambda: ["DejaVuSans.ttf"])
     size_range: tuple = (17, 19)
     jitter: Optional[int] = 2  # max offset from the centre in pixels; None = anywhere the word fits
     random_colours: bool = False  # False: black on white
@@ -156,7 +156,7 @@ class DataConfig:
     style: dict = field(default_factory=dict)  # words: RenderStyle fields that override the preset's
     height: int = 32
     width: int = 128
-    words: Optional[list[str]] = None  # words: explicit class names; None = words_file or the built-in list
+    words: Optional[list] = None  # words: explicit class names; None = words_file or the built-in list
     words_file: Optional[str] = None
     num_classes: Optional[int] = None  # words: keep the first N words
     root: Optional[str] = None  # folder: the data folder
