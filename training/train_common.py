@@ -121,9 +121,8 @@ class JsonlLog:
             return
         with f:
             lines = f.read().decode(errors="replace").splitlines()
-        atomic_write(self.path, lambda out: out.write("".join(f"{x}\n" for x in lines
-                                                              if _logged_step(x) is not None
-                                                              and _logged_step(x) <= step).encode()))
+        kept = [x for x in lines if (logged := _logged_step(x)) is not None and logged <= step]
+        atomic_write(self.path, lambda out: out.write("".join(f"{x}\n" for x in kept).encode()))
 
     def write(self, record: dict) -> None:
         if self.enabled:
