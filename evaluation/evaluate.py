@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dnd_sdk.batch import png_name
+from dnd_sdk.batch import check_out_folder, png_name
 from dnd_sdk.errors import InvalidInputError
 from dnd_sdk.folders import open_regular
 from dnd_training.data import WordImageDataset, load_words
@@ -46,6 +46,8 @@ def eval_model(model_dir, per_class: int = 4, seed: int = 1000, sampling=None, t
     with image_dir, the judged images are also saved there (000000.png ...)."""
     from dnd_sdk import Generator
     from dnd_sdk.images import save_png
+    if image_dir is not None:
+        _check_image_dir(Path(image_dir), model_dir)
     with Generator(model_dir, threads=threads) as gen:
         labels = [c for c in range(gen.num_classes) for _ in range(per_class)]
         images = gen.sample(labels=labels, seed=seed, **(sampling or {}))
@@ -58,6 +60,15 @@ def eval_model(model_dir, per_class: int = 4, seed: int = 1000, sampling=None, t
             save_png(im, path)
     return _report("generated", images, [gen.labels[c] for c in labels], pngs, progress, seed=seed,
                    sampling={**defaults, **(sampling or {})})
+
+
+def _check_image_dir(image_dir: Path, model_dir) -> None:
+    """The judged images go to a new or empty folder outside the model folder: 000000.png ... written over a
+    `dnd generate` run's images would replace them with others that its resume takes for its own."""
+    check_out_folder(image_dir, model_dir)
+    if image_dir.is_dir() and any(image_dir.iterdir()):
+        raise InvalidInputError(f"{image_dir} is not empty; the judged images go to a new or empty folder, so "
+                                "that no file already there is replaced. Choose another folder.")
 
 
 def sweep_model(model_dir, cfg_scales, temperatures, per_class: int = 4, seed: int = 1000, threads=None) -> list:

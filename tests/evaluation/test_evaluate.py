@@ -129,3 +129,18 @@ def test_a_damaged_generate_folder_is_one_line_naming_the_file(tiny_model_dir, t
     result = CliRunner().invoke(cli, ["eval", "ocr", str(out), "--quiet"])
     assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
     assert re.search(fragment, result.output) and "rerun `dnd generate`" in result.output, result.output
+
+
+def test_saved_images_never_replace_files_already_there(tiny_model_dir, tmp_path):
+    import shutil
+
+    model = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    out = _generated(model, tmp_path)  # a generate run whose 000000.png the judged images would replace
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    for target, fragment in ((out, f"{out} is not empty; the judged images go to a new or empty folder"),
+                             (model / "judged", "lies inside the model folder")):
+        result = CliRunner().invoke(cli, ["eval", "ocr", str(model), "--per-class", "1", "--save-images",
+                                          str(target), "--quiet"])
+        assert result.exit_code == 1 and fragment in result.output and result.output.count("\n") == 1, result.output
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert not (model / "judged").exists()
