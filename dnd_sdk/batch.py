@@ -29,11 +29,15 @@ from tqdm import tqdm
 
 from .arguments import MAX_IMAGES, integer
 from .errors import InvalidInputError, OutputError, arg
+from .folders import holds, open_regular
 from .generator import Generator
 from .images import TMP_SUFFIX, atomic_write, contact_sheet, save_png, write_npz
+from .manifest import MANIFEST_NAME
 from .sampler import SamplingParams
 
 RUN_FILE, METADATA_FILE, NPZ_FILE, GRID_FILE = "run.json", "metadata.jsonl", "samples.npz", "grid.png"
+# what to do about a file in the run folder that is not what this run writes there
+CHANGED_OUTSIDE = "it was changed outside `dnd generate`. Delete it and rerun the same command to make it again."
 GRID_MAX = 256  # images on the contact sheet; it is a preview, not the data set
 LOCK_SUFFIX = ".lock"
 
@@ -111,16 +115,36 @@ def _claim(out: Path, identity: dict, tag: str) -> None:
         # the first shard's run.json stays: every later one, simultaneous or not, is checked against it
         atomic_write(run_file, lambda f: f.write((json.dumps(identity, indent=2) + "\n").encode()), tag,
                      keep_existing=True)
-    try:
-        stored = json.loads(run_file.read_text())
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        stored = None
+    stored = None
+    with open_regular(run_file, "Choose a new out folder.") or contextlib.nullcontext() as f:
+        try:
+            stored = json.loads(f.read()) if f is not None else None
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            pass
     if not isinstance(stored, dict):
         raise InvalidInputError(f"{run_file} is not a run file of `dnd generate`; choose a new {arg('out')} folder.")
     diff = [f"{k}: {stored.get(k)!r} there, {identity[k]!r} now" for k in identity if stored.get(k) != identity[k]]
     if diff:
         raise InvalidInputError(f"{out} holds a run made with different arguments ({'; '.join(diff)}). "
                                 f"Rerun with the original arguments to resume it, or choose a new {arg('out')} folder.")
+
+
+def check_out_folder(out: Path, model_dir: Path) -> None:
+    """Refuse a link that leads nowhere, and an out folder inside a model folder (this run's model, or any folder
+    holding a manifest.json beside an embeddings.npz): its images would sit among files that `dnd-export
+    --force` replaces, and they would make the model folder one that dnd-export no longer recognises as its own."""
+    if out.is_symlink() and not out.exists():
+        raise InvalidInputError(f"{out} is a link that leads nowhere (broken, or a loop); remove it or choose another "
+                                "out folder", ["out"])
+    real = Path(os.path.realpath(out))
+    inside = [p for p in (real, *real.parents) if holds(model_dir, p) or _is_model_folder(p)]
+    if inside:
+        raise InvalidInputError(f"{out} lies inside the model folder {inside[-1]}; write the images to a folder of "
+                                "their own, outside it.", ["out"])
+
+
+def _is_model_folder(folder: Path) -> bool:
+    return (folder / MANIFEST_NAME).is_file() and (folder / "embeddings.npz").is_file()
 
 
 @dataclass(frozen=True)
@@ -237,6 +261,7 @@ def run_batch(gen: Generator, out: str | Path, job: BatchJob, progress: bool = T
         RunInterrupted: Ctrl-C; the images written so far are complete, and the same call resumes.
     """
     t0, out = time.perf_counter(), Path(out)
+    check_out_folder(out, gen.path)
     plan = plan_run(gen, job)
     mine = plan.mine
     with open_run(out, plan) as todo:
@@ -257,7 +282,7 @@ def _shard_lock(out: Path, tag: str, shard: tuple) -> Iterator[None]:
     the stale temporary files a run deletes at start can only be those of a dead writer. The kernel
     drops the lock when its process dies, however it dies."""
     path = out / f".{tag}writer{LOCK_SUFFIX}"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)  # a link or FIFO: no wait
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -277,19 +302,21 @@ def _shard_lock(out: Path, tag: str, shard: tuple) -> Iterator[None]:
 
 
 def _on_disk(path: Path, size: tuple) -> bool:
-    """Whether image `path` exists; a file there that this run cannot have written is refused by name."""
+    """Whether image `path` exists. It is trusted only once decoded whole: a file there that this run cannot
+    have written (a PNG cut short after a valid header, another image, a FIFO) is refused by name."""
+    f = open_regular(path, f"It is not an image of this run: {CHANGED_OUTSIDE}")
+    if f is None:
+        return False
     try:
-        with Image.open(path) as im:
+        with f, Image.open(f) as im:
             if im.format == "PNG" and im.mode == "RGB" and im.size == size:
+                im.load()  # every pixel: the header alone says nothing of the rest of the file
                 return True
             found = f"a {im.format} {im.mode} image of {im.size[0]}x{im.size[1]}"
-    except FileNotFoundError:
-        return False
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
         found = f"unreadable as an image ({type(e).__name__})"
     raise InvalidInputError(f"{path} is {found}, not an image of this run (PNG RGB {size[0]}x{size[1]}): "
-                            "it was changed outside `dnd generate`. Delete it and rerun the same command to "
-                            "make it again.")
+                            f"{CHANGED_OUTSIDE}")
 
 
 @contextlib.contextmanager
@@ -326,8 +353,8 @@ def _write_aggregates(out: Path, plan: RunPlan, job: BatchJob) -> None:
 def _pixels(path: Path) -> np.ndarray:
     """uint8 [H, W, 3] of one of the run's PNGs; one damaged after its header was checked is refused by name."""
     try:
-        with Image.open(path) as im:
+        # a file gone since it was checked: open() raises the error that says so
+        with open_regular(path, CHANGED_OUTSIDE) or open(path, "rb") as f, Image.open(f) as im:
             return np.asarray(im.convert("RGB"))
-    except (OSError, ValueError, SyntaxError) as e:
-        raise InvalidInputError(f"{path} cannot be decoded ({e}): it was changed outside `dnd generate`. Delete it "
-                                "and rerun the same command to make it again.") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise InvalidInputError(f"{path} cannot be decoded ({e}): {CHANGED_OUTSIDE}") from None

@@ -13,13 +13,15 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import BackendUnavailableError, ManifestError
-from .folders import atomic_write
-from .manifest import FileRef, json_bytes, read_json, sha256_file
+from .folders import OwnFiles, atomic_write
+from .manifest import EXPORTED_NAMES, FileRef, json_bytes, read_json, sha256_file
 from .model_files import inside, read_verified, verify as verify_file
 
 FORMAT, VERSION = "dnd-engines", 1
 ENGINES_NAME = "engines.json"
 _REBUILD = "Rebuild them with `dnd-build MODEL_DIR -o ENGINE_DIR`."
+# every file dnd-build writes: the exported folder's copy, the engines and this index (see OwnFiles)
+BUILT = OwnFiles("dnd-build", ENGINES_NAME, rf"{EXPORTED_NAMES}|engines\.json|engines/(stage\d+|decoder)\.plan")
 # the TensorRT major versions dnd-build and the TensorRT backend are written for (the gpu extras' pin)
 TENSORRT_MAJORS = (10, 11)
 MAX_ROWS = 1 << 16  # rows per engine call: far beyond any GPU's memory for the cache they need

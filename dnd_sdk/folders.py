@@ -2,12 +2,15 @@
 beside the target, flushed to disk, then moved into place.
 
     atomic_write(path, lambda f: f.write(data))   # one file
-    check_target(out_dir, force, source=input)    # fail fast, before any slow work
-    with staged_folder(out_dir, force) as tmp:
+    check_target(out_dir, force, source=input, ours=EXPORTED)   # fail fast, before any slow work
+    with staged_folder(out_dir, force, ours=EXPORTED) as tmp:   # EXPORTED: what the command writes
         ...write into tmp...                      # an exception (or Ctrl-C) leaves nothing behind
+    with open_regular(path, remedy) as f: ...     # a file a resume trusts: never a FIFO, device or link
 
 Without force, a target that is no longer missing or empty when the new folder is moved into
-place (someone wrote into it meanwhile) is left untouched and the new folder dropped.
+place (someone wrote into it meanwhile) is left untouched and the new folder dropped. With force,
+only a folder the command made itself is replaced (`OwnFiles`): no command deletes what it did not
+write. A target that is a link to a folder is written through: the folder it leads to is replaced.
 
 Both fsync what they wrote and then the folder that names it, so a result reported as written
 survives a power loss.
@@ -15,11 +18,14 @@ survives a power loss.
 import contextlib
 import errno
 import os
+import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, BinaryIO, Optional
 
 from .errors import InvalidInputError, arg
 
@@ -95,32 +101,80 @@ def fsync_tree(folder: Path) -> None:
         fsync_folder(root)
 
 
-def check_target(out_dir: Path, force: bool, source: Optional[Path] = None) -> None:
-    """Refuse a target that is a file, a non-empty folder unless `force`, a folder that cannot be
-    moved aside (the current folder or one above it, a mount point), or one that holds `source`
-    (the input the new folder is written from)."""
+@dataclass(frozen=True)
+class OwnFiles:
+    """How a command knows a folder of its own making, the only kind its force=True may replace: the folder
+    holds `marker`, and every file in it (relative, '/'-separated) is one of the names `pattern` matches.
+    Anything else, such as images `dnd generate` or a person put there, is not the command's to delete."""
+    command: str
+    marker: str
+    pattern: str
+
+    def foreign(self, folder: Path) -> list:
+        """What in `folder` this command did not write: every entry when its marker is missing."""
+        if not os.path.isfile(folder / self.marker) or os.path.islink(folder / self.marker):
+            return sorted(os.listdir(folder))
+        found = []
+        for root, dirs, files in os.walk(folder):  # links are listed, never followed
+            here = Path(root)
+            rel = here.relative_to(folder)
+            if here != folder and not dirs and not files:
+                found.append(rel.as_posix())  # an empty folder: the command writes none
+            found += [(rel / d).as_posix() for d in dirs if (here / d).is_symlink()]
+            found += [(rel / f).as_posix() for f in files if not self._written(here / f, (rel / f).as_posix())]
+        return sorted(found)
+
+    def _written(self, path: Path, name: str) -> bool:
+        return re.fullmatch(self.pattern, name) is not None and stat.S_ISREG(os.lstat(path).st_mode)
+
+
+def through_link(out_dir: Path) -> Path:
+    """`out_dir`, or the folder it leads to when it is a link: a new folder replaces the link's target, so the
+    folder the link names receives it (replacing the link itself would leave that folder as it was)."""
+    return Path(os.path.realpath(out_dir)) if out_dir.is_symlink() and out_dir.is_dir() else out_dir
+
+
+def check_target(out_dir: Path, force: bool, source: Optional[Path] = None,
+                 ours: Optional[OwnFiles] = None) -> None:
+    """Refuse a target that is a file, a non-empty folder unless `force`, a non-empty folder that `ours` (the
+    command's own files) does not recognise as one it made, a folder that cannot be moved aside (the current
+    folder or one above it, a mount point), or one that holds `source` (the input the new folder is written
+    from). A link to a folder is judged by the folder it leads to."""
     if out_dir.exists() and not out_dir.is_dir():
         raise InvalidInputError(f"{out_dir} exists and is not a folder; choose another {arg('out_dir')}")
     if out_dir.is_symlink() and not out_dir.exists():
         raise InvalidInputError(f"{out_dir} is a link that leads nowhere (broken, or a loop); remove it or choose "
                                 f"another {arg('out_dir')}")
-    if source is not None and _holds(out_dir, Path(source)):
+    if source is not None and holds(out_dir, Path(source)):
         raise InvalidInputError(f"{out_dir} holds the input {source}: replacing it would delete the input; "
                                 f"choose another {arg('out_dir')}")
-    if _holds(out_dir, Path.cwd()):
+    if holds(out_dir, Path.cwd()):
         # the folder is swapped by renaming: the current folder (".") cannot be renamed, and a shell
         # inside a replaced folder would be left in a deleted one
         raise InvalidInputError(f"{out_dir} is the current folder or holds it, so it cannot be replaced; "
                                 f"choose another {arg('out_dir')}, or run from outside it")
-    if out_dir.is_dir() and os.path.ismount(out_dir):
+    if out_dir.is_dir() and os.path.ismount(through_link(out_dir)):
         raise InvalidInputError(f"{out_dir} is a mount point, which cannot be replaced by renaming; "
                                 "choose a folder inside it")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise InvalidInputError(f"{out_dir} exists and is not empty; pass {arg('force')}=True to replace it, "
-                                f"or choose another {arg('out_dir')}")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not force:
+            raise InvalidInputError(f"{out_dir} exists and is not empty; pass {arg('force')}=True to replace it, "
+                                    f"or choose another {arg('out_dir')}")
+        _check_own(out_dir, ours)
 
 
-def _holds(folder: Path, path: Path) -> bool:
+def _check_own(out_dir: Path, ours: Optional[OwnFiles], meanwhile: bool = False) -> None:
+    """force=True replaces a folder only when everything in it is the command's own output."""
+    foreign = ours.foreign(through_link(out_dir)) if ours is not None else sorted(os.listdir(out_dir))
+    if foreign:
+        maker = ours.command if ours is not None else "this command"
+        listed = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise InvalidInputError(f"{out_dir} {'now holds' if meanwhile else 'holds'} {listed}, which {maker} did "
+                                f"not write: {arg('force')}=True replaces only a folder {maker} made itself and "
+                                f"deletes nothing else. Move those files out of it or choose another {arg('out_dir')}")
+
+
+def holds(folder: Path, path: Path) -> bool:
     """Whether `path` is `folder` or lies inside it, links followed."""
     folder, path = Path(os.path.realpath(folder)), Path(os.path.realpath(path))  # realpath: a link loop is no error
     return folder == path or folder in path.parents
@@ -152,23 +206,20 @@ def _missing_ancestor(folder: Path) -> Optional[Path]:
     return missing
 
 
-def _replace_folder(tmp: Path, out_dir: Path, force: bool) -> None:
-    if out_dir.is_symlink():  # rename(2) refuses to put a folder in place of a link: move the link aside below
-        filled = any(out_dir.iterdir())
-    else:
-        # rename(2) puts a folder in place of a missing or empty one atomically and refuses a non-empty
-        # one, so a file written into the target meanwhile (or a concurrent export into it) is never lost
-        try:
-            os.replace(tmp, out_dir)
-            return
-        except OSError as e:
-            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                raise
-        filled = True
-    if filled and not force:
+def _replace_folder(tmp: Path, out_dir: Path, force: bool, ours: Optional[OwnFiles]) -> None:
+    # rename(2) puts a folder in place of a missing or empty one atomically and refuses a non-empty
+    # one, so a file written into the target meanwhile (or a concurrent export into it) is never lost
+    try:
+        os.replace(tmp, out_dir)
+        return
+    except OSError as e:
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+    if not force:
         raise InvalidInputError(f"{out_dir} was written to while the new folder was being made, so it is no longer "
                                 f"empty and was left as it is; pass {arg('force')}=True to replace it, or choose another "
                                 f"{arg('out_dir')}")
+    _check_own(out_dir, ours, meanwhile=True)  # a file put there since check_target is not ours to delete either
     # keep the old folder until the new one is in place, then delete it
     old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
     try:
@@ -197,12 +248,14 @@ def _remove_created(folder: Path, created: Path) -> None:
 
 
 @contextlib.contextmanager
-def staged_folder(out_dir: Path, force: bool = False) -> Iterator[Path]:
+def staged_folder(out_dir: Path, force: bool = False, ours: Optional[OwnFiles] = None) -> Iterator[Path]:
     """Yield a temporary folder beside `out_dir` that replaces it when the block ends cleanly; on
     any exception, interrupts included, it is removed with the parent folders it created (those
-    still empty)."""
+    still empty). With force, only a folder `ours` recognises is replaced (see check_target); a link
+    to a folder is written through."""
     out_dir = Path(out_dir)
-    check_target(out_dir, force)
+    check_target(out_dir, force, ours=ours)
+    out_dir = through_link(out_dir)
     created = _missing_ancestor(out_dir.parent)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
@@ -210,10 +263,32 @@ def staged_folder(out_dir: Path, force: bool = False) -> Iterator[Path]:
         usual_mode(tmp, directory=True)
         yield tmp
         fsync_tree(tmp)
-        _replace_folder(tmp, out_dir, force)
+        _replace_folder(tmp, out_dir, force, ours)
         fsync_folder(out_dir.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if created is not None:
             _remove_created(out_dir.parent, created)
         raise
+
+
+def open_regular(path: str | Path, remedy: str) -> Optional[BinaryIO]:
+    """`path` opened for binary reading, or None when it does not exist. Anything but a regular file is refused
+    by name (InvalidInputError ending in `remedy`) before a byte is read: reading a FIFO blocks for ever, a
+    device never ends, and a link may lead anywhere."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)  # NONBLOCK: a FIFO opens at once
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        raise InvalidInputError(f"{path} is a link, not a file this command wrote. {remedy}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a device", stat.S_IFBLK: "a device",
+                stat.S_IFDIR: "a folder"}.get(stat.S_IFMT(mode), "not a regular file")
+        raise InvalidInputError(f"{path} is {kind}, not a file this command wrote. {remedy}")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")

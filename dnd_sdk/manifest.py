@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from .errors import ManifestError
-from .folders import atomic_write
+from .folders import OwnFiles, atomic_write
 from .manifest_checks import problems
 from .manifest_schema import (  # noqa: F401 (the schema's names are imported from here)
     BACKEND_NAMES, DECODER_DTYPES, DIM_NAMES, DTYPES, KV_TEMPLATES, ONNXRUNTIME_ONLY, SAMPLER_KEYS, TENSOR_DTYPES)
@@ -31,6 +31,10 @@ from .model_files import RERUN as _RERUN, inside, verify as verify_file, verify_
 FORMAT, VERSION = "dnd-model", 2
 MANIFEST_NAME = "manifest.json"
 MAX_MANIFEST_BYTES = 16 << 20  # a real one is a few kB
+# every file dnd-export writes (a graph's external data beside it): `dnd-export --force` replaces a folder
+# holding only these, never one where `dnd generate` or a person put files
+EXPORTED_NAMES = r"manifest\.json|embeddings\.npz|(stage\d+|decoder)\.onnx(\.data)?"
+EXPORTED = OwnFiles("dnd-export", MANIFEST_NAME, EXPORTED_NAMES)
 
 
 @dataclass

@@ -105,9 +105,24 @@ def load_embeddings(manifest: Any) -> tuple:
             if set(members) != set(expected):
                 raise ManifestError(f"{path.name} does not match manifest.json: keys {sorted(members)}, expected "
                                     f"{sorted(expected)}. {RERUN}")
-            return tuple(_member_array(npz, members[key], key, shape, path) for key, shape in expected.items())
+            tables = tuple(_member_array(npz, members[key], key, shape, path) for key, shape in expected.items())
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
         raise ManifestError(f"{path.name}: not a readable npz of plain arrays ({e}). {RERUN}") from None
+    for key, table in zip(expected, tables):
+        _check_finite(table, key, path)
+    return tables
+
+
+def _check_finite(table: np.ndarray, key: str, path: Path) -> None:
+    """A NaN or inf row would turn every image that embeds it into NaN logits: blank images, no error."""
+    if table.dtype == np.uint16:  # bf16 bit patterns: all exponent bits set is inf or NaN
+        bad = (table & 0x7F80) == 0x7F80
+    else:
+        bad = ~np.isfinite(table)
+    if bad.any():
+        row = int(np.argwhere(bad)[0][0])
+        raise ManifestError(f"{path.name}: {key} holds NaN or infinite values (row {row} first), so the model "
+                            f"would sample blank images; the export overflowed or the file was damaged. {RERUN}")
 
 
 def _member_array(npz: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, shape: tuple, path: Path) -> np.ndarray:

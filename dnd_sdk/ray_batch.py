@@ -29,6 +29,7 @@ from .batch import (
     BatchJob,
     BatchSummary,
     RunPlan,
+    check_out_folder,
     finish_run,
     open_run,
     plan_run,
@@ -112,6 +113,7 @@ def run_batch_ray(model: str | Path, out: str | Path, job: BatchJob, options: Op
     options = options or RayOptions()
     _check(options)
     load_manifest(model, verify=False)  # a missing or foreign folder is reported before any cluster starts
+    check_out_folder(out, model)
     ray = _import_ray(options.address)
     connected = _connect(ray, options.address)
     pool = None

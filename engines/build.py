@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from dnd_sdk.engine_index import EngineIndex, tensorrt_major, write_engine_index
+from dnd_sdk.engine_index import BUILT, EngineIndex, tensorrt_major, write_engine_index
 from dnd_sdk.errors import BackendUnavailableError, DndError, InvalidInputError
 from dnd_sdk.folders import atomic_write, check_target, staged_folder, write_failure
 from dnd_sdk.manifest import MANIFEST_NAME, FileRef, load_manifest
@@ -70,7 +70,7 @@ def build_engines(model_dir, out_dir, config: BuildConfig = BuildConfig(), force
         raise InvalidInputError(f"max_batch must be >= 1, got {config.max_batch}")
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     manifest = load_manifest(model_dir)  # every file verified before hours of GPU time go into it
-    check_target(out_dir, force, source=model_dir)
+    check_target(out_dir, force, source=model_dir, ours=BUILT)
     if "tensorrt" not in manifest.backends:  # int8/int4 stages and int8 decoders use ONNX Runtime's own operators
         raise InvalidInputError(f"{model_dir} holds graphs for {', '.join(manifest.backends)} only ({manifest.graph_kinds}); "
                                 "export with --dtype fp32, fp16 or bf16 and a float --decoder-dtype for TensorRT")
@@ -83,7 +83,7 @@ def build_engines(model_dir, out_dir, config: BuildConfig = BuildConfig(), force
     cache = builder.create_builder_config().create_timing_cache(
         cache_path.read_bytes() if cache_path and cache_path.is_file() else b"")
     try:
-        with staged_folder(out_dir, force) as tmp:
+        with staged_folder(out_dir, force, ours=BUILT) as tmp:
             _copy_model_folder(manifest, model_dir, tmp)
             (tmp / "engines").mkdir()
             files = {}

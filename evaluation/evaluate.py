@@ -13,8 +13,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dnd_sdk.batch import png_name
+from dnd_sdk.batch import check_out_folder, png_name
 from dnd_sdk.errors import InvalidInputError
+from dnd_sdk.folders import open_regular
 from dnd_training.data import WordImageDataset, load_words
 from dnd_training.pixels import to_image, to_tensor
 from .ocr import read_words, score
@@ -45,6 +46,8 @@ def eval_model(model_dir, per_class: int = 4, seed: int = 1000, sampling=None, t
     with image_dir, the judged images are also saved there (000000.png ...)."""
     from dnd_sdk import Generator
     from dnd_sdk.images import save_png
+    if image_dir is not None:
+        _check_image_dir(Path(image_dir), model_dir)
     with Generator(model_dir, threads=threads) as gen:
         labels = [c for c in range(gen.num_classes) for _ in range(per_class)]
         images = gen.sample(labels=labels, seed=seed, **(sampling or {}))
@@ -59,6 +62,15 @@ def eval_model(model_dir, per_class: int = 4, seed: int = 1000, sampling=None, t
                    sampling={**defaults, **(sampling or {})})
 
 
+def _check_image_dir(image_dir: Path, model_dir) -> None:
+    """The judged images go to a new or empty folder outside the model folder: 000000.png ... written over a
+    `dnd generate` run's images would replace them with others that its resume takes for its own."""
+    check_out_folder(image_dir, model_dir)
+    if image_dir.is_dir() and any(image_dir.iterdir()):
+        raise InvalidInputError(f"{image_dir} is not empty; the judged images go to a new or empty folder, so "
+                                "that no file already there is replaced. Choose another folder.")
+
+
 def sweep_model(model_dir, cfg_scales, temperatures, per_class: int = 4, seed: int = 1000, threads=None) -> list:
     """eval_model at every (cfg_scale, temperature) pair, on the same seed; best exact match first."""
     results = [eval_model(model_dir, per_class, seed, {"cfg_scale": c, "temperature": t}, threads)
@@ -68,15 +80,45 @@ def sweep_model(model_dir, cfg_scales, temperatures, per_class: int = 4, seed: i
 
 def eval_images(folder, progress: bool = False) -> dict:
     """Read a `dnd generate` output folder; the truth of each PNG comes from metadata.jsonl."""
-    meta = Path(folder) / "metadata.jsonl"
-    if not meta.is_file():
-        raise InvalidInputError(f"{folder}: no metadata.jsonl; give a finished `dnd generate` output folder")
-    rows = [json.loads(line) for line in meta.read_text().splitlines() if line.strip()]
+    rows = _metadata(Path(folder))
     images, pngs = [], [Path(folder) / png_name(r["index"]) for r in rows]
     for path in pngs:
-        with Image.open(path) as im:
-            images.append(im.convert("RGB"))  # loaded now, so the file closes
+        images.append(_image(path))
     return _report("images", images, [r["label_name"] for r in rows], pngs, progress)
+
+
+NOT_GENERATED = "give a finished `dnd generate` output folder, or rerun `dnd generate` to make it again"
+
+
+def _metadata(folder: Path) -> list:
+    """The rows of metadata.jsonl, each checked to name an image index and a class name."""
+    f = open_regular(folder / "metadata.jsonl", NOT_GENERATED)
+    if f is None:
+        raise InvalidInputError(f"{folder}: no metadata.jsonl; {NOT_GENERATED}")
+    with f:
+        lines = f.read().decode(errors="replace").splitlines()
+    rows = []
+    for number, line in enumerate((x for x in lines if x.strip()), 1):
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError):
+            row = None
+        if not (isinstance(row, dict) and isinstance(row.get("index"), int) and not isinstance(row["index"], bool)
+                and row["index"] >= 0 and isinstance(row.get("label_name"), str)):
+            raise InvalidInputError(f"{folder / 'metadata.jsonl'}: line {number} is not a row of `dnd generate` (an "
+                                    f"object with an int index and a label_name string); {NOT_GENERATED}")
+        rows.append(row)
+    return rows
+
+
+def _image(path: Path) -> Image.Image:
+    """One PNG of the folder as RGB, decoded whole now (so its file closes); anything else is refused by name."""
+    f = open_regular(path, NOT_GENERATED)
+    try:
+        with f or open(path, "rb") as opened, Image.open(opened) as im:
+            return im.convert("RGB")
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
+        raise InvalidInputError(f"{path}: not a readable image ({type(e).__name__}); {NOT_GENERATED}") from None
 
 
 def _dataset(labels, per_class: int, seed: int, preset: str) -> WordImageDataset:

@@ -21,6 +21,7 @@ from dnd_sdk.errors import InvalidInputError, arg
 from dnd_sdk.folders import check_target, staged_folder, write_failure
 from dnd_sdk.manifest import (
     BACKEND_NAMES,
+    EXPORTED,
     ONNXRUNTIME_ONLY,
     FileEntry,
     FileRef,
@@ -80,21 +81,18 @@ def export_model(checkpoint_path, out_dir, dtype: str = "fp32", opset: int = DEF
                                 "meet by design; judge a quantized export with `dnd eval ocr MODEL_DIR`")
     forms = _forms(dtype, decoder_dtype)
     out_dir = Path(out_dir)
-    check_target(out_dir, force, source=checkpoint_path)
+    check_target(out_dir, force, source=checkpoint_path, ours=EXPORTED)
     # mmap: the weights stay in the file until used, so the export holds one copy of them in its dtype
     ckpt = load_checkpoint(checkpoint_path, mmap=True)  # CheckpointError names what is wrong
     _check_supported(ckpt.model_args)
-    sampler_defaults = _sampler_defaults(ckpt.meta)
-    # defaults the runtime would refuse must fail here, not at every later sample() call
-    SamplingParams(**sampler_defaults).validate(ckpt.model_args.vocab_size, ckpt.model_args.num_pred_heads,
-                                                ckpt.model_args.has_null_class)
-    tokenizer = ckpt.build_tokenizer().to(DECODER_TORCH_DTYPES[decoder_dtype])
+    sampler_defaults = _sampler_defaults(ckpt.meta, ckpt.model_args)
+    tokenizer = ckpt.build_tokenizer(DECODER_TORCH_DTYPES[decoder_dtype])
     model = ckpt.stream_model(DTYPES[dtype])
     labels = list(ckpt.labels)
     del ckpt  # its last tensors hold the file's mapping
 
     try:
-        with staged_folder(out_dir, force) as tmp:
+        with staged_folder(out_dir, force, ours=EXPORTED) as tmp:
             files, stages = _write_graphs(tmp, model, tokenizer, int(opset), external_threshold, dtype, decoder_dtype)
             manifest = Manifest(
                 dtype=dtype, opset=int(opset), model_config=dataclasses.asdict(model.args),
@@ -184,16 +182,14 @@ def _check_supported(args) -> None:
             "stage graph would store the shared head again. Export a model trained with separate heads.")
 
 
-def _sampler_defaults(meta: dict) -> dict:
-    given = dict(meta.get("sampler_defaults") or {})
-    unknown = sorted(set(given) - set(SAMPLER_DEFAULTS))
-    if unknown:
-        raise InvalidInputError(f"checkpoint meta['sampler_defaults'] has unknown keys {unknown}; "
-                                f"allowed: {sorted(SAMPLER_DEFAULTS)}. Fix the checkpoint's meta and re-export.")
-    out = {**SAMPLER_DEFAULTS, **given}
+def _sampler_defaults(meta: dict, args) -> dict:
+    """The checkpoint's default sampling settings, as the runtime will take them: values it would refuse (a
+    string, a bool, a fraction where top_k counts) fail here, not at every later sample() call."""
+    given = dict(meta.get("sampler_defaults") or {})  # its keys were checked with the checkpoint
     try:
-        return {k: type(SAMPLER_DEFAULTS[k])(v) for k, v in out.items()}
-    except (TypeError, ValueError):
-        raise InvalidInputError(f"checkpoint meta['sampler_defaults'] must hold numbers, got {given}") from None
-
-
+        params = SamplingParams(**{**SAMPLER_DEFAULTS, **given}).validate(args.vocab_size, args.num_pred_heads,
+                                                                           args.has_null_class)
+    except InvalidInputError as e:
+        raise InvalidInputError(f"checkpoint meta['sampler_defaults']: {e}; set them with `dnd train set-defaults` "
+                                "and re-export") from None
+    return {k: getattr(params, k) for k in SAMPLER_DEFAULTS}

@@ -6,23 +6,22 @@
     set_sampler_defaults("checkpoint.pt", cfg_scale=1.5, temperature=0.3)   # what `dnd generate` uses
     set_tokenizer("checkpoint.pt", "runs/tok-decoder/tokenizer.pt")          # a decoder fine-tuned later
 """
-import ctypes
 import dataclasses
-import sys
 from dataclasses import dataclass
-from mmap import PAGESIZE
 from pathlib import Path
 
 import torch
 
-from dnd_sdk.errors import CheckpointError
+from dnd_sdk.errors import CheckpointError, InvalidInputError
 from dnd_sdk.labels import label_problem
 from dnd_sdk.manifest import SAMPLER_KEYS
 from dnd_sdk.sampler import SamplingParams
+from .config import stored_config
 from .model import ModelArgs, Transformer
 from .tokenizer import RQTokenizer, TokenizerConfig, code_weights_differ, migrate_codebook_keys
 from .tokenizer_file import load_tokenizer
 from .torch_files import atomic_torch_save, read_torch_file
+from .weights import check_weights, release_pages
 
 FORMAT, VERSION = "dnd-checkpoint", 1
 MAX_CONFIG_INT = 1 << 20  # no count in a config (dims, layers, vocabulary, image side) comes near this
@@ -55,53 +54,61 @@ class Checkpoint:
     def stream_model(self, dtype=torch.float32) -> Transformer:
         """The model for export, holding one copy of the weights: built on the meta device, it takes over the
         loaded tensors (mmap-backed with `load_checkpoint(mmap=True)`), casts them one at a time and empties
-        `self.model` as it goes. The Checkpoint has no transformer weights afterwards."""
+        `self.model` as it goes. The Checkpoint has no transformer weights afterwards. A weight that overflows
+        `dtype` is refused by name (InvalidInputError)."""
         with torch.device("meta"):
             model = Transformer(self.model_args)
         model.load_state_dict(self.model, assign=True)
         self.model = {}
-        for module in model.modules():
-            for name, p in list(module.named_parameters(recurse=False)):
-                if p.dtype != dtype:
-                    setattr(module, name, torch.nn.Parameter(p.detach().to(dtype), requires_grad=False))
-                    if self.mapped:
-                        release_pages(p)
+        cast_module("model", model, dtype, release=self.mapped)
         return model.eval()
 
-    def build_tokenizer(self) -> RQTokenizer:
+    def build_tokenizer(self, dtype=torch.float32, option: str = "decoder_dtype") -> RQTokenizer:
+        """The tokenizer in `dtype`; a weight that overflows it is refused by name (InvalidInputError naming
+        `option`, the setting that chose the dtype)."""
         tokenizer = RQTokenizer(self.tokenizer_args)
         tokenizer.load_state_dict(self.tokenizer)
         if self.mapped:  # copied: the file's pages need not stay in memory beside the mapped transformer
             for t in self.tokenizer.values():
                 release_pages(t)
+        cast_module("tokenizer", tokenizer, dtype, option=option)
         return tokenizer.eval()
 
 
-def release_pages(t: torch.Tensor) -> None:
-    """Drop the resident pages of a tensor read through a private, unwritten file mmap once it is no longer
-    needed: reading it faulted them into this process, and the file's mapping lives as long as any tensor of
-    the file does, so casting a whole model would otherwise hold both copies. The data stays in the file (and
-    the page cache); a later read faults it back in. Only the pages wholly inside the tensor are dropped, and
-    only from a file mapping: on anonymous memory (a tensor made after loading, such as a migrated codebook)
-    MADV_DONTNEED would replace the data by zeros."""
-    if not sys.platform.startswith("linux"):
-        return
-    storage, page = t.untyped_storage(), PAGESIZE
-    lo = (storage.data_ptr() + page - 1) // page * page
-    hi = (storage.data_ptr() + storage.nbytes()) // page * page
-    if hi > lo and _file_mapped(lo, hi):
-        ctypes.CDLL(None).madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), 4)  # 4 = MADV_DONTNEED
+DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 
 
-def _file_mapped(lo: int, hi: int) -> bool:
-    """Whether [lo, hi) lies in one mapping of a file (a non-zero inode in /proc/self/maps)."""
-    with open("/proc/self/maps") as f:
-        for line in f:
-            span, _, _, _, inode = line.split(maxsplit=5)[:5]
-            start, end = (int(x, 16) for x in span.split("-"))
-            if start <= lo < end:
-                return hi <= end and inode != "0"
-    return False
+def cast_module(what: str, module: torch.nn.Module, dtype, release: bool = False, option: str = "dtype") -> None:
+    """Cast `module`'s float weights to `dtype` in place, one tensor at a time. The weights were checked finite
+    in float32, but fp16 ends at 65504 (and bf16 rounds the very largest floats up to inf): a weight that
+    becomes inf in the cast would make a model that samples blank images, so it is refused by name.
+    release: the source tensors are file-mapped (see release_pages). option: the setting that chose `dtype`."""
+    for prefix, sub in module.named_modules():
+        tensors = [(n, t, True) for n, t in sub.named_parameters(recurse=False)]
+        tensors += [(n, t, False) for n, t in sub.named_buffers(recurse=False)]
+        for name, tensor, is_parameter in tensors:
+            if not tensor.is_floating_point() or tensor.dtype == dtype:
+                continue
+            cast = cast_finite(f"{what} weight {prefix + '.' if prefix else ''}{name}", tensor.detach(), dtype, option)
+            if is_parameter:
+                setattr(sub, name, torch.nn.Parameter(cast, requires_grad=False))
+            else:
+                sub._buffers[name] = cast
+            if release:
+                release_pages(tensor)
+
+
+def cast_finite(name: str, tensor: torch.Tensor, dtype, option: str = "dtype") -> torch.Tensor:
+    """`tensor` in `dtype`, or InvalidInputError naming it (and `option`) when a finite value does not fit."""
+    cast = tensor.to(dtype)
+    if not bool(torch.isfinite(cast).all()):
+        largest = float(tensor.abs().max())  # the source is finite: load_checkpoint checked it
+        wanted = DTYPE_NAMES.get(dtype, str(dtype))
+        raise InvalidInputError(
+            f"{name} holds values up to {largest:.4g}, which overflow {wanted} (largest finite value "
+            f"{torch.finfo(dtype).max:.4g}): the model would sample blank images. Export with a wider "
+            f"{option} (fp32, or bf16 for TensorRT's stage graphs)", [option])
+    return cast
 
 
 def save_checkpoint(path, model: Transformer, tokenizer: RQTokenizer, labels, meta=None) -> None:
@@ -140,27 +147,18 @@ def _check_config(path: Path, name: str, config) -> None:
             raise CheckpointError(f"{path}: {name}.{f.name} = {value!r} is out of range (1..{MAX_CONFIG_INT})")
 
 
-def check_weights(name: str, module: torch.nn.Module, state: dict, mapped: bool = False) -> None:
-    """The state dict has exactly the module's tensors, with their shapes, float where the module's are
-    float, and finite. mapped: the tensors are file-backed (mmap), so each one's pages are handed back
-    after its finite check instead of all staying resident."""
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(f"{name} weights do not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    for key, ref in expected.items():
-        if not isinstance(state[key], torch.Tensor) or tuple(state[key].shape) != tuple(ref.shape):
-            got = tuple(state[key].shape) if isinstance(state[key], torch.Tensor) else type(state[key]).__name__
-            raise CheckpointError(f"{name} weight {key!r} has shape {got}, its config implies {tuple(ref.shape)}")
-        tensor = state[key]
-        if ref.is_floating_point() and not tensor.is_floating_point():
-            raise CheckpointError(f"{name} weight {key!r} is {tensor.dtype}, expected floating point")
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise CheckpointError(f"{name} weight {key!r} holds NaN or infinite values; the training run diverged "
-                                  "or the file is damaged. Use an earlier checkpoint.")
-        if mapped:
-            release_pages(tensor)
+def _check_meta(path: Path, meta) -> None:
+    """meta is free-form, but what the exporter and `dnd train set-defaults` read from it has a shape."""
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: meta must be a mapping, got {type(meta).__name__}")
+    defaults = meta.get("sampler_defaults")
+    if defaults is not None and not isinstance(defaults, dict):
+        raise CheckpointError(f"{path}: meta['sampler_defaults'] must be a mapping of sampler settings, got "
+                              f"{defaults!r:.80}; set them with `dnd train set-defaults`")
+    unknown = sorted(map(str, set(defaults or {}) - set(SAMPLER_KEYS)))
+    if unknown:
+        raise CheckpointError(f"{path}: meta['sampler_defaults'] has unknown keys {unknown}; allowed: "
+                              f"{sorted(SAMPLER_KEYS)}. Fix the checkpoint's meta")
 
 
 def load_checkpoint(path, mmap: bool = False) -> Checkpoint:
@@ -177,10 +175,9 @@ def load_checkpoint(path, mmap: bool = False) -> Checkpoint:
     if missing:
         raise CheckpointError(f"{path}: missing required key(s) {missing}")
     ckpt = Checkpoint(**{k: raw[k] for k in REQUIRED_KEYS[2:]}, mapped=mmap)
-    try:
-        model_args, tok_args = ckpt.model_args, ckpt.tokenizer_args
-    except (TypeError, ValueError, AssertionError, ZeroDivisionError) as e:
-        raise CheckpointError(f"{path}: invalid config: {e}") from None
+    model_args = stored_config(ModelArgs, ckpt.model_config, "model_config", CheckpointError, f"{path}: ")
+    tok_args = stored_config(TokenizerConfig, ckpt.tokenizer_config, "tokenizer_config", CheckpointError, f"{path}: ")
+    _check_meta(path, ckpt.meta)
     _check_config(path, "model_config", model_args)
     _check_config(path, "tokenizer_config", tok_args)
     if not isinstance(ckpt.labels, list) or not all(isinstance(x, str) and x for x in ckpt.labels):
@@ -223,7 +220,13 @@ def set_sampler_defaults(path, **values) -> dict:
     args = load_checkpoint(path).model_args
     raw = _read(path)
     defaults = {**dict(raw["meta"].get("sampler_defaults") or {}), **{k: v for k, v in values.items() if v is not None}}
-    params = SamplingParams(**defaults).validate(args.vocab_size, args.num_pred_heads, args.has_null_class)
+    try:
+        params = SamplingParams(**defaults).validate(args.vocab_size, args.num_pred_heads, args.has_null_class)
+    except InvalidInputError as e:
+        if set(e.names) & {k for k, v in values.items() if v is not None}:
+            raise  # the value given now: the command line names its flag
+        raise CheckpointError(f"{path}: its stored meta['sampler_defaults']: {e}; give the setting again to "
+                              "replace it") from None
     defaults = {k: getattr(params, k) for k in defaults}
     raw["meta"] = {**raw["meta"], "sampler_defaults": defaults}
     atomic_torch_save(raw, path)

@@ -18,7 +18,9 @@ from tqdm import tqdm
 
 from dnd_sdk.errors import InvalidInputError
 from dnd_sdk.folders import atomic_write
+from .config import stored_config
 from .data import DataConfig, build_dataset
+from .tokenizer import TokenizerConfig
 from .tokenizer_file import load_tokenizer
 
 
@@ -81,7 +83,19 @@ def load_codes(path) -> CodeSet:
             data = {k: f[k] for k in ("codes", "labels", "label_names", "tokenizer_config")}
     except (KeyError, ValueError, OSError) as e:
         raise InvalidInputError(f"{path} is not a code file written by extract-codes: {e}") from None
-    codes, labels = data["codes"], data["labels"].astype(np.int64)
-    if codes.ndim != 4 or labels.shape != codes.shape[:1]:
-        raise InvalidInputError(f"{path}: codes {codes.shape} and labels {labels.shape} do not match [N, h, w, D] / [N]")
-    return CodeSet(codes, labels, [str(s) for s in data["label_names"]], json.loads(str(data["tokenizer_config"])))
+    codes, labels, names = data["codes"], data["labels"], data["label_names"]
+    if codes.ndim != 4 or labels.shape != codes.shape[:1] or codes.dtype.kind not in "iu" or labels.dtype.kind not in "iu":
+        raise InvalidInputError(f"{path}: codes {codes.dtype} {list(codes.shape)} and labels {labels.dtype} "
+                                f"{list(labels.shape)} are not integer arrays [N, h, w, D] / [N]; run extract-codes again")
+    if names.ndim != 1 or names.dtype.kind != "U" or not len(names):
+        raise InvalidInputError(f"{path}: label_names is {names.dtype} {list(names.shape)}, not a list of class names")
+    try:
+        config = json.loads(str(data["tokenizer_config"]))
+    except (ValueError, RecursionError):
+        config = None
+    tc = stored_config(TokenizerConfig, config, "tokenizer_config", InvalidInputError, f"{path}: ")
+    # an id past the embedding tables would fail deep inside the first training step
+    for name, values, bound in (("codes", codes, tc.codebook_size), ("labels", labels, len(names))):
+        if values.size and not (0 <= values.min() and values.max() < bound):
+            raise InvalidInputError(f"{path}: {name} hold ids outside 0..{bound - 1}; run extract-codes again")
+    return CodeSet(codes, labels.astype(np.int64), [str(s) for s in names], config)

@@ -8,6 +8,7 @@ Override values are parsed as YAML, so `train.lr=3e-4`, `data.words=[cat,dog]` a
 """
 import dataclasses
 import json
+import math
 import typing
 from pathlib import Path
 
@@ -37,6 +38,76 @@ def _coerce(tp, value, name: str):
     return number
 
 
+def type_problem(cls, values: dict, where: str = ""):
+    """What is wrong with the first value in `values` whose type does not fit its field of dataclass `cls`, else
+    None: a stored or written config reaches code that would fail deep inside torch (or run on a silently
+    truncated value) if a string stood where an int belongs. bool is not an int, an int is a float, numbers
+    are finite, and a `list[int]` field holds ints."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in values and not _dataclass_type(hints[f.name]):
+            problem = value_problem(hints[f.name], values[f.name], where + f.name)
+            if problem:
+                return problem
+    return None
+
+
+def value_problem(tp, value, name: str):
+    """`name = value is not <what tp asks for>` when `value` does not fit type `tp` (as type_problem), else None."""
+    return None if _fits(tp, value) else f"{name} = {value!r:.80} is not {_kind(tp)}"
+
+
+def stored_config(cls, values, name: str, error=InvalidInputError, prefix: str = ""):
+    """Dataclass `cls` from the mapping `values` read from a file (a checkpoint's model_config, say), or `error`
+    (its message after `prefix`) naming what is wrong: not a mapping, a field of the wrong type, or values
+    that make no valid config."""
+    if not isinstance(values, dict):
+        raise error(f"{prefix}{name} must be a mapping of settings, got {type(values).__name__}")
+    problem = type_problem(cls, values, f"{name}.")
+    if problem:
+        raise error(f"{prefix}{problem}")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError, AssertionError, ZeroDivisionError) as e:
+        raise error(f"{prefix}invalid config in {name}: {e}") from None
+
+
+def _fits(tp, value) -> bool:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Union:
+        return any(_fits(t, value) for t in args)
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and _finite(value)
+    if tp in (list, dict, str):
+        return isinstance(value, tp)
+    if origin is list:
+        return isinstance(value, list) and all(_fits(args[0], v) for v in value)
+    return True  # a type no config value needs checked here
+
+
+def _finite(number) -> bool:
+    try:
+        return math.isfinite(number)
+    except OverflowError:  # an int past the float range
+        return False
+
+
+def _kind(tp) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Union:
+        return " or ".join(_kind(t) for t in args)
+    if origin is list:
+        return f"a list of {_kind(args[0]).split(' ', 1)[1]}s"
+    return {type(None): "null", bool: "a boolean", int: "an integer", float: "a finite number", str: "a string",
+            list: "a list", dict: "a mapping"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
 def from_dict(cls, data: dict, where: str = ""):
     """Build dataclass `cls` from a nested dict, recursing into dataclass-typed fields."""
     if not isinstance(data, dict):
@@ -54,6 +125,9 @@ def from_dict(cls, data: dict, where: str = ""):
             kwargs[key] = from_dict(sub, value, f"{where}{key}.")
         else:
             kwargs[key] = _coerce(hints[key], value, where + key)
+    problem = type_problem(cls, kwargs, where)
+    if problem:
+        raise InvalidInputError(f"config entry {problem}")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:

@@ -25,7 +25,7 @@ class ModelArgs:
     n_kv_head: Optional[int] = None  # None = n_head; fewer = grouped-query attention
     vocab_size: int = 512
     num_pred_heads: int = 4  # D, the code depth
-    pred_head_positions: list = field(default_factory=lambda: [4, 5, 6, 7])
+    pred_head_positions: list[int] = field(default_factory=lambda: [4, 5, 6, 7])
     grid_h: int = 4
     grid_w: int = 16
     num_classes: int = 32

@@ -26,10 +26,10 @@ class TokenizerConfig:
     image_width: int = 128
     in_channels: int = 3
     ch: int = 64
-    ch_mult: list = field(default_factory=lambda: [1, 2, 2, 4])  # one level per entry; 2**(len-1) downsampling
+    ch_mult: list[int] = field(default_factory=lambda: [1, 2, 2, 4])  # one level per entry; 2**(len-1) downsampling
     num_res_blocks: int = 1
     attn_in_mid: bool = False
-    attn_levels: list = field(default_factory=list)  # levels (0 = full size) with attention after each block
+    attn_levels: list[int] = field(default_factory=list)  # levels (0 = full size) with attention after each block
     norm_groups: int = 32  # GroupNorm groups (gcd with the channel count)
     z_channels: Optional[int] = None  # encoder output channels; None = embed_dim
     embed_dim: int = 32

@@ -10,8 +10,10 @@ import dataclasses
 from pathlib import Path
 
 from dnd_sdk.errors import CheckpointError
-from .tokenizer import RQTokenizer, TokenizerConfig
+from .config import stored_config
+from .tokenizer import RQTokenizer, TokenizerConfig, migrate_codebook_keys
 from .torch_files import atomic_torch_save, read_torch_file
+from .weights import check_weights
 
 FORMAT, VERSION = "dnd-tokenizer", 1
 
@@ -34,12 +36,24 @@ def load_tokenizer(path) -> tuple:
     raw = read_torch_file(path)
     if not isinstance(raw, dict) or raw.get("format") not in (FORMAT, "dnd-checkpoint"):
         raise CheckpointError(f"{path}: not a dnd tokenizer.pt or checkpoint.pt")
+    config = stored_config(TokenizerConfig, raw.get("tokenizer_config"), "tokenizer_config", CheckpointError,
+                           f"{path}: ")
+    meta, labels = raw.get("meta") or {}, raw.get("labels")  # a checkpoint.pt keeps its words beside the meta
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: meta must be a mapping, got {type(meta).__name__}")
+    if labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
+        raise CheckpointError(f"{path}: labels must be a list of class names, got {labels!r:.80}")
     try:
-        tokenizer = RQTokenizer(TokenizerConfig(**raw["tokenizer_config"]))
-        tokenizer.load_state_dict(raw["tokenizer"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path}: tokenizer config or weights are invalid: {str(e).splitlines()[0]}") from None
-    meta = dict(raw.get("meta") or {})
-    if "labels" in raw:  # a checkpoint.pt keeps its words beside the meta
-        meta.setdefault("labels", list(raw["labels"]))
-    return tokenizer.eval(), meta
+        tokenizer = RQTokenizer(config)
+    except (TypeError, ValueError, RuntimeError, AssertionError, ZeroDivisionError) as e:
+        raise CheckpointError(f"{path}: its tokenizer_config describes no buildable tokenizer: {e}") from None
+    state = raw.get("tokenizer")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: tokenizer must be a state dict of tensors, got {type(state).__name__}")
+    migrate_codebook_keys(state, config.depth)  # files written before the published codebook layout
+    try:
+        check_weights("tokenizer", tokenizer, state)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    tokenizer.load_state_dict(state)
+    return tokenizer.eval(), {"labels": labels, **meta} if labels is not None else dict(meta)

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from dnd_sdk.cpu import CpuFeatures, cpu_features
 from dnd_sdk.errors import CheckpointError, DndError, InvalidInputError
+from dnd_sdk.folders import atomic_write, open_regular
 from .distributed import Dist, all_mean, barrier, wrap
 from .loss_plot import save_loss_plot
 from .tensorboard_log import TensorBoardLog
@@ -40,7 +41,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     warmup_steps: int = 100
     weight_decay: float = 0.05  # on >= 2-D parameters only, as the published recipe
-    betas: list = field(default_factory=lambda: [0.9, 0.95])
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     grad_clip: float = 1.0
     ema_decay: float = 0.0  # 0 = off; when on, the saved checkpoint holds the EMA weights
     seed: int = 0
@@ -130,10 +131,17 @@ class JsonlLog:
         self.path, self.enabled = path, enabled
 
     def drop_after(self, step: int) -> None:
-        """On resume: forget lines logged after the checkpoint, since those steps run again."""
-        if self.enabled and self.path.is_file():
-            lines = self.path.read_text().splitlines()
-            self.path.write_text("".join(f"{x}\n" for x in lines if json.loads(x).get("step", 0) <= step))
+        """On resume: forget lines logged after the checkpoint, since those steps run again, and a line cut short
+        by a kill in the middle of its write (it is no record of anything)."""
+        if not self.enabled:
+            return
+        f = open_regular(self.path, "Move it away and resume again.")
+        if f is None:
+            return
+        with f:
+            lines = f.read().decode(errors="replace").splitlines()
+        kept = [x for x in lines if (logged := _logged_step(x)) is not None and logged <= step]
+        atomic_write(self.path, lambda out: out.write("".join(f"{x}\n" for x in kept).encode()))
 
     def write(self, record: dict) -> None:
         if self.enabled:
@@ -144,6 +152,16 @@ class JsonlLog:
         return [json.loads(x) for x in self.path.read_text().splitlines()] if self.path.is_file() else []
 
 
+def _logged_step(line: str):
+    """The step of one log line, or None for a line that is not a whole record."""
+    try:
+        record = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    step = record.get("step", 0) if isinstance(record, dict) else None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
 @dataclass
 class Loop:
     """What a stage plugs into `run`: how to get a batch, compute the loss, and save."""
@@ -151,6 +169,12 @@ class Loop:
     loss: Callable  # (model, batch) -> (loss, {name: scalar tensor})
     save: Callable  # (step, weights module, last logged metrics) -> None; main process only
     sample: Optional[Callable] = None  # (step, weights module) -> None; main process only
+    start: Optional[Callable] = None  # () -> None once the run's state is loaded, before step one; main process only
+
+
+def model_settings(model) -> dict:
+    """The settings that decide the trained module's shapes: a transformer's ModelArgs, a tokenizer's config."""
+    return asdict(model.args if hasattr(model, "args") else model.config)
 
 
 def save_state(path: Path, step: int, model, opt, sched, ema, cfg: TrainConfig) -> None:
@@ -158,7 +182,39 @@ def save_state(path: Path, step: int, model, opt, sched, ema, cfg: TrainConfig) 
         "format": STATE_FORMAT, "step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict(), "ema": ema.state_dict() if ema is not None else None,
         "data": {"seed": cfg.seed, "batch_size": cfg.batch_size, "position": step * cfg.batch_size},
-        "config": asdict(cfg)}, path)
+        "config": asdict(cfg), "model_settings": model_settings(model)}, path)
+
+
+# what a training-state file holds, and the type of each entry
+STATE_TYPES = {"step": int, "model": dict, "optimizer": dict, "scheduler": dict, "data": dict}
+
+
+def _check_state(path: Path, state) -> None:
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{path} is not a dnd training-state file")
+    wrong = [k for k, t in STATE_TYPES.items() if not isinstance(state.get(k), t) or isinstance(state.get(k), bool)]
+    wrong += [f"data.{k}" for k in ("seed", "batch_size") if "data" not in wrong
+              and not isinstance(state["data"].get(k), int)]
+    if wrong or state["step"] < 0:
+        raise CheckpointError(f"{path}: damaged training-state file ({', '.join(wrong) or 'step'} missing or of the "
+                              "wrong type); start the run again without --resume, or in another train.out_dir")
+
+
+def _check_same_model(path: Path, state: dict, model) -> None:
+    """The interrupted run's model settings (stored since they were) must be this config's; a file without them
+    is judged by its weights' shapes. Either way the message names what differs, not a state-dict traceback."""
+    ours, theirs = model_settings(model), state.get("model_settings")
+    if isinstance(theirs, dict):
+        differ = [f"{k} {theirs.get(k)!r} there, {v!r} now" for k, v in ours.items() if theirs.get(k) != v]
+    else:
+        expected = model.state_dict()
+        differ = [f"{k} {list(getattr(v, 'shape', []))} there, {list(expected[k].shape)} now"
+                  for k, v in state["model"].items() if k in expected and getattr(v, "shape", None) != expected[k].shape]
+        differ += [f"{k} missing there" for k in sorted(set(expected) - set(state["model"]))]
+    if differ:
+        raise CheckpointError(f"--resume: this config's model differs from the interrupted run's ({'; '.join(differ[:6])}"
+                              f"{'; ...' if len(differ) > 6 else ''}); resume with the run's own settings (its "
+                              f"config.yaml in {path.parent}), or start a new run in another train.out_dir")
 
 
 def load_state(path: Path, model, opt, sched, ema, cfg: TrainConfig) -> int:
@@ -166,13 +222,17 @@ def load_state(path: Path, model, opt, sched, ema, cfg: TrainConfig) -> int:
         raise CheckpointError(f"--resume: no training state at {path}; start without --resume or point "
                               "train.out_dir at the interrupted run")
     state = read_torch_file(path)
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT or "data" not in state:
-        raise CheckpointError(f"{path} is not a dnd training-state file")
+    _check_state(path, state)
     for key in ("seed", "batch_size"):
         if state["data"][key] != getattr(cfg, key):
             raise CheckpointError(f"--resume: train.{key} is {getattr(cfg, key)} but the interrupted run used "
                                   f"{state['data'][key]}; resuming exactly needs the same value")
-    model.load_state_dict(state["model"])
+    _check_same_model(path, state, model)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:  # the same settings, yet other tensors: a damaged file
+        raise CheckpointError(f"{path}: its weights do not load ({str(e).splitlines()[0][:200]}); start the run "
+                              "again without --resume, or in another train.out_dir") from None
     try:
         opt.load_state_dict(state["optimizer"])
     except ValueError:  # another set of trainable parameters, e.g. freeze_codes changed
@@ -231,6 +291,8 @@ def run(cfg: TrainConfig, model: torch.nn.Module, d: Dist, loop: Loop, *, resume
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True) \
         if cfg.ema_decay else None
     start = load_state(out / "train_state.pt", model, opt, sched, ema, cfg) if resume else 0
+    if loop.start and d.is_main:
+        loop.start()  # after the state loaded: a refused resume leaves the run's files as they were
     precision, why = choose_precision(cfg, d.device)
     bf16 = precision == "bf16"
     if d.is_main:

@@ -9,6 +9,7 @@ A sample grid shows each original next to its reconstructions from depth 1 up to
 With several processes the codebook's EMA statistics are rank 0's (DDP broadcasts buffers).
 """
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,8 +101,8 @@ def train_tokenizer(cfg: TokenizerRunConfig, *, resume: bool = False, force: boo
         titles = ["original"] + [f"{k} code{'s' if k > 1 else ''}" for k in range(1, len(recons) + 1)]
         save_tensor_grid(step_png(out, step), [preview] + recons, titles)
 
-    if d.is_main:
-        save_config(cfg, out / "config.yaml")
-    run(tcfg, tokenizer, d, Loop(batch, loss, save, sample), resume=resume, stop_at=stop_at)
+    record_config = functools.partial(save_config, cfg, out / "config.yaml")
+    run(tcfg, tokenizer, d, Loop(batch, loss, save, sample, start=record_config), resume=resume,
+        stop_at=stop_at)
     shutdown(d)
     return out / "tokenizer.pt"

@@ -11,6 +11,7 @@ code file, so the config only says how big the transformer is.
 """
 import copy
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -22,7 +23,7 @@ from dnd_sdk.manifest_schema import SAMPLER_KEYS
 from dnd_sdk.sampler import SamplingParams
 from .checkpoint import load_checkpoint, save_checkpoint
 from .codes import CodesConfig, CodeSet, load_codes
-from .config import save_config
+from .config import save_config, stored_config
 from .distributed import init_distributed, shutdown
 from .grids import eval_mode, save_tensor_grid, step_png
 from .model import MODEL_CONFIGS, ModelArgs, Transformer
@@ -66,10 +67,7 @@ def build_model_args(cfg: TransformerRunConfig, data: CodeSet) -> ModelArgs:
                                 "leave them out, they are taken from the codes")
     if "pred_head_positions" not in cfg.model and len(fields.get("pred_head_positions", ())) != depth:
         fields.update(heads_for_depth(fields.get("n_layer", ModelArgs.n_layer), depth, "n_layer" in cfg.model))
-    try:
-        return ModelArgs(**{**fields, **derived})
-    except (TypeError, ValueError) as e:
-        raise InvalidInputError(f"invalid model config: {e}") from None
+    return stored_config(ModelArgs, {**fields, **derived}, "model", prefix="config entry ")
 
 
 def start_weights(path, args: ModelArgs, data: CodeSet, tokenizer) -> dict:
@@ -139,8 +137,8 @@ def train_transformer(cfg: TransformerRunConfig, *, resume: bool = False, force:
         save_tensor_grid(step_png(out, step), [images[c::classes] for c in range(classes)],
                          list(data.label_names[:classes]))
 
-    if d.is_main:
-        save_config(cfg, out / "config.yaml")
-    run(tcfg, model, d, Loop(batch, loss, save, sample), resume=resume, stop_at=stop_at)
+    record_config = functools.partial(save_config, cfg, out / "config.yaml")
+    run(tcfg, model, d, Loop(batch, loss, save, sample, start=record_config), resume=resume,
+        stop_at=stop_at)
     shutdown(d)
     return out / "checkpoint.pt"

@@ -64,9 +64,90 @@ def test_a_png_damaged_past_its_header_is_named(gen, reference, tmp_path):
     run_batch(gen, out, BatchJob(**{**JOB.__dict__, "npz": False}), progress=False)
     data = (out / "000004.png").read_bytes()
     (out / "000004.png").write_bytes(data[: len(data) - 40])  # header intact, pixels cut short
-    with pytest.raises(InvalidInputError, match=f"{out / '000004.png'} cannot be decoded"):
+    with pytest.raises(InvalidInputError, match=f"{out / '000004.png'} is unreadable as an image"):
         run_batch(gen, out, JOB, progress=False)
     assert not (out / "samples.npz").exists()
+
+
+def test_a_truncated_png_is_never_counted_as_made(gen, reference, tmp_path):
+    # no npz or grid: nothing decodes the pixels later, so the resume's own check is all that stands between a
+    # PNG cut short after its header and a metadata.jsonl that lists it
+    job = BatchJob(**{**JOB.__dict__, "npz": False, "grid": False})
+    out = tmp_path / "out"
+    run_batch(gen, out, job, progress=False)
+    data = (out / "000004.png").read_bytes()
+    (out / "000004.png").write_bytes(data[: len(data) // 2])
+    (out / "metadata.jsonl").unlink()
+    with pytest.raises(InvalidInputError, match=f"{out / '000004.png'} is unreadable as an image .*"
+                                                "not an image of this run .*Delete it and rerun"):
+        run_batch(gen, out, job, progress=False)
+    assert not (out / "metadata.jsonl").exists()
+    (out / "000004.png").unlink()
+    assert run_batch(gen, out, job, progress=False).made == 1
+    assert tree(out)["000004.png"] == tree(reference)["000004.png"]
+
+
+def run_unless_blocked(fn, fifo):
+    """fn() in a thread; a call still blocked on `fifo` after 20 s is released by writing to it, and fails."""
+    import threading
+
+    outcome = []
+    thread = threading.Thread(target=lambda: outcome.append(_outcome(fn)), daemon=True)
+    thread.start()
+    thread.join(20)
+    if thread.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # its reader now sees the end of the file
+        thread.join(20)
+        pytest.fail(f"blocked reading {fifo}")
+    return outcome[0]
+
+
+def _outcome(fn):
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001 (handed to the test, which asserts on it)
+        return e
+
+
+@pytest.mark.parametrize("name", ["000001.png", "run.json"])
+def test_a_fifo_in_the_run_folder_is_refused_not_waited_on(gen, tmp_path, name):
+    out = tmp_path / "out"
+    if name == "run.json":
+        out.mkdir()  # the first file a run writes: a folder holding only it is taken for this run's
+    else:
+        run_batch(gen, out, BatchJob(num=2, seed=2, batch_size=2), progress=False)
+        (out / name).unlink()
+    os.mkfifo(out / name)
+    error = run_unless_blocked(lambda: run_batch(gen, out, BatchJob(num=2, seed=2, batch_size=2), progress=False),
+                               out / name)
+    assert isinstance(error, InvalidInputError), error
+    assert str(error).startswith(f"{out / name} is a FIFO, not a file this command wrote.")
+
+
+def test_a_png_that_is_a_link_is_refused(gen, tmp_path):
+    out = tmp_path / "out"
+    run_batch(gen, out, BatchJob(num=2, seed=2, batch_size=2), progress=False)
+    (tmp_path / "elsewhere.png").write_bytes((out / "000001.png").read_bytes())
+    (out / "000001.png").unlink()
+    (out / "000001.png").symlink_to(tmp_path / "elsewhere.png")
+    with pytest.raises(InvalidInputError, match="000001.png is a link, not a file this command wrote"):
+        run_batch(gen, out, BatchJob(num=2, seed=2, batch_size=2), progress=False)
+
+
+@pytest.mark.parametrize("where", ["model", "model/samples", "copy/samples/deeper"])
+def test_images_are_never_written_inside_a_model_folder(tiny_model_dir, tmp_path, where):
+    import shutil
+
+    shutil.copytree(tiny_model_dir, tmp_path / "copy")  # any model folder, not only the one sampled from
+    (tmp_path / "model").symlink_to(tiny_model_dir)
+    out = tmp_path / where
+    result = CliRunner().invoke(cli, ["generate", str(tmp_path / "model"), "--num", "1", "--threads", "1",
+                                      "--out", str(out)])
+    model = os.path.realpath(tiny_model_dir) if where.startswith("model") else tmp_path / "copy"
+    assert result.exit_code == 1 and result.output == (
+        f"Error: {out} lies inside the model folder {model}; write the images to a folder of their own, outside "
+        "it.\n")
+    assert sorted(os.listdir(tiny_model_dir)) == sorted(os.listdir(tmp_path / "copy"))
 
 
 def test_a_second_writer_of_the_same_shard_is_refused_and_leaves_the_first_alone(gen, reference, tmp_path):
@@ -162,3 +243,13 @@ def test_shards_written_to_separate_folders_combine_as_the_readme_says(gen, refe
     summary = run_batch(gen, merged, JOB, progress=False)
     assert summary.made == 0 and summary.complete
     assert tree(merged) == tree(reference)
+
+
+def test_an_out_link_that_leads_nowhere_is_refused_by_name(tiny_model_dir, tmp_path):
+    (tmp_path / "out").symlink_to(tmp_path / "missing")
+    result = CliRunner().invoke(cli, ["generate", str(tiny_model_dir), "--num", "1", "--threads", "1", "--out",
+                                      str(tmp_path / "out")])
+    assert result.exit_code == 1 and result.output == (
+        f"Error: {tmp_path / 'out'} is a link that leads nowhere (broken, or a loop); remove it or choose another "
+        "--out folder\n")
+    assert os.listdir(tmp_path) == ["out"]

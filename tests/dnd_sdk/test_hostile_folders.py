@@ -222,6 +222,22 @@ def test_bad_embeddings_are_refused(tiny_model_dir, tmp_path, tables, fragment):
         Generator(folder, threads=1)
 
 
+@pytest.mark.parametrize("key, dtype, bad, fragment", [
+    ("tok_embeddings", np.float32, np.inf, r"tok_embeddings holds NaN or infinite values \(row 3 first\)"),
+    ("cls_embedding", np.float16, np.nan, r"cls_embedding holds NaN or infinite values \(row 3 first\)"),
+    ("tok_embeddings", np.uint16, 0x7F80, r"tok_embeddings holds NaN or infinite values"),  # bf16 +inf
+    ("cls_embedding", np.uint16, 0xFFC1, r"cls_embedding holds NaN or infinite values"),    # bf16 NaN
+])
+def test_non_finite_embedding_tables_are_refused(tiny_model_dir, tmp_path, key, dtype, bad, fragment):
+    # a fp16 export whose weights overflowed: every file matches its sha256, and each image would be NaN
+    folder = copy_model(tiny_model_dir, tmp_path / "model")
+    tables = {k: v.astype(dtype) for k, v in np.load(folder / "embeddings.npz").items()}
+    tables[key][3, 7] = bad
+    (folder / "embeddings.npz").write_bytes(_npz(**tables))
+    rewrite(folder, lambda d: None)
+    assert "embeddings.npz: " + key in refused(folder, fragment)
+
+
 def test_a_checkpoint_given_as_model_says_how_to_export_it(tiny_checkpoint, tmp_path):
     # (`dnd info` summarises a checkpoint: tests/dnd_sdk/test_cli.py)
     result = CliRunner().invoke(cli, ["generate", str(tiny_checkpoint), "--num", "1", "--out", str(tmp_path / "out")])

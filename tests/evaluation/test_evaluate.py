@@ -1,5 +1,6 @@
 """`dnd eval ocr` on the dataset, a tokenizer, a model folder and a `dnd generate` folder, with real tesseract."""
 import json
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -102,3 +103,60 @@ def test_a_flag_that_does_not_apply_is_refused(tiny_model_dir, tiny_checkpoint, 
     path = {"images": tmp_path / "images", "model": tiny_model_dir, "tokenizer": tiny_checkpoint, None: None}[target]
     result = CliRunner().invoke(cli, ["eval", "ocr", *([str(path)] if path else []), *args, "--quiet"])
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+def _generated(tiny_model_dir, tmp_path):
+    out = tmp_path / "samples"
+    result = CliRunner().invoke(cli, ["generate", str(tiny_model_dir), "--num", "2", "--threads", "1", "--out",
+                                      str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def _edit_metadata(out, edit):
+    rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    edit(rows)
+    (out / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _cut_png(out):
+    data = (out / "000001.png").read_bytes()
+    (out / "000001.png").write_bytes(data[:len(data) // 2])
+
+
+def _fifo_metadata(out):
+    import os
+
+    (out / "metadata.jsonl").unlink()
+    os.mkfifo(out / "metadata.jsonl")  # reading it would wait for a writer for ever
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    (lambda out: _edit_metadata(out, lambda rows: rows[1].update(index="1")), "metadata.jsonl: line 2 is not a row"),
+    (lambda out: _edit_metadata(out, lambda rows: rows[0].update(label_name=3)), "metadata.jsonl: line 1 is not a row"),
+    (lambda out: (out / "metadata.jsonl").write_text('{"index": 0, "label_name": "cat"}\n{oops\n'),
+     "metadata.jsonl: line 2 is not a row"),
+    (_cut_png, r"000001.png: not a readable image \(OSError\)"),
+    (_fifo_metadata, "metadata.jsonl is a FIFO, not a file this command wrote"),
+])
+def test_a_damaged_generate_folder_is_one_line_naming_the_file(tiny_model_dir, tmp_path, damage, fragment):
+    out = _generated(tiny_model_dir, tmp_path)
+    damage(out)
+    result = CliRunner().invoke(cli, ["eval", "ocr", str(out), "--quiet"])
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert re.search(fragment, result.output) and "rerun `dnd generate`" in result.output, result.output
+
+
+def test_saved_images_never_replace_files_already_there(tiny_model_dir, tmp_path):
+    import shutil
+
+    model = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    out = _generated(model, tmp_path)  # a generate run whose 000000.png the judged images would replace
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    for target, fragment in ((out, f"{out} is not empty; the judged images go to a new or empty folder"),
+                             (model / "judged", "lies inside the model folder")):
+        result = CliRunner().invoke(cli, ["eval", "ocr", str(model), "--per-class", "1", "--save-images",
+                                          str(target), "--quiet"])
+        assert result.exit_code == 1 and fragment in result.output and result.output.count("\n") == 1, result.output
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert not (model / "judged").exists()

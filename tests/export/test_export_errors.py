@@ -1,8 +1,10 @@
 """Bad input gives a typed error with a useful message, and never leaves a folder behind."""
+import re
 import resource
 import shutil
 import signal
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -49,7 +51,7 @@ def test_shared_prediction_heads_are_refused(make_checkpoint, tmp_path):
 
 def test_unknown_sampler_defaults_in_meta(make_checkpoint, tmp_path):
     path = make_checkpoint(tmp_path / "c.pt", meta={"sampler_defaults": {"cfg": 3.0}})
-    with pytest.raises(InvalidInputError, match=r"unknown keys \['cfg'\]"):
+    with pytest.raises(CheckpointError, match=r"unknown keys \['cfg'\]"):
         export_model(path, tmp_path / "out")
     assert leftovers(tmp_path) == ["c.pt"]
 
@@ -62,12 +64,43 @@ def test_existing_folder_needs_force(tiny_checkpoint, tmp_path):
                                                 "another out_dir"):
         export_model(tiny_checkpoint, out)
     assert leftovers(out) == ["keep.txt"]
-    export_model(tiny_checkpoint, out, force=True)
-    assert "keep.txt" not in leftovers(out) and load_manifest(out).dtype == "fp32"
+    (out / "keep.txt").unlink()
+    export_model(tiny_checkpoint, out)
+    export_model(tiny_checkpoint, out, force=True, dtype="fp16")  # a folder dnd-export made: replaced
+    assert load_manifest(out).dtype == "fp16"
     assert leftovers(tmp_path) == ["out"]  # no temporary or old folders beside it
     empty = tmp_path / "empty"
     empty.mkdir()
     assert load_manifest(export_model(tiny_checkpoint, empty)).depth == 2  # an empty folder is fine
+
+
+@pytest.mark.parametrize("foreign", ["keep.txt", "samples/000000.png", "stage0.onnx.orig"])
+def test_force_never_deletes_what_dnd_export_did_not_write(tiny_checkpoint, tiny_model_dir, tmp_path, foreign):
+    out = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, out)
+    (out / foreign).parent.mkdir(exist_ok=True)
+    (out / foreign).write_text("not the exporter's")
+    result = CliRunner().invoke(main, [str(tiny_checkpoint), "-o", str(out), "--force"])
+    assert result.exit_code == 1 and result.output == (
+        f"Error: {out} holds {foreign}, which dnd-export did not write: --force replaces only a folder dnd-export "
+        "made itself and deletes nothing else. Move those files out of it or choose another --out\n")
+    assert (out / foreign).read_text() == "not the exporter's" and leftovers(tmp_path) == ["model"]
+
+
+def test_force_replaces_a_folder_dnd_export_wrote_with_external_data(tiny_checkpoint, tmp_path):
+    out = export_model(tiny_checkpoint, tmp_path / "model", external_threshold=0)
+    assert "stage0.onnx.data" in leftovers(out)
+    export_model(tiny_checkpoint, out, force=True)
+    assert "stage0.onnx.data" not in leftovers(out) and leftovers(tmp_path) == ["model"]
+
+
+def test_an_out_that_is_a_link_gets_the_model_in_the_folder_it_leads_to(tiny_checkpoint, tmp_path):
+    (tmp_path / "disk").mkdir()
+    (tmp_path / "model").symlink_to(tmp_path / "disk")
+    result = CliRunner().invoke(main, [str(tiny_checkpoint), "-o", str(tmp_path / "model")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "model").is_symlink() and load_manifest(tmp_path / "disk").depth == 2
+    assert sorted(leftovers(tmp_path)) == ["disk", "model"]
 
 
 def test_a_file_written_into_the_target_during_the_export_is_kept(tiny_checkpoint, tmp_path, monkeypatch):
@@ -145,3 +178,83 @@ def test_cli_exit_codes_and_messages(tiny_checkpoint, tmp_path):
     assert both.exit_code == 1 and both.output.endswith(
         "Keep a float --decoder-dtype (auto, fp32 or fp16) for bf16, or use --dtype fp32, fp16, int8 or int4 with an "
         "int8 decoder\n")
+
+
+def edited_checkpoint(source, path, edit):
+    """A copy of checkpoint `source` with edit(raw dict) applied, saved as torch.save writes it."""
+    import torch
+
+    from dnd_training.torch_files import atomic_torch_save
+
+    raw = torch.load(source, weights_only=True)
+    edit(raw)
+    atomic_torch_save(raw, path)
+    return path
+
+
+def set_value(part, key, value):
+    def edit(raw):
+        raw[part][key].view(-1)[0] = value
+    return edit
+
+
+@pytest.mark.parametrize("part, key, args, value, fragment, flag", [
+    ("model", "layers.1.feed_forward.w1.weight", dict(dtype="fp16"), 7e4,
+     r"model weight layers\.1\.feed_forward\.w1\.weight holds values up to 7e\+04, which overflow fp16", "--dtype"),
+    ("model", "tok_embeddings.weight", dict(dtype="fp16"), -7e4,
+     r"model weight tok_embeddings\.weight holds values up to 7e\+04, which overflow fp16", "--dtype"),
+    ("model", "cls_embedding.embedding_table.weight", dict(dtype="bf16"), 3.4e38,
+     r"model weight cls_embedding\.embedding_table\.weight holds values up to 3\.4e\+38, which overflow bf16",
+     "--dtype"),
+    ("tokenizer", "decoder.conv_out.weight", dict(decoder_dtype="fp16"), 7e4,
+     r"tokenizer weight decoder\.conv_out\.weight holds values up to 7e\+04, which overflow fp16", "--decoder-dtype"),
+])
+def test_weights_that_overflow_the_export_dtype_are_refused_by_name(tiny_checkpoint, tmp_path, part, key, args,
+                                                                    value, fragment, flag):
+    # finite in float32 (so the checkpoint loads), but inf once cast: a folder that samples blank images
+    ckpt = edited_checkpoint(tiny_checkpoint, tmp_path / "c.pt", set_value(part, key, value))
+    with pytest.raises(InvalidInputError, match=fragment):
+        export_model(ckpt, tmp_path / "out", **args)
+    options = [f"--{k.replace('_', '-')}={v}" for k, v in args.items()]
+    result = CliRunner().invoke(main, [str(ckpt), "-o", str(tmp_path / "out"), *options])
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert re.search(fragment + f".*Export with a wider {flag} ", result.output), result.output
+    assert leftovers(tmp_path) == ["c.pt"]
+
+
+def test_weights_that_fit_the_export_dtype_still_export(tiny_checkpoint, tmp_path):
+    ckpt = edited_checkpoint(tiny_checkpoint, tmp_path / "c.pt", set_value("model", "tok_embeddings.weight", 6e4))
+    out = export_model(ckpt, tmp_path / "out", dtype="fp16")
+    assert np.load(out / "embeddings.npz")["tok_embeddings"].flat[0] == np.float16(6e4)
+
+
+def damage(path, entry_suffix, out):
+    """A copy of torch file `path` with one byte of the zip entry ending in `entry_suffix` flipped."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = next(i for i in archive.infolist() if i.filename.endswith(entry_suffix))
+    data = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
+    data[info.header_offset + 30 + name_len + extra_len + 5] ^= 0x40
+    out.write_bytes(bytes(data))
+    return out
+
+
+@pytest.mark.parametrize("entry, fragment", [
+    ("/data/2", r"damaged: tensor 'layers\.0\.attention\.wqkv\.weight' \(entry '.*/data/2'\) does not match the "
+                "CRC-32 its archive stored"),
+    ("/data.pkl", r"damaged: entry '.*data\.pkl' \(the file's index of its tensors\) does not match the CRC-32"),
+])
+def test_damaged_checkpoint_bytes_are_refused_by_their_crc(tiny_checkpoint, tmp_path, entry, fragment):
+    from dnd_training.checkpoint import load_checkpoint
+
+    bad = damage(tiny_checkpoint, entry, tmp_path / "bad.pt")
+    for mmap in (False, True):  # a mapped load reads the tensors' bytes straight from the file
+        with pytest.raises(CheckpointError, match=fragment):
+            load_checkpoint(bad, mmap=mmap)
+    result = CliRunner().invoke(main, [str(bad), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert re.search(fragment, result.output), result.output
+    assert leftovers(tmp_path) == ["bad.pt"]

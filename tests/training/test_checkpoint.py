@@ -124,3 +124,71 @@ def test_a_pickle_that_would_run_code_is_refused_and_does_not_run(tmp_path):
         data = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
     pickle.loads(data)
     assert marker.exists()
+
+
+# which commands read each part of a checkpoint: all four read its tokenizer (set-tokenizer and eval as the
+# tokenizer to take), only export and set-defaults its transformer and sampler defaults
+TOKENIZER_READERS = ("export", "set-defaults", "set-tokenizer", "eval")
+MODEL_READERS = ("export", "set-defaults")
+
+
+def _command(name, path, other):
+    from dnd_export.cli import main as export_main
+    from dnd_sdk.cli.main import cli
+    from dnd_training.cli import train
+
+    return {"export": (export_main, [str(path), "-o", str(path.parent / "model")]),
+            "set-defaults": (train, ["set-defaults", str(path), "--temperature", "0.5"]),
+            "set-tokenizer": (train, ["set-tokenizer", str(other), str(path)]),
+            "eval": (cli, ["eval", "ocr", str(path), "--per-class", "1"])}[name]
+
+
+@pytest.mark.parametrize("edit, readers, fragment", [
+    (lambda r: r["model_config"].update(norm_eps="1e-5"), MODEL_READERS,
+     "model_config.norm_eps = '1e-5' is not a finite number"),
+    (lambda r: r["model_config"].update(rope_base=float("nan")), MODEL_READERS,
+     "model_config.rope_base = nan is not a finite number"),
+    (lambda r: r["model_config"].update(pred_head_positions=["1", "2"]), MODEL_READERS,
+     r"model_config.pred_head_positions = \['1', '2'\] is not a list of integers"),
+    (lambda r: r["tokenizer_config"].update(ch_mult="1222"), TOKENIZER_READERS,
+     "tokenizer_config.ch_mult = '1222' is not a list of integers"),
+    (lambda r: r["tokenizer_config"].update(decay="0.99"), TOKENIZER_READERS,
+     "tokenizer_config.decay = '0.99' is not a finite number"),
+    (lambda r: r.update(meta=["steps", 3]), TOKENIZER_READERS, "meta must be a mapping, got list"),
+    (lambda r: r["meta"].update(sampler_defaults=[["cfg_scale", 2]]), MODEL_READERS,
+     r"meta\['sampler_defaults'\] must be a mapping of sampler settings"),
+    (lambda r: r["meta"].update(sampler_defaults={"temperature": "0.5"}), ("export",),
+     r"meta\['sampler_defaults'\]: temperature must be a finite number, got '0.5'"),
+    (lambda r: r.update(labels=[1, 2, 3, 4]), TOKENIZER_READERS, "labels must be a list of"),
+])
+def test_a_value_of_the_wrong_type_is_one_line_from_every_command(saved, tmp_path, edit, readers, fragment):
+    import re
+
+    from click.testing import CliRunner
+
+    path = saved[0]
+    other = tmp_path / "other.pt"
+    other.write_bytes(path.read_bytes())
+    before = other.read_bytes()
+    resave(path, edit)
+    for name in readers:
+        app, args = _command(name, path, other)
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 1 and result.output.count("\n") == 1, (name, result.output, result.exception)
+        assert re.search(fragment, result.output), (name, result.output)
+    assert other.read_bytes() == before and not (tmp_path / "model").exists()
+
+
+def test_stored_sampler_defaults_of_the_wrong_type_are_named_as_stored(saved):
+    from click.testing import CliRunner
+
+    from dnd_training.cli import train
+
+    path = saved[0]
+    resave(path, lambda r: r["meta"].update(sampler_defaults={"cfg_scale": "2"}))
+    result = CliRunner().invoke(train, ["set-defaults", str(path), "--temperature", "0.5"])
+    assert result.exit_code == 1 and result.output == (
+        f"Error: {path}: its stored meta['sampler_defaults']: cfg_scale must be a finite number, got '2'; give the "
+        "setting again to replace it\n")
+    fixed = CliRunner().invoke(train, ["set-defaults", str(path), "--cfg-scale", "2"])
+    assert fixed.exit_code == 0 and "cfg_scale=2.0" in fixed.output, fixed.output

@@ -311,6 +311,59 @@ def test_bad_input_is_one_line_exit_1_nothing_written(own_files, tmp_path, case)
         assert "48" in output and "32" in output and "tok_embeddings.weight" in output
 
 
+class _EditedTokenizer:
+    """A tokenizer as write_tokenizer_files reads it, with one state-dict entry replaced."""
+
+    def __init__(self, tok, key, value):
+        self.config, self._state = tok.config, {**tok.state_dict(), key: value}
+
+    def state_dict(self):
+        return self._state
+
+
+@pytest.mark.parametrize("case, fragment", [
+    ("gpt 0-dim", "tok_embeddings.weight has shape [], but the published layout has a 2-dim tensor there"),
+    ("gpt 1-dim", "layers.0.attention.wqkv.weight has shape [64], but the published layout has a 2-dim tensor"),
+    ("tokenizer 0-dim", "encoder.conv_in.weight has shape [], but the published layout has a 4-dim tensor there"),
+    ("codebook 3-dim", "quantizer.codebooks.0.weight has shape [33, 8, 1], but the published layout has a 2-dim"),
+    ("yaml resolution", "ddconfig.resolution = 'sixteen' is not an integer"),
+    ("yaml ch_mult", "ddconfig.ch_mult = ['1', 2, 2] is not a list of integers"),
+    ("yaml code_shape", "hparams.code_shape = 2 is not a list of integers or null"),
+    ("yaml decay", "hparams.decay = 'fast' is not a finite number"),
+    ("yaml hparams", "arch.hparams and arch.ddconfig must be mappings"),
+    ("gpt-args dim", "--gpt-args: dim = '32' is not an integer"),
+    ("gpt-args positions", "--gpt-args: pred_head_positions = 2 is not a list of integers"),
+])
+def test_a_value_of_the_wrong_rank_or_type_is_one_line_naming_it(own_files, tmp_path, case, fragment):
+    tmp, tok, model, state, tok_file = own_files
+    gpt_state, args = dict(state), dict(GPT_ARGS)
+    if case == "gpt 0-dim":
+        gpt_state["tok_embeddings.weight"] = torch.tensor(1.0)
+    elif case == "gpt 1-dim":
+        gpt_state["layers.0.attention.wqkv.weight"] = torch.zeros(64)
+    elif case == "tokenizer 0-dim":
+        tok_file = write_tokenizer_files(tmp_path, _EditedTokenizer(tok, "encoder.conv_in.weight", torch.tensor(0.5)))
+    elif case == "codebook 3-dim":
+        book = tok.state_dict()["quantizer.codebooks.0.weight"]
+        tok_file = write_tokenizer_files(tmp_path, _EditedTokenizer(tok, "quantizer.codebooks.0.weight", book[..., None]))
+    elif case.startswith("yaml"):
+        tok_file = write_tokenizer_files(tmp_path, tok)
+        config = yaml.safe_load((tok_file.parent / "config.yaml").read_text())
+        hp, dd = config["arch"]["hparams"], config["arch"]["ddconfig"]
+        {"yaml resolution": lambda: dd.update(resolution="sixteen"), "yaml ch_mult": lambda: dd.update(ch_mult=["1", 2, 2]),
+         "yaml code_shape": lambda: hp.update(code_shape=2), "yaml decay": lambda: hp.update(decay="fast"),
+         "yaml hparams": lambda: config["arch"].update(hparams=[1, 2])}[case]()
+        (tok_file.parent / "config.yaml").write_text(yaml.safe_dump(config))
+    else:
+        args.update({"gpt-args dim": {"dim": "32"}, "gpt-args positions": {"pred_head_positions": 2}}[case])
+    torch.save({"model": gpt_state}, tmp_path / "gpt.pt")
+    (tmp_path / "args.json").write_text(json.dumps(args))
+    out = tmp_path / "out" / "checkpoint.pt"
+    code, output = _run([tmp_path / "gpt.pt", tok_file, "-o", out, "--gpt-args", tmp_path / "args.json"])
+    assert code == 1 and len(output.splitlines()) == 1 and fragment in output, output
+    assert not out.parent.exists()
+
+
 def test_cli_import_with_release_labels_and_sampler_defaults(own_files, tmp_path):
     tmp, tok, model, state, tok_file = own_files
     torch.save({"model": state}, tmp_path / "gpt.pt")

@@ -132,3 +132,29 @@ def test_user_image_folder_trains_and_encodes(tmp_path):
     assert data.codes.shape == (6, 2, 8, 2) and data.labels.tolist() == [0, 0, 0, 1, 1, 1]
     with pytest.raises(InvalidInputError, match="variants"):
         extract_codes(load_config(TransformerRunConfig, None, codes + ["codes.variants=3"]).codes, progress=False)
+
+
+def _code_file(path, **changes):
+    """A small valid code file with `changes` in place of its arrays."""
+    config = json.dumps(dict(image_height=16, image_width=64, ch=8, ch_mult=[1, 2, 2, 2], embed_dim=8,
+                             codebook_size=16, depth=2))
+    arrays = dict(codes=np.zeros((3, 2, 8, 2), np.uint16), labels=np.array([0, 1, 1]),
+                  label_names=np.array(["cat", "dog"]), tokenizer_config=np.array(config))
+    np.savez(path, **{**arrays, **changes})
+    return path
+
+
+@pytest.mark.parametrize("changes, fragment", [
+    (dict(labels=np.array(["0", "1", "1"])), r"labels <U1 \[3\] are not integer arrays"),
+    (dict(codes=np.full((3, 2, 8, 2), 16, np.uint16)), r"codes hold ids outside 0..15"),
+    (dict(labels=np.array([0, 1, 2])), r"labels hold ids outside 0..1"),
+    (dict(tokenizer_config=np.array("{not json")), "tokenizer_config must be a mapping of settings, got NoneType"),
+    (dict(tokenizer_config=np.array('{"ch": "8"}')), r"tokenizer_config.ch = '8' is not an integer"),
+    (dict(label_names=np.array([1, 2])), r"label_names is int64 \[2\], not a list of class names"),
+])
+def test_a_code_file_with_a_value_of_the_wrong_type_is_named(tmp_path, changes, fragment):
+    path = _code_file(tmp_path / "c.npz")
+    assert load_codes(path).labels.tolist() == [0, 1, 1]
+    _code_file(path, **changes)
+    with pytest.raises(InvalidInputError, match=fragment):
+        load_codes(path)

@@ -103,3 +103,59 @@ def test_resume_refuses_a_different_recipe(tokenizer_runs):
         train_tokenizer(tokenizer_cfg(tokenizer_runs / "b", "train.batch_size=4"), resume=True)
     with pytest.raises(CheckpointError, match="no training state"):
         train_tokenizer(tokenizer_cfg(tokenizer_runs / "fresh"), resume=True)
+
+
+def test_resume_with_a_changed_model_size_names_the_settings_that_differ(tokenizer_runs):
+    out = tokenizer_runs / "b"
+    config = (out / "config.yaml").read_text()
+    with pytest.raises(CheckpointError, match=r"--resume: this config's model differs from the interrupted run's "
+                                              r"\(ch 8 there, 16 now\); resume with the run's own settings"):
+        train_tokenizer(tokenizer_cfg(out, "tokenizer.ch=16"), resume=True)
+    assert (out / "config.yaml").read_text() == config  # the run's own record is kept
+
+
+def test_a_state_file_from_before_settings_were_stored_is_judged_by_its_shapes(tokenizer_runs, tmp_path):
+    import shutil
+
+    from dnd_training.torch_files import atomic_torch_save
+
+    out = tmp_path / "old"
+    shutil.copytree(tokenizer_runs / "b", out)
+    old = state(out / "train_state.pt")
+    old.pop("model_settings", None)
+    atomic_torch_save(old, out / "train_state.pt")
+    with pytest.raises(CheckpointError, match=r"model differs from the interrupted run's \(encoder.conv_in.weight "
+                                              r"\[8, 3, 3, 3\] there, \[16, 3, 3, 3\] now"):
+        train_tokenizer(tokenizer_cfg(out, "tokenizer.ch=16"), resume=True)
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda s: s.update(step="12"), r"damaged training-state file \(step missing or of the wrong type\)"),
+    (lambda s: s.update(data=[8]), r"damaged training-state file \(data missing"),
+    (lambda s: s["data"].update(batch_size="8"), r"\(data.batch_size missing or of the wrong type\)"),
+    (lambda s: s.update(model=None), r"\(model missing or of the wrong type\)"),
+])
+def test_a_state_file_with_a_wrong_typed_value_is_one_error(tokenizer_runs, tmp_path, edit, fragment):
+    import shutil
+
+    from dnd_training.torch_files import atomic_torch_save
+
+    out = tmp_path / "run"
+    shutil.copytree(tokenizer_runs / "b", out)
+    damaged = state(out / "train_state.pt")
+    edit(damaged)
+    atomic_torch_save(damaged, out / "train_state.pt")
+    with pytest.raises(CheckpointError, match=fragment):
+        train_tokenizer(tokenizer_cfg(out), resume=True)
+
+
+def test_a_log_line_cut_short_by_a_kill_is_dropped_on_resume(tokenizer_runs, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(tokenizer_runs / "b", out)
+    with open(out / "log.jsonl", "a") as f:  # killed in the middle of writing a line, then another kind of junk
+        f.write('{"loss": 0.5, "st\n[1, 2]\n')
+    train_tokenizer(tokenizer_cfg(out, "train.steps=21"), resume=True)
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(3, 22, 3))

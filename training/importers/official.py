@@ -15,17 +15,19 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import yaml
 
 from dnd_sdk.errors import CheckpointError, InvalidInputError
 from dnd_sdk.labels import label_problem
-from ..checkpoint import FORMAT, VERSION, check_weights
+from ..checkpoint import FORMAT, VERSION
+from ..config import value_problem
 from ..model import ModelArgs, Transformer
 from ..tokenizer import RQTokenizer, TokenizerConfig
 from ..torch_files import atomic_torch_save
+from ..weights import check_weights
 from .safe_load import load_untrusted
 
 # GPT_models of the published code: n_layer, n_head, dim
@@ -38,6 +40,11 @@ OFFICIAL_DEFAULTS = dict(n_kv_head=None, multiple_of=256, ffn_dim_multiplier=Non
 OFFICIAL_FIELDS = {"dim", "n_layer", "n_head", "n_kv_head", "multiple_of", "ffn_dim_multiplier", "rope_base",
                    "norm_eps", "num_classes", "class_dropout_prob", "vocab_size", "cls_token_num", "block_size",
                    "num_pred_heads", "pred_head_positions", "share_prediction_heads", "model_type"}
+# the type of each official field, as --gpt-args must give it (the published code writes share_prediction_heads 0/1)
+OFFICIAL_TYPES = dict(dim=int, n_layer=int, n_head=int, n_kv_head=Optional[int], multiple_of=int,
+                      ffn_dim_multiplier=Optional[float], rope_base=float, norm_eps=float, num_classes=int,
+                      class_dropout_prob=float, vocab_size=int, cls_token_num=int, block_size=int, num_pred_heads=int,
+                      pred_head_positions=list[int], share_prediction_heads=Union[bool, int], model_type=str)
 TRAINING_ONLY_FIELDS = {"token_dropout_p", "attn_dropout_p", "resid_dropout_p", "ffn_dropout_p", "drop_path_rate",
                         "caption_dim", "max_batch_size", "max_seq_len", "initializer_range"}
 
@@ -112,6 +119,10 @@ def official_args(args: dict) -> dict:
     unknown = sorted(set(args) - OFFICIAL_FIELDS - TRAINING_ONLY_FIELDS)
     if unknown:
         raise InvalidInputError(f"--gpt-args has fields the published ModelArgs does not: {unknown}")
+    for name, value in args.items():
+        problem = value_problem(OFFICIAL_TYPES[name], value, name) if name in OFFICIAL_TYPES else None
+        if problem:
+            raise InvalidInputError(f"--gpt-args: {problem}")
     if args.get("model_type", "c2i") != "c2i":
         raise InvalidInputError(f"model_type {args['model_type']!r}: only class-conditional (c2i) models can be "
                                 "imported; text-conditional (t2i) models need a caption encoder dnd-sdk does not have")
@@ -155,6 +166,27 @@ def official_gpt_keys(n_layer: int, heads: int) -> set:
     return keys | {f"{n}.{k}.weight" for n in ("norm", "output") for k in range(heads)}
 
 
+def _dims(state: dict, key: str, rank: int, path) -> tuple:
+    """The shape of tensor `key`, whose size the import reads: refused by name (CheckpointError) when the file
+    lacks it or holds something of another rank there (a 0-dim tensor where a matrix belongs, say)."""
+    tensor = state.get(key)
+    if not isinstance(tensor, torch.Tensor):
+        raise CheckpointError(f"{path}: not the published layout: no tensor {key!r}")
+    if tensor.dim() != rank:
+        raise CheckpointError(f"{path}: {key} has shape {list(tensor.shape)}, but the published layout has a "
+                              f"{rank}-dim tensor there; the file is damaged or not a published one")
+    return tuple(tensor.shape)
+
+
+def _yaml(section: dict, name: str, tp, default, path):
+    """config.yaml's value `name` (section.key), `default` when absent; refused by name unless of type `tp`."""
+    value = section.get(name.split(".", 1)[1], default)
+    problem = value_problem(tp, value, name)
+    if problem:
+        raise CheckpointError(f"{path}: {problem}")
+    return value
+
+
 def _count(state: dict, pattern: str) -> int:
     found = {int(m.group(1)) for k in state for m in [re.match(pattern, k)] if m}
     return max(found) + 1 if found else 0
@@ -162,8 +194,8 @@ def _count(state: dict, pattern: str) -> int:
 
 def gpt_model_args(state: dict, given: dict, sources: dict, grid: int, path) -> tuple:
     """-> (ModelArgs, official args as used). Reads what the weights determine and checks what was given."""
-    tok = state["tok_embeddings.weight"]
-    found = {"vocab_size": (tok.shape[0], "tok_embeddings.weight"), "dim": (tok.shape[1], "tok_embeddings.weight"),
+    tok = _dims(state, "tok_embeddings.weight", 2, path)
+    found = {"vocab_size": (tok[0], "tok_embeddings.weight"), "dim": (tok[1], "tok_embeddings.weight"),
              "n_layer": (_count(state, r"layers\.(\d+)\."), "layers.{i}"),
              "num_pred_heads": (_count(state, r"output\.(\d+)\.weight"), "output.{k}.weight")}
     for name, (value, key) in found.items():
@@ -180,7 +212,7 @@ def gpt_model_args(state: dict, given: dict, sources: dict, grid: int, path) -> 
                                     "(with --pred-head-positions) or --gpt-args")
     if a["model_type"] != "c2i":
         raise InvalidInputError("only class-conditional (c2i) models can be imported")
-    rows = state["cls_embedding.embedding_table.weight"].shape[0]
+    rows = _dims(state, "cls_embedding.embedding_table.weight", 2, path)[0]
     if "num_classes" in given or "class_dropout_prob" in given:
         a.setdefault("class_dropout_prob", 0.1 if rows > int(a.get("num_classes", rows)) else 0.0)
         a.setdefault("num_classes", rows - int(a["class_dropout_prob"] > 0))
@@ -193,7 +225,7 @@ def gpt_model_args(state: dict, given: dict, sources: dict, grid: int, path) -> 
     if a["dim"] % int(a["n_head"]):
         raise _mismatch("n_head", a["n_head"], sources["n_head"], f"dim {a['dim']}, not a multiple", "tok_embeddings.weight")
     hd = a["dim"] // int(a["n_head"])
-    qkv = state["layers.0.attention.wqkv.weight"].shape[0]
+    qkv = _dims(state, "layers.0.attention.wqkv.weight", 2, path)[0]
     kv_heads = (qkv - a["dim"]) // (2 * hd)
     if a["n_kv_head"] is not None and int(a["n_kv_head"]) != kv_heads:
         raise _mismatch("n_kv_head", a["n_kv_head"], sources["n_kv_head"], kv_heads, "layers.0.attention.wqkv.weight")
@@ -222,7 +254,7 @@ def gpt_model_args(state: dict, given: dict, sources: dict, grid: int, path) -> 
                          share_prediction_heads=False)
     except ValueError as e:
         raise InvalidInputError(str(e)) from None
-    ffn = state["layers.0.feed_forward.w1.weight"].shape[0]
+    ffn = _dims(state, "layers.0.feed_forward.w1.weight", 2, path)[0]
     if ffn != args.ffn_hidden:
         raise _mismatch("FFN width (from dim, multiple_of, ffn_dim_multiplier)", args.ffn_hidden,
                         "the settings", ffn, "layers.0.feed_forward.w1.weight")
@@ -260,6 +292,8 @@ def read_tokenizer_yaml(path: Path) -> dict:
     try:
         arch = (yaml.safe_load(path.read_text()) or {}).get("arch")
         hp, dd = arch["hparams"], arch["ddconfig"]
+        if not isinstance(hp, dict) or not isinstance(dd, dict):
+            raise TypeError("arch.hparams and arch.ddconfig must be mappings")
     except (yaml.YAMLError, AttributeError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not a published RQ-VAE config.yaml (needs arch.hparams and arch.ddconfig): {e}") from None
     if hp.get("bottleneck_type", "rq") != "rq" or dd.get("double_z"):
@@ -267,51 +301,59 @@ def read_tokenizer_yaml(path: Path) -> dict:
     return {"hparams": hp, "ddconfig": dd}
 
 
-def tokenizer_config(cfg: dict, state: dict, image_size: Optional[int], path) -> TokenizerConfig:
-    """Our TokenizerConfig of a published config.yaml, each value the weights decide checked against them."""
+def tokenizer_config(cfg: dict, state: dict, image_size: Optional[int], path, weights_path) -> TokenizerConfig:
+    """Our TokenizerConfig of a published config.yaml (`path`), each value the weights (of `weights_path`)
+    decide checked against them."""
     hp, dd = cfg["hparams"], cfg["ddconfig"]
     levels = _count(state, r"encoder\.down\.(\d+)\.")
-    ch = state["encoder.conv_in.weight"].shape[0]
-    ch_mult = [state[f"encoder.down.{i}.block.0.conv2.weight"].shape[0] // ch for i in range(levels)]
-    resolution = int(dd.get("resolution", 256))
-    attn = [int(r) for r in dd.get("attn_resolutions") or []]
-    book = state["quantizer.codebooks.0.weight"]
-    code_shape = list(hp.get("code_shape") or [0, 0, _count(state, r"quantizer\.codebooks\.(\d+)\.")])
+    conv_in = _dims(state, "encoder.conv_in.weight", 4, weights_path)
+    ch = conv_in[0]
+    ch_mult = [_dims(state, f"encoder.down.{i}.block.0.conv2.weight", 4, weights_path)[0] // ch for i in range(levels)]
+    resolution = _yaml(dd, "ddconfig.resolution", int, 256, path)
+    attn = _yaml(dd, "ddconfig.attn_resolutions", Optional[list[int]], [], path) or []
+    book = _dims(state, "quantizer.codebooks.0.weight", 2, weights_path)
+    code_shape = (_yaml(hp, "hparams.code_shape", Optional[list[int]], None, path)
+                  or [0, 0, _count(state, r"quantizer\.codebooks\.(\d+)\.")])
+    if len(code_shape) != 3:
+        raise CheckpointError(f"{path}: hparams.code_shape = {code_shape} is not [h, w, depth]")
     found = {
         "ddconfig.ch": (ch, "encoder.conv_in.weight"),
-        "ddconfig.in_channels": (state["encoder.conv_in.weight"].shape[1], "encoder.conv_in.weight"),
+        "ddconfig.in_channels": (conv_in[1], "encoder.conv_in.weight"),
         "ddconfig.ch_mult": (ch_mult, "encoder.down.{i}.block.0.conv2.weight"),
         "ddconfig.num_res_blocks": (_count(state, r"encoder\.down\.0\.block\.(\d+)\."), "encoder.down.0.block.{j}"),
-        "ddconfig.z_channels": (state["quant_conv.weight"].shape[1], "quant_conv.weight"),
-        "hparams.embed_dim": (book.shape[1], "quantizer.codebooks.0.weight"),
-        "hparams.n_embed": (book.shape[0] - 1, "quantizer.codebooks.0.weight (less its padding row)"),
+        "ddconfig.z_channels": (_dims(state, "quant_conv.weight", 4, weights_path)[1], "quant_conv.weight"),
+        "hparams.embed_dim": (book[1], "quantizer.codebooks.0.weight"),
+        "hparams.n_embed": (book[0] - 1, "quantizer.codebooks.0.weight (less its padding row)"),
         "hparams.code_shape[2]": (_count(state, r"quantizer\.codebooks\.(\d+)\."), "quantizer.codebooks.{k}"),
         "ddconfig.attn_resolutions": ([i for i in range(levels) if f"encoder.down.{i}.attn.0.q.weight" in state],
                                       "encoder.down.{i}.attn (as levels)"),
     }
     stated = {"ddconfig.ch": dd.get("ch"), "ddconfig.in_channels": dd.get("in_channels", 3),
-              "ddconfig.ch_mult": [int(m) for m in dd.get("ch_mult", [])], "ddconfig.num_res_blocks": dd.get("num_res_blocks"),
+              "ddconfig.ch_mult": _yaml(dd, "ddconfig.ch_mult", list[int], [], path),
+              "ddconfig.num_res_blocks": dd.get("num_res_blocks"),
               "ddconfig.z_channels": dd.get("z_channels"), "hparams.embed_dim": hp.get("embed_dim"),
               "hparams.n_embed": hp.get("n_embed"), "hparams.code_shape[2]": code_shape[2],
               "ddconfig.attn_resolutions": [i for i in range(levels) if resolution // 2 ** i in attn]}
     for name, (value, key) in found.items():
         if stated[name] != value:
             raise _mismatch(name, stated[name], str(path), value, key)
-    shared = bool(hp.get("shared_codebook", True))
+    shared = _yaml(hp, "hparams.shared_codebook", bool, True, path)
     depth = code_shape[2]
-    if shared and not all(torch.equal(book, state[f"quantizer.codebooks.{k}.weight"]) for k in range(depth)):
+    tables = [state.get(f"quantizer.codebooks.{k}.weight") for k in range(depth)]
+    if shared and not all(isinstance(t, torch.Tensor) and torch.equal(tables[0], t) for t in tables):
         raise _mismatch("hparams.shared_codebook", True, str(path), "different tables", "quantizer.codebooks.{k}.weight")
     if image_size is None:  # the latent grid the model was trained on, in pixels
-        latent = hp.get("latent_shape")
-        image_size = int(latent[0]) * 2 ** (levels - 1) if latent else resolution
+        latent = _yaml(hp, "hparams.latent_shape", Optional[list[int]], None, path)
+        image_size = latent[0] * 2 ** (levels - 1) if latent else resolution
     try:
         return TokenizerConfig(
             image_height=image_size, image_width=image_size, in_channels=found["ddconfig.in_channels"][0], ch=ch,
             ch_mult=ch_mult, num_res_blocks=found["ddconfig.num_res_blocks"][0], attn_in_mid=True,
             attn_levels=found["ddconfig.attn_resolutions"][0], norm_groups=32, z_channels=found["ddconfig.z_channels"][0],
-            embed_dim=book.shape[1], codebook_size=book.shape[0] - 1, depth=depth, shared_codebook=shared,
-            decay=float(hp.get("decay", 0.99)), commitment_weight=float(hp.get("latent_loss_weight", 0.25)),
-            restart_unused_codes=bool(hp.get("restart_unused_codes", True)),
+            embed_dim=book[1], codebook_size=book[0] - 1, depth=depth, shared_codebook=shared,
+            decay=float(_yaml(hp, "hparams.decay", float, 0.99, path)),
+            commitment_weight=float(_yaml(hp, "hparams.latent_loss_weight", float, 0.25, path)),
+            restart_unused_codes=_yaml(hp, "hparams.restart_unused_codes", bool, True, path),
             loss_type=hp.get("loss_type", "mse") if hp.get("loss_type") in ("mse", "l1") else "mse")
     except ValueError as e:
         raise InvalidInputError(f"{path}: {e}") from None
@@ -363,7 +405,7 @@ def import_official(gpt_path, tokenizer_path, out_path, settings: ImportSettings
     tok_state = tokenizer_state_dict(tok_raw, tokenizer_path)
     del tok_raw  # the discriminator and optimizer entries are never used
     yaml_path = Path(settings.tokenizer_config or tokenizer_path.parent / "config.yaml")
-    tok_cfg = tokenizer_config(read_tokenizer_yaml(yaml_path), tok_state, image_size, yaml_path)
+    tok_cfg = tokenizer_config(read_tokenizer_yaml(yaml_path), tok_state, image_size, yaml_path, tokenizer_path)
     tokenizer = build_tokenizer(tok_cfg, tok_state, tokenizer_path)
     del tok_state  # copied into the tokenizer
 
