@@ -216,3 +216,27 @@ def test_check_judges_an_int8_decoder_by_psnr(tiny_checkpoint, tmp_path, caplog)
     row = next(r.getMessage() for r in caplog.records if "decoder" in r.getMessage())
     assert row.startswith("ok") and "PSNR" in row, row
     assert float(row.split("PSNR ")[1].split(" dB")[0]) >= 30
+
+
+def test_an_int8_folder_from_before_the_pair_limit_runs_only_where_it_cannot_saturate(tiny_checkpoint, tmp_path,
+                                                                                     monkeypatch):
+    import json
+
+    from dnd_sdk import Generator
+    from dnd_sdk.backends import onnxrt
+    from dnd_sdk.cpu import parse_cpuinfo
+    from dnd_sdk.errors import BackendUnavailableError
+
+    out = export_model(tiny_checkpoint, tmp_path / "m", dtype="int8")
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["quantization"]  # as folders were written before it
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert load_manifest(out).unbounded_int8_forms == ["stages", "decoder"]
+    for flags, refused in (("avx2 avx512f avx512_vnni", False), ("avx2 avx_vnni", False), ("avx2 avx512f", True)):
+        monkeypatch.setattr(onnxrt, "cpu_features", lambda: parse_cpuinfo(f"model name\t: x\nflags\t\t: {flags}\n"))
+        if refused:
+            with pytest.raises(BackendUnavailableError, match="int8 stages and decoder of this folder were quantized "
+                                                              "before .* Export it again with dnd-export"):
+                Generator(out, backend="onnxruntime-cpu")
+        else:
+            Generator(out, backend="onnxruntime-cpu", threads=1).close()
