@@ -190,7 +190,8 @@ def open_run(out: Path, plan: RunPlan) -> Iterator[list]:
         _claim(out, plan.identity, plan.tag)
         with _shard_lock(out, plan.tag, plan.shard):
             for stale in out.glob(f".{plan.tag}*{TMP_SUFFIX}"):  # a killed writer's: its lock is ours now
-                stale.unlink()
+                if not stale.name.startswith(f".{plan.tag}{RUN_FILE}."):  # but a run.json may be a starting one's
+                    stale.unlink(missing_ok=True)
             yield [i for i in plan.mine if not _on_disk(out / png_name(i), plan.image_size)]
 
 

@@ -220,6 +220,7 @@ def test_check_judges_an_int8_decoder_by_psnr(tiny_checkpoint, tmp_path, caplog)
 
 def test_an_int8_folder_from_before_the_pair_limit_runs_only_where_it_cannot_saturate(tiny_checkpoint, tmp_path,
                                                                                      monkeypatch):
+    import functools
     import json
 
     from dnd_sdk import Generator
@@ -233,7 +234,7 @@ def test_an_int8_folder_from_before_the_pair_limit_runs_only_where_it_cannot_sat
     (out / "manifest.json").write_text(json.dumps(manifest))
     assert load_manifest(out).unbounded_int8_forms == ["stages", "decoder"]
     for flags, refused in (("avx2 avx512f avx512_vnni", False), ("avx2 avx_vnni", False), ("avx2 avx512f", True)):
-        monkeypatch.setattr(onnxrt, "cpu_features", lambda: parse_cpuinfo(f"model name\t: x\nflags\t\t: {flags}\n"))
+        monkeypatch.setattr(onnxrt, "cpu_features", functools.partial(parse_cpuinfo, f"model name\t: x\nflags\t\t: {flags}\n"))
         if refused:
             with pytest.raises(BackendUnavailableError, match="int8 stages and decoder of this folder were quantized "
                                                               "before .* Export it again with dnd-export"):
