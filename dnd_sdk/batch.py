@@ -113,8 +113,12 @@ def _claim(out: Path, identity: dict, tag: str) -> None:
                                     f"choose a new or empty {arg('out')} folder.")
         out.mkdir(parents=True, exist_ok=True)
         # the first shard's run.json stays: every later one, simultaneous or not, is checked against it
-        atomic_write(run_file, lambda f: f.write((json.dumps(identity, indent=2) + "\n").encode()), tag,
-                     keep_existing=True)
+        try:
+            atomic_write(run_file, lambda f: f.write((json.dumps(identity, indent=2) + "\n").encode()), tag,
+                         keep_existing=True)
+        except FileNotFoundError:  # the shard's writer, starting meanwhile, took our temporary file for a dead one's
+            if not run_file.is_file():  # ... and so its run.json is there
+                raise
     stored = None
     with open_regular(run_file, "Choose a new out folder.") or contextlib.nullcontext() as f:
         try:
@@ -135,12 +139,12 @@ def check_out_folder(out: Path, model_dir: Path) -> None:
     --force` replaces, and they would make the model folder one that dnd-export no longer recognises as its own."""
     if out.is_symlink() and not out.exists():
         raise InvalidInputError(f"{out} is a link that leads nowhere (broken, or a loop); remove it or choose another "
-                                "out folder", ["out"])
+                                f"{arg('out')} folder")
     real = Path(os.path.realpath(out))
     inside = [p for p in (real, *real.parents) if holds(model_dir, p) or _is_model_folder(p)]
     if inside:
         raise InvalidInputError(f"{out} lies inside the model folder {inside[-1]}; write the images to a folder of "
-                                "their own, outside it.", ["out"])
+                                "their own, outside it.")
 
 
 def _is_model_folder(folder: Path) -> bool:
@@ -190,8 +194,7 @@ def open_run(out: Path, plan: RunPlan) -> Iterator[list]:
         _claim(out, plan.identity, plan.tag)
         with _shard_lock(out, plan.tag, plan.shard):
             for stale in out.glob(f".{plan.tag}*{TMP_SUFFIX}"):  # a killed writer's: its lock is ours now
-                if not stale.name.startswith(f".{plan.tag}{RUN_FILE}."):  # but a run.json may be a starting one's
-                    stale.unlink(missing_ok=True)
+                stale.unlink(missing_ok=True)
             yield [i for i in plan.mine if not _on_disk(out / png_name(i), plan.image_size)]
 
 

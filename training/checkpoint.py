@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from dnd_sdk.errors import CheckpointError, InvalidInputError
+from dnd_sdk.errors import CheckpointError, InvalidInputError, arg
 from dnd_sdk.labels import label_problem
 from dnd_sdk.manifest import SAMPLER_KEYS
 from dnd_sdk.sampler import SamplingParams
@@ -107,7 +107,7 @@ def cast_finite(name: str, tensor: torch.Tensor, dtype, option: str = "dtype") -
         raise InvalidInputError(
             f"{name} holds values up to {largest:.4g}, which overflow {wanted} (largest finite value "
             f"{torch.finfo(dtype).max:.4g}): the model would sample blank images. Export with a wider "
-            f"{option} (fp32, or bf16 for TensorRT's stage graphs)", [option])
+            f"{arg(option)} (fp32, or bf16 for TensorRT's stage graphs)")
     return cast
 
 
