@@ -147,7 +147,7 @@ def _quantize_columns(w) -> tuple:
     two largest magnitudes map to 127 together, so after rounding (at most 0.5 each) any two weights of a
     column weigh at most PAIR_LIMIT."""
     values = numpy_helper.to_array(w).astype(np.float64)
-    top_two = -np.sort(-np.abs(values), axis=0)[:2].sum(axis=0)
+    top_two = -np.partition(-np.abs(values), min(1, len(values) - 1), axis=0)[:2].sum(axis=0)
     scale = np.maximum(top_two, 1e-30) / (PAIR_LIMIT - 1)
     q = np.clip(np.round(values / scale), -127, 127).astype(np.int8)
     # times the rows' 1/127 step, so that the product needs only the rows' maxima
