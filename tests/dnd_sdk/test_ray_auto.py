@@ -1,6 +1,7 @@
 """`dnd generate --ray auto` where no Ray cluster runs: one line in dnd's own flags.
 
 A file of its own: test_ray_batch.py keeps a cluster running for its tests, and `auto` would join it."""
+import importlib.util
 import os
 import subprocess
 import sys
@@ -8,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("ray", reason="the ray extra is not installed")
+# only looked up, never imported here: ray reads its settings once, at import, and test_ray_batch.py
+# sets them (PRIVATE_CLUSTER) before it imports ray in this process
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="the ray extra is not installed")
 
 
 def a_cluster_runs_here() -> bool:
