@@ -227,25 +227,35 @@ class RunInterrupted(KeyboardInterrupt):
 
 
 class RunProgress:
-    """How many of the shard's images are on disk, shown on a tqdm bar unless progress is off."""
+    """The shard's images on disk: a tqdm bar (unless progress is off) and an exact count for a Ctrl-C."""
 
-    def __init__(self, bar: tqdm, done: int) -> None:
-        self.bar, self.n = bar, done  # tqdm counts nothing when disabled, so the count is kept here
+    def __init__(self, out: Path, bar: tqdm, done_before: int) -> None:
+        self.out, self.bar, self.done_before = out, bar, done_before
+        self.started: list[list] = []  # chunks in the order their writing began; each is complete before the next begins
+
+    def begin(self, chunk: list) -> None:
+        self.started.append(chunk)  # one list.append: a Ctrl-C comes before it or after it, never inside
 
     def update(self, count: int) -> None:
-        self.n += count
         self.bar.update(count)
+
+    def done(self) -> int:
+        """Images on disk now: the last chunk begun may be part written, so its files are counted."""
+        if not self.started:
+            return self.done_before
+        *complete, last = self.started
+        return self.done_before + sum(map(len, complete)) + sum((self.out / png_name(i)).exists() for i in last)
 
 
 @contextlib.contextmanager
 def run_progress(out: Path, mine: range, todo: list, progress: bool) -> Iterator[RunProgress]:
     """The run's RunProgress; a Ctrl-C inside becomes RunInterrupted, with the count."""
     with tqdm(total=len(mine), initial=len(mine) - len(todo), unit="img", disable=not progress) as bar:
-        counter = RunProgress(bar, len(mine) - len(todo))
+        counter = RunProgress(out, bar, len(mine) - len(todo))
         try:
             yield counter
         except KeyboardInterrupt:
-            raise RunInterrupted(out, counter.n, len(mine)) from None
+            raise RunInterrupted(out, counter.done(), len(mine)) from None
 
 
 def run_batch(gen: Generator, out: str | Path, job: BatchJob, progress: bool = True) -> BatchSummary:
@@ -272,7 +282,9 @@ def run_batch(gen: Generator, out: str | Path, job: BatchJob, progress: bool = T
         with run_progress(out, mine, todo, progress) as bar:
             for lo in range(0, len(todo), job.batch_size):
                 chunk = todo[lo:lo + job.batch_size]
-                write_chunk(out, plan, chunk, sample_chunk(gen, plan, chunk))
+                images = sample_chunk(gen, plan, chunk)
+                bar.begin(chunk)
+                write_chunk(out, plan, chunk, images)
                 bar.update(len(chunk))
         complete = finish_run(out, plan, job)
     return BatchSummary(out, len(todo), len(mine) - len(todo), complete, time.perf_counter() - t0)

@@ -131,10 +131,11 @@ def run_batch_ray(model: str | Path, out: str | Path, job: BatchJob, options: Op
                     done = pool.next_chunk(queue)
                     if done is not None:
                         worker, chunk, images = done
+                        bar.begin(chunk)
                         write_chunk(out, plan, chunk, to_pil(images))
                         bar.update(len(chunk))
                         if on_chunk is not None:
-                            on_chunk(worker, bar.n, len(mine))
+                            on_chunk(worker, bar.done(), len(mine))
             sampling_seconds = time.perf_counter() - t1
             complete = finish_run(out, plan, job)
         pool.close()

@@ -186,17 +186,6 @@ def test_an_unreachable_or_malformed_address_is_one_line(tiny_model_dir, tmp_pat
     assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith(error), proc.stderr
 
 
-def test_auto_without_a_cluster_names_dnds_own_flags(tiny_model_dir, tmp_path):
-    # a Ray temp folder of its own: `auto` must not find the cluster the other tests started
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["RAY_TMPDIR"] = str(tmp_path / "ray")
-    proc = dnd("generate", str(tiny_model_dir), "--num", "2", "--out", str(tmp_path / "a"), "--ray", "auto", env=env)
-    assert proc.returncode == 1 and not (tmp_path / "a").exists()
-    assert proc.stderr.strip().splitlines() == [
-        "Error: no Ray cluster runs on this machine for --ray auto (`ray start --head` starts one; RAY_ADDRESS names "
-        "another). Give --ray HOST:PORT of a head node, or --ray local for a private cluster of this machine"]
-
-
 def test_a_private_cluster_starts_without_the_token_warning(tiny_model_dir, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in PRIVATE_CLUSTER}  # as a user's shell has it
     env["OMP_NUM_THREADS"] = "1"

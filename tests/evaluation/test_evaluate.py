@@ -37,8 +37,8 @@ def test_tokenizer_can_be_judged_on_other_words(tiny_checkpoint, tmp_path):
     assert [e["label"] for e in json.loads((tmp_path / "r.json").read_text())["images"]] == ["apple", "house", "water"]
     too_many = runner.invoke(cli, ["eval", "ocr", str(tiny_checkpoint), "--num-classes", "100000"])
     assert too_many.exit_code == 1 and "num_classes=100000" in too_many.output
-    folder = runner.invoke(cli, ["eval", "ocr", str(tmp_path), "--num-classes", "3"])
-    assert folder.exit_code == 1 and "own classes" in folder.output
+    folder = runner.invoke(cli, ["eval", "ocr", str(tmp_path), "--num-classes", "3"])  # judged on its own classes
+    assert folder.exit_code == 2 and "--num-classes does not apply to an image folder" in folder.output
 
 
 @needs_tesseract
