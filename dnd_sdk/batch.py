@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .arguments import MAX_IMAGES, integer
+from .arguments import MAX_IMAGES, as_int, integer, shown
 from .errors import InvalidInputError, OutputError
 from .sampler import SamplingParams
 from .images import TMP_SUFFIX, atomic_write, contact_sheet, save_png, write_npz
@@ -90,9 +90,11 @@ def _count(job: BatchJob, num_classes: int) -> int:
 
 
 def _shard_range(shard, num: int) -> range:
-    i, n = shard
-    if not (isinstance(i, int) and isinstance(n, int) and 0 <= i < n):
-        raise InvalidInputError(f"shard must be I/N with 0 <= I < N, got {i}/{n}", ["shard"])
+    pair = isinstance(shard, (tuple, list)) and len(shard) == 2
+    i, n = shard if pair else (None, None)
+    if as_int(i) is None or as_int(n, 1) is None or not i < n:
+        given = f"{shown(i)}/{shown(n)}" if pair else shown(shard)
+        raise InvalidInputError(f"shard must be I/N with 0 <= I < N, got {given}", ["shard"])
     return range(i * num // n, (i + 1) * num // n)
 
 

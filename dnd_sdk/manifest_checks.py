@@ -2,6 +2,7 @@
 with the graphs' I/O specs. `problems(manifest)` lists what is wrong; Manifest refuses to load
 when the list is not empty, so the runtime never allocates from a number it has not checked.
 """
+from .arguments import as_int
 from .errors import InvalidInputError
 from .labels import label_problem
 from .manifest_schema import (BACKEND_NAMES, CACHE_DTYPES, DECODER_DTYPES, DIM_NAMES, DTYPES, KV_TEMPLATES,
@@ -14,7 +15,7 @@ LIMITS = {"latent side": 1024, "depth": 64, "image side": 16384, "vocab_size": 1
 
 
 def _int_in(value, lo: int, hi: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+    return as_int(value, lo, hi) is not None
 
 
 def _kv_template(value) -> bool:

@@ -26,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .batch import BatchJob, BatchSummary, finish_run, open_run, plan_run, sample_chunk, write_chunk
+from .arguments import integer
 from .errors import ClusterError, DndError, InvalidInputError
 from .generator import Generator
 from .images import to_pil
@@ -135,8 +136,7 @@ def run_batch_ray(model, out, job: BatchJob, options: Optional[RayOptions] = Non
 
 
 def _check(o: RayOptions) -> None:
-    if isinstance(o.workers, bool) or not isinstance(o.workers, int) or o.workers < 1:
-        raise InvalidInputError(f"workers must be an integer >= 1, got {o.workers!r}", ["workers"])
+    integer(o.workers, "workers", 1)
     if not o.worker_cpus > 0 or not o.worker_gpus >= 0:
         raise InvalidInputError(f"worker_cpus must be > 0 and worker_gpus >= 0, got {o.worker_cpus!r} and "
                                 f"{o.worker_gpus!r}", ["worker_cpus", "worker_gpus"])
