@@ -102,6 +102,10 @@ class OnnxrtBackend(Backend):
                                           "check the CUDA and cuDNN installation.")
         self._bindings = [self.sessions[s.graph].io_binding() for s in manifest.stages]
         self._caches, self._outputs = [], []
+        # ONNX Runtime's 4-bit MatMulNBits takes a one-row path on CPUs without AVX-512 VNNI whose float sums
+        # differ from its many-row path: a lone row runs beside a copy of itself, so its bits are the same
+        # in a call of any size (the runtime promises an image that never depends on its batch)
+        self._min_rows = 2 if manifest.dtype == "int4" else 1
 
     def run(self, graph: str, feeds: dict) -> dict:
         session = self.sessions[graph]
@@ -111,6 +115,7 @@ class OnnxrtBackend(Backend):
     def reset(self, rows: int) -> None:
         m = self.manifest
         self._positions = RowPositions(m.depth, rows, m.cache_length)
+        rows = max(rows, self._min_rows)
         self._caches, self._outputs, self._bound_rows = [], [], [None] * m.depth
         d, vocab = int(m.model_config["dim"]), int(m.model_config["vocab_size"])
         specs = {s.name: s for s in m.inputs(m.stages[0].graph)}
@@ -146,10 +151,12 @@ class OnnxrtBackend(Backend):
     def stage_step(self, k: int, hidden: np.ndarray, positions=None) -> tuple:
         rows = hidden.shape[0]
         positions, kv_mask = self._positions.take(k, rows, positions)
+        run_rows = max(rows, self._min_rows)
         for name, array in (("hidden", hidden), ("positions", positions), ("kv_mask", kv_mask)):
             self._inputs[name][:rows] = array
-        if self._bound_rows[k] != rows or self.device != "cpu":  # a CUDA session copies its inputs when bound
-            self._bind(k, rows)
+            self._inputs[name][rows:run_rows] = array[:1]  # the lone row's copy; its outputs are dropped
+        if self._bound_rows[k] != run_rows or self.device != "cpu":  # a CUDA session copies its inputs when bound
+            self._bind(k, run_rows)
         self.sessions[self.manifest.stages[k].graph].run_with_iobinding(self._bindings[k])
         for _, _, cache, fresh in self._caches[k]:  # each row's new key/value into its own slot
             cache[np.arange(rows), :, positions] = fresh[:rows, :, 0]
