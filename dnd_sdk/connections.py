@@ -1,0 +1,102 @@
+"""What `dnd serve` does about clients that hold connections without finishing requests (slowloris).
+
+uvicorn closes an idle keep-alive connection, but a request head sent a byte at a time never ends
+its wait, and each such connection holds a file descriptor: at the usual limit of 1024 open files
+the server stops accepting (EMFILE), well-behaved clients included. `GuardedH11Protocol` is
+uvicorn's h11 protocol with two limits of `ConnectionGuard`:
+
+- a deadline for the whole request head, counted from the connection's start (or from the previous
+  response on a keep-alive connection) and not renewed by each byte that arrives;
+- a cap on open connections, kept below the open-files limit: past it, the connection that has waited
+  longest for its head is closed, so that new clients still get in and slow ones go first.
+
+The body's own deadline is the app's (`dnd_sdk.serve`), where it can answer 408.
+"""
+import asyncio
+import os
+import resource
+from collections import OrderedDict
+
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from .errors import DndError
+
+# connections asyncio may accept in one go before any of them is seen here: the listen backlog
+BACKLOG = 128
+# descriptors kept free for what the server opens besides connections (files, pipes, log handlers)
+SPARE_FILES = 64
+
+
+def raise_open_files_limit() -> int:
+    """Raise this process's soft limit of open files to its hard limit, as far as the system lets
+    (the soft limit is often 1024 while the hard one is far higher); returns the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 16)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):  # e.g. macOS refuses a soft limit past its own ceiling
+            pass
+    return soft
+
+
+def connection_cap(max_connections: int) -> int:
+    """`max_connections`, lowered until open connections can never exhaust the open-files limit."""
+    soft = raise_open_files_limit()
+    in_use = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 32
+    room = soft - in_use - BACKLOG - SPARE_FILES
+    if room < 1:
+        raise DndError(f"only {soft - in_use} of this process's {soft} open files are free, too few to serve; "
+                       f"raise the limit (ulimit -n {in_use + BACKLOG + SPARE_FILES + 256} or more)")
+    return min(max_connections, room)
+
+
+class ConnectionGuard:
+    """The head deadline and the connection cap, shared by the connections of one server."""
+
+    def __init__(self, header_timeout: float, max_connections: int):
+        self.header_timeout, self.max_connections = header_timeout, max_connections
+        self.waiting = OrderedDict()  # connection -> its deadline's timer, the longest waiting first
+
+    def wait_for_head(self, conn: "GuardedH11Protocol") -> None:
+        self.stop_waiting(conn)
+        self.waiting[conn] = conn.loop.call_later(self.header_timeout, self.close, conn)
+        if len(conn.connections) > self.max_connections:
+            self.close(next(iter(self.waiting)))
+
+    def stop_waiting(self, conn: "GuardedH11Protocol") -> None:
+        timer = self.waiting.pop(conn, None)
+        if timer is not None:
+            timer.cancel()
+
+    def close(self, conn: "GuardedH11Protocol") -> None:
+        self.stop_waiting(conn)
+        conn.transport.close()
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol; `guard` bounds the wait for each request head and the connections."""
+
+    def __init__(self, *args, guard: ConnectionGuard, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.guard = guard
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        super().connection_made(transport)
+        self.guard.wait_for_head(self)
+
+    def handle_events(self) -> None:
+        cycle = self.cycle
+        super().handle_events()
+        if self.cycle is not cycle:  # a request head arrived and its request started
+            self.guard.stop_waiting(self)
+
+    def on_response_complete(self) -> None:
+        if not self.transport.is_closing():  # before the next request, which may be waiting already
+            self.guard.wait_for_head(self)
+        super().on_response_complete()
+
+    def connection_lost(self, exc) -> None:
+        self.guard.stop_waiting(self)
+        super().connection_lost(exc)
