@@ -7,8 +7,9 @@ uvicorn's h11 protocol with two limits of `ConnectionGuard`:
 
 - a deadline for the whole request head, counted from the connection's start (or from the previous
   response on a keep-alive connection) and not renewed by each byte that arrives;
-- a cap on open connections, kept below the open-files limit: past it, the connection that has waited
-  longest for its head is closed, so that new clients still get in and slow ones go first.
+- a cap on open connections, kept below the open-files limit: past it, of the connections still
+  sending a request (its head or its body) the one that has been at it longest is closed, so that
+  new clients still get in and slow ones go first. A request being answered is never closed.
 
 The body's own deadline is the app's (`dnd_sdk.serve`), where it can answer 408.
 """
@@ -57,21 +58,28 @@ class ConnectionGuard:
 
     def __init__(self, header_timeout: float, max_connections: int):
         self.header_timeout, self.max_connections = header_timeout, max_connections
-        self.waiting = OrderedDict()  # connection -> its deadline's timer, the longest waiting first
+        # connections still sending a request, the longest at it first -> the head's deadline (None: the body's)
+        self.sending = OrderedDict()
 
     def wait_for_head(self, conn: "GuardedH11Protocol") -> None:
-        self.stop_waiting(conn)
-        self.waiting[conn] = conn.loop.call_later(self.header_timeout, self.close, conn)
+        self.forget(conn)
+        self.sending[conn] = conn.loop.call_later(self.header_timeout, self.close, conn)
         if len(conn.connections) > self.max_connections:
-            self.close(next(iter(self.waiting)))
+            self.close(next(iter(self.sending)))
 
-    def stop_waiting(self, conn: "GuardedH11Protocol") -> None:
-        timer = self.waiting.pop(conn, None)
+    def wait_for_body(self, conn: "GuardedH11Protocol") -> None:
+        """The head is in: its deadline ends, and the connection keeps its place among those sending."""
+        if self.sending.get(conn) is not None:
+            self.sending[conn].cancel()
+            self.sending[conn] = None
+
+    def forget(self, conn: "GuardedH11Protocol") -> None:
+        timer = self.sending.pop(conn, None)
         if timer is not None:
             timer.cancel()
 
     def close(self, conn: "GuardedH11Protocol") -> None:
-        self.stop_waiting(conn)
+        self.forget(conn)
         conn.transport.close()
 
 
@@ -87,10 +95,13 @@ class GuardedH11Protocol(H11Protocol):
         self.guard.wait_for_head(self)
 
     def handle_events(self) -> None:
-        cycle = self.cycle
         super().handle_events()
-        if self.cycle is not cycle:  # a request head arrived and its request started
-            self.guard.stop_waiting(self)
+        if self.cycle is None or self.cycle.response_complete:
+            return  # still waiting for a head
+        if self.cycle.more_body:
+            self.guard.wait_for_body(self)
+        else:  # the whole request is in: it is being answered
+            self.guard.forget(self)
 
     def on_response_complete(self) -> None:
         if not self.transport.is_closing():  # before the next request, which may be waiting already
@@ -98,5 +109,5 @@ class GuardedH11Protocol(H11Protocol):
         super().on_response_complete()
 
     def connection_lost(self, exc) -> None:
-        self.guard.stop_waiting(self)
+        self.guard.forget(self)
         super().connection_lost(exc)
