@@ -238,8 +238,12 @@ def test_a_port_in_use_is_one_line_naming_the_flag_and_nothing_is_announced(tiny
     assert run.stderr == f"Error: --port {port} on 127.0.0.1 is in use; choose another --port, or stop what holds it\n"
 
 
-def _slow_connections(port, count):
-    """`count` connections that each send the start of a request head and never finish it."""
+SLOW_HEAD = b"GET /health HTTP/1.1\r\nHost: x\r\n"
+SLOW_BODY = b"POST /v1/images HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{"
+
+
+def _slow_connections(port, count, start=SLOW_HEAD):
+    """`count` connections that each send `start`, the start of a request, and never finish it."""
     held = []
     for _ in range(count):
         conn = socket.socket()
@@ -249,7 +253,7 @@ def _slow_connections(port, count):
     time.sleep(0.3)
     for conn in held:
         with contextlib.suppress(OSError):
-            conn.send(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+            conn.send(start)
     return held
 
 
@@ -261,11 +265,12 @@ def _dribble(held, stop):
         stop.wait(0.25)
 
 
-def test_slow_connections_past_the_open_files_limit_leave_the_server_answering(tiny_model_dir):
+@pytest.mark.parametrize("start", [SLOW_HEAD, SLOW_BODY], ids=["head", "body"])
+def test_slow_connections_past_the_open_files_limit_leave_the_server_answering(tiny_model_dir, start):
     # 500 open files: a few hundred slow clients exhaust them at default flags, as 1,100 exhaust 1024
     with DndServe(tiny_model_dir, open_files=500) as server:
         assert server.connections < 500  # the cap stays below the open-files limit
-        held, stop = _slow_connections(server.port, 600), threading.Event()
+        held, stop = _slow_connections(server.port, 600, start), threading.Event()
         dribbler = threading.Thread(target=_dribble, args=(held, stop))
         dribbler.start()
         try:
