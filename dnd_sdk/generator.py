@@ -249,9 +249,13 @@ class Generator:
 
     def check_codes(self, codes) -> np.ndarray:
         """codes -> int64 [n, h, w, D] with every value in [0, vocab_size), or InvalidInputError."""
-        arr = np.asarray(codes)
+        try:
+            arr = np.asarray(codes)
+        except (ValueError, TypeError, OverflowError):  # ragged nested lists, say
+            raise InvalidInputError(f"codes must be an integer array of shape [n, {', '.join(map(str, self.latent_shape))}], "
+                                    f"got {shown(codes)}", ["codes"]) from None
         if arr.dtype.kind not in "iu":
-            raise InvalidInputError(f"codes must be an integer array, got dtype {arr.dtype}")
+            raise InvalidInputError(f"codes must be an integer array, got dtype {arr.dtype}", ["codes"])
         if arr.ndim != 4 or arr.shape[1:] != self.latent_shape or arr.shape[0] < 1:
             raise InvalidInputError(f"codes must have shape [n >= 1, {', '.join(map(str, self.latent_shape))}] "
                                     f"(n, h, w, depth), got {list(arr.shape)}")

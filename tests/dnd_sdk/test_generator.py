@@ -170,6 +170,8 @@ def test_guidance_needs_a_null_class(unguided_model_dir):
     (np.zeros((0, 2, 4, 2), np.int64), r"shape \[n >= 1"),
     (np.full((1, 2, 4, 2), 64), r"\[0, 64\)"),
     (np.full((1, 2, 4, 2), -1), r"\[0, 64\)"),
+    ([[[[1, 2]]], [[[1]]]], r"codes must be an integer array of shape \[n, 2, 4, 2\], got \[\[\[\[1, 2\]\]\], "),
+    ([[[[10**5000]]]], "codes must be an integer array, got dtype object"),
 ])
 def test_bad_codes_are_typed_errors(gen, codes, fragment):
     with pytest.raises(InvalidInputError, match=fragment):
