@@ -22,8 +22,11 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .errors import DndError
 
-# connections asyncio may accept in one go before any of them is seen here: the listen backlog
-BACKLOG = 128
+# the listen backlog, which is also how many connections asyncio accepts in one go
+BACKLOG = 64
+# connections accepted but not yet seen here, or closed here but not yet released: asyncio hands a new
+# connection over, and releases a closed one, a loop iteration or two later, accepting meanwhile
+IN_TRANSIT = 4 * BACKLOG
 # descriptors kept free for what the server opens besides connections (files, pipes, log handlers)
 SPARE_FILES = 64
 
@@ -46,10 +49,10 @@ def connection_cap(max_connections: int) -> int:
     """`max_connections`, lowered until open connections can never exhaust the open-files limit."""
     soft = raise_open_files_limit()
     in_use = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 32
-    room = soft - in_use - BACKLOG - SPARE_FILES
-    if room < 1:
+    room = soft - in_use - IN_TRANSIT - SPARE_FILES
+    if room < 16:
         raise DndError(f"only {soft - in_use} of this process's {soft} open files are free, too few to serve; "
-                       f"raise the limit (ulimit -n {in_use + BACKLOG + SPARE_FILES + 256} or more)")
+                       f"raise the limit (ulimit -n {in_use + IN_TRANSIT + SPARE_FILES + 256} or more)")
     return min(max_connections, room)
 
 
