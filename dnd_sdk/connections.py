@@ -29,17 +29,19 @@ BACKLOG = 64
 IN_TRANSIT = 4 * BACKLOG
 # descriptors kept free for what the server opens besides connections (files, pipes, log handlers)
 SPARE_FILES = 64
+# what an unlimited open-files limit counts as: more connections than one process should hold
+UNLIMITED_FILES = 1 << 16
 
 
 def raise_open_files_limit() -> int:
     """Raise this process's soft limit of open files to its hard limit, as far as the system lets
     (the soft limit is often 1024 while the hard one is far higher); returns the soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 16)
-    if soft != resource.RLIM_INFINITY and soft < wanted:
+    soft, hard = (UNLIMITED_FILES if n == resource.RLIM_INFINITY else n
+                  for n in resource.getrlimit(resource.RLIMIT_NOFILE))
+    if soft < hard:
         try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-            soft = wanted
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+            soft = hard
         except (ValueError, OSError):  # e.g. macOS refuses a soft limit past its own ceiling
             pass
     return soft
