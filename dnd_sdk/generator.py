@@ -128,8 +128,8 @@ class Generator:
         elif isinstance(labels, (list, tuple, range, np.ndarray)):
             given = list(np.asarray(labels).ravel()) if isinstance(labels, np.ndarray) else list(labels)
         else:
-            raise InvalidInputError(f"labels must be a class name, an int class id or a list of them, got {shown(labels)}",
-                                    ["labels"])
+            raise InvalidInputError("labels must be a class name, an int class id or a list of them, "
+                                    f"got {shown(labels)}", ["labels"])
         if not given or len(given) > MAX_IMAGES:
             raise InvalidInputError(f"labels must hold 1..{MAX_IMAGES:,} class names or ids, got {len(given)}; "
                                     "or pass None", ["labels"])
@@ -249,15 +249,16 @@ class Generator:
 
     def check_codes(self, codes) -> np.ndarray:
         """codes -> int64 [n, h, w, D] with every value in [0, vocab_size), or InvalidInputError."""
+        shape = ", ".join(map(str, self.latent_shape))
         try:
             arr = np.asarray(codes)
         except (ValueError, TypeError, OverflowError):  # ragged nested lists, say
-            raise InvalidInputError(f"codes must be an integer array of shape [n, {', '.join(map(str, self.latent_shape))}], "
-                                    f"got {shown(codes)}", ["codes"]) from None
+            raise InvalidInputError(f"codes must be an integer array of shape [n, {shape}], got {shown(codes)}",
+                                    ["codes"]) from None
         if arr.dtype.kind not in "iu":
             raise InvalidInputError(f"codes must be an integer array, got dtype {arr.dtype}", ["codes"])
         if arr.ndim != 4 or arr.shape[1:] != self.latent_shape or arr.shape[0] < 1:
-            raise InvalidInputError(f"codes must have shape [n >= 1, {', '.join(map(str, self.latent_shape))}] "
+            raise InvalidInputError(f"codes must have shape [n >= 1, {shape}] "
                                     f"(n, h, w, depth), got {list(arr.shape)}")
         if arr.min() < 0 or arr.max() >= self.vocab_size:
             raise InvalidInputError(f"codes must lie in [0, {self.vocab_size}), got values in [{arr.min()}, {arr.max()}]")

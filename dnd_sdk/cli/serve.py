@@ -43,8 +43,8 @@ def _log_requests() -> None:
 @click.option("--body-timeout", type=float, default=BODY_TIMEOUT, show_default=True,
               help="Seconds a request body may take to arrive; then HTTP 408.")
 @click.option("--max-connections", type=click.IntRange(min=1), default=MAX_CONNECTIONS, show_default=True,
-              help="Open connections at most (fewer if the open-files limit needs it); past it, the one "
-                   "waiting longest for its request head is closed.")
+              help="Open connections at most (fewer if the open-files limit needs it); past it, of those "
+                   "still sending a request, the one at it longest is closed.")
 @backend_options
 def serve(model, host, port, max_batch, max_queue, timeout, header_timeout, body_timeout, max_connections, backend):
     """Serve MODEL over HTTP: POST /v1/images, GET /v1/models, /health, /metrics.

@@ -238,6 +238,18 @@ def test_a_port_in_use_is_one_line_naming_the_flag_and_nothing_is_announced(tiny
     assert run.stderr == f"Error: --port {port} on 127.0.0.1 is in use; choose another --port, or stop what holds it\n"
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--timeout", "nan"], "Error: --timeout must be a finite number, got nan\n"),
+    (["--header-timeout", "0"], "Error: --header-timeout must be a number of seconds > 0 and at most 9223372036"),
+    (["--body-timeout", "1e300"], "Error: --body-timeout must be a number of seconds > 0 and at most 9223372036"),
+])
+def test_a_limit_no_clock_can_keep_is_one_line_naming_the_flag(tiny_model_dir, flags, message):
+    dnd = Path(sys.executable).parent / "dnd"
+    run = subprocess.run([str(dnd), "serve", str(tiny_model_dir), "--port", "0", "--threads", "1", *flags],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and run.stdout == "" and run.stderr.startswith(message), run.stderr
+
+
 SLOW_HEAD = b"GET /health HTTP/1.1\r\nHost: x\r\n"
 SLOW_BODY = b"POST /v1/images HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{"
 
