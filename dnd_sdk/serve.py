@@ -280,9 +280,9 @@ def run_server(gen, sock: socket.socket, timeout: float = 300.0, *, header_timeo
     so that the process ends the way a supervisor expects of a signal.
 
     A request head must arrive within header_timeout seconds, its body within body_timeout; at most
-    max_connections are open (fewer where the open-files limit demands), and past that the one that
-    has waited longest for its head is closed (see dnd_sdk.connections). `on_start(connections)` is
-    called once every setting is checked, with the connection cap in force.
+    max_connections are open (fewer where the open-files limit demands), and past that, of those still
+    sending a request, the one at it longest is closed (see dnd_sdk.connections). `on_start(connections)`
+    is called once every setting is checked, with the connection cap in force.
     """
     app = create_app(gen, timeout, body_timeout)
     guard = ConnectionGuard(seconds(header_timeout, "header_timeout", minimum_open=True),
