@@ -21,13 +21,13 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .arguments import MAX_IMAGES, integer
+from .arguments import MAX_IMAGES, as_int, integer, shown
 from .errors import InvalidInputError, OutputError, arg
 from .folders import holds, open_regular
 from .generator import Generator
@@ -94,10 +94,12 @@ def _count(job: BatchJob, num_classes: int) -> int:
     return job.num
 
 
-def _shard_range(shard: tuple, num: int) -> range:
-    i, n = shard
-    if not (isinstance(i, int) and isinstance(n, int) and 0 <= i < n):
-        raise InvalidInputError(f"{arg('shard')} must be I/N with 0 <= I < N, got {i}/{n}")
+def _shard_range(shard: Any, num: int) -> range:
+    pair = isinstance(shard, (tuple, list)) and len(shard) == 2
+    i, n = (as_int(shard[0]), as_int(shard[1], 1)) if pair else (None, None)
+    if i is None or n is None or not i < n:
+        given = f"{shown(shard[0])}/{shown(shard[1])}" if pair else shown(shard)
+        raise InvalidInputError(f"{arg('shard')} must be I/N with 0 <= I < N, got {given}")
     return range(i * num // n, (i + 1) * num // n)
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from .arguments import as_int
 from .errors import BackendUnavailableError, ManifestError
 from .folders import OwnFiles, atomic_write
 from .manifest import EXPORTED_NAMES, FileRef, json_bytes, read_json, sha256_file
@@ -75,8 +76,7 @@ def load_engine_index(folder: str | Path, graphs: Iterable[str] = (), verify: bo
                                                 for k, v in raw["files"].items()}})
     except (ValueError, TypeError, KeyError, AttributeError) as e:
         raise ManifestError(f"{path}: malformed ({type(e).__name__}: {e}). {_REBUILD}") from None
-    if not (isinstance(index.max_rows, int) and not isinstance(index.max_rows, bool)
-            and 1 <= index.max_rows <= MAX_ROWS):
+    if as_int(index.max_rows, 1, MAX_ROWS) is None:
         raise ManifestError(f"{path}: max_rows must be an int in 1..{MAX_ROWS}, got {index.max_rows!r}. {_REBUILD}")
     if not (isinstance(index.tensorrt_version, str) and index.tensorrt_version):
         raise ManifestError(f"{path}: tensorrt_version must be a version string, got {index.tensorrt_version!r}. "

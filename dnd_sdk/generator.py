@@ -10,6 +10,7 @@ images of all concurrent calls as rows of one batch (`dnd_sdk.scheduler`); every
 it returns alone, bit for bit.
 """
 import logging
+import math
 import os
 import weakref
 from concurrent.futures import Future, TimeoutError as FutureTimeout
@@ -19,7 +20,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .arguments import MAX_IMAGES, MAX_INDEX, integer, number
+from .arguments import MAX_IMAGES, MAX_INDEX, as_int, integer, integers, seconds, shown
 from .backends import open_backend
 from .errors import InvalidInputError, RequestTimeoutError, arg
 from .manifest import load_manifest
@@ -43,6 +44,7 @@ class Request:
 # rows per call where the backend sets no limit. The ONNX Runtime backend's cache is np.zeros, whose pages
 # the OS maps only once a row is used: rows never used cost address space, not memory.
 DEFAULT_ROWS = 64
+QUOTE = "'"  # around a string's repr: a class id given as digits is shown without it
 
 
 def _float32_table(table: np.ndarray) -> np.ndarray:
@@ -114,20 +116,19 @@ class Generator:
         self.close()
 
     def _class_id(self, label: Any) -> int:
-        if isinstance(label, str):
-            if label in self._label_ids:
-                return self._label_ids[label]
-            if not label.strip().isdecimal():
-                known = ", ".join(self.labels[:8]) + (", ..." if self.num_classes > 8 else "")
-                raise InvalidInputError(f"unknown label {label!r}; this model knows {self.num_classes} labels "
-                                        f"({known}) or class ids 0..{self.num_classes - 1}")
-            label = int(label)
-        if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)):
-            raise InvalidInputError(f"each of {arg('labels')} is a class name or an int class id, got {label!r}")
-        if not 0 <= label < self.num_classes:
-            raise InvalidInputError(f"class id {label} is out of range; this model has classes "
-                                    f"0..{self.num_classes - 1}")
-        return int(label)
+        if isinstance(label, str) and label in self._label_ids:
+            return self._label_ids[label]
+        if isinstance(label, str) and not label.strip().isdecimal():
+            known = ", ".join(self.labels[:8]) + (", ..." if self.num_classes > 8 else "")
+            raise InvalidInputError(f"unknown label {shown(label)}; this model knows {self.num_classes} labels "
+                                    f"({known}) or class ids 0..{self.num_classes - 1}", ["labels"])
+        class_id = as_int(label, 0, self.num_classes - 1, digits=True)  # a string of digits is a class id
+        if class_id is None:
+            is_int = isinstance(label, str) or as_int(label, -math.inf, math.inf) is not None  # of any size
+            wrong = (f"class id {shown(label).strip(QUOTE)} is out of range" if is_int
+                     else f"a label is a class name or an int class id, got {shown(label)}")
+            raise InvalidInputError(f"{wrong}; this model has classes 0..{self.num_classes - 1}", ["labels"])
+        return class_id
 
     def _given_labels(self, labels: Any) -> list:
         if isinstance(labels, (str, int, np.integer)):
@@ -136,7 +137,7 @@ class Generator:
             given = list(np.asarray(labels).ravel()) if isinstance(labels, np.ndarray) else list(labels)
         else:
             raise InvalidInputError(f"{arg('labels')} must be a class name, an int class id or a list of them, "
-                                    f"got {labels!r}")
+                                    f"got {shown(labels)}")
         if not given or len(given) > MAX_IMAGES:
             raise InvalidInputError(f"{arg('labels')} must hold 1..{MAX_IMAGES:,} class names or ids, got "
                                     f"{len(given)}; or pass None")
@@ -144,18 +145,12 @@ class Generator:
 
     def _indices(self, given: Optional[list], num: Any, image_indices: Any, start: Any) -> np.ndarray:
         if image_indices is not None:
-            if start:
+            if as_int(start) != 0:  # any start but the default
                 raise InvalidInputError(f"give {arg('image_indices')} or {arg('start')}, not both")
-            indices = np.asarray(image_indices)
-            listed = image_indices if isinstance(image_indices, (list, tuple)) else ()
-            bools = any(isinstance(x, (bool, np.bool_)) for x in listed)  # np.asarray reads True as 1
-            if bools or indices.ndim != 1 or not 0 < len(indices) <= MAX_IMAGES or indices.dtype.kind not in "iu" \
-                    or (indices < 0).any() or (indices > MAX_INDEX).any():
-                raise InvalidInputError(f"{arg('image_indices')} must be a non-empty 1-D list of ints >= 0, "
-                                        f"got {image_indices!r}")
+            indices = integers(image_indices, "image_indices")
             if num is not None and len(indices) != integer(num, "num", 1, MAX_IMAGES):
                 raise InvalidInputError(f"{arg('num')}={num} but {len(indices)} {arg('image_indices')} were given")
-            return indices.astype(np.int64)
+            return indices
         if num is None:
             num = self.num_classes if given is None else len(given)  # default: one image per class or label
         num = integer(num, "num", 1, MAX_IMAGES)
@@ -225,7 +220,7 @@ class Generator:
     def sample_codes(self, labels: Any = None, num: Optional[int] = None, *, timeout: Optional[float] = None,
                      **kwargs: Any) -> np.ndarray:
         """Sample latent codes; arguments as in `sample`. Returns int64 [n, h, w, D]."""
-        timeout = _timeout(timeout)
+        timeout = seconds(timeout)
         return _wait(self.submit(self.request(labels, num, **kwargs), images=False), timeout)
 
     def sample(self, labels: Any = None, num: Optional[int] = None, *, timeout: Optional[float] = None,
@@ -260,16 +255,21 @@ class Generator:
         Raises:
             InvalidInputError, OverloadedError, RequestTimeoutError.
         """
-        timeout = _timeout(timeout)
+        timeout = seconds(timeout)
         return _wait(self.submit(self.request(labels, num, **kwargs)), timeout)
 
     def check_codes(self, codes: Any) -> np.ndarray:
         """codes -> int64 [n, h, w, D] with every value in [0, vocab_size), or InvalidInputError."""
-        arr = np.asarray(codes)
+        shape = ", ".join(map(str, self.latent_shape))
+        try:
+            arr = np.asarray(codes)
+        except (ValueError, TypeError, OverflowError):  # ragged nested lists, say
+            raise InvalidInputError(f"codes must be an integer array of shape [n, {shape}], got {shown(codes)}",
+                                    ["codes"]) from None
         if arr.dtype.kind not in "iu":
-            raise InvalidInputError(f"codes must be an integer array, got dtype {arr.dtype}")
+            raise InvalidInputError(f"codes must be an integer array, got dtype {arr.dtype}", ["codes"])
         if arr.ndim != 4 or arr.shape[1:] != self.latent_shape or arr.shape[0] < 1:
-            raise InvalidInputError(f"codes must have shape [n >= 1, {', '.join(map(str, self.latent_shape))}] "
+            raise InvalidInputError(f"codes must have shape [n >= 1, {shape}] "
                                     f"(n, h, w, depth), got {list(arr.shape)}")
         if arr.min() < 0 or arr.max() >= self.vocab_size:
             raise InvalidInputError(f"codes must lie in [0, {self.vocab_size}), got values in [{arr.min()}, {arr.max()}]")
@@ -277,16 +277,9 @@ class Generator:
 
     def decode(self, codes: Any, batch_size: int = 16, *, timeout: Optional[float] = None) -> list:
         """Decode codes [n, h, w, D] (any integer dtype) into n RGB PIL images."""
-        codes, timeout = self.check_codes(codes), _timeout(timeout)
+        codes, timeout = self.check_codes(codes), seconds(timeout)
         batch_size = min(integer(batch_size, "batch_size", 1), self.backend.max_batch or batch_size)
         return _wait(self.scheduler.submit(Work(Future(), batch_size=batch_size, codes=codes)), timeout)
-
-
-def _timeout(timeout: Any) -> Optional[float]:
-    """None or a number of seconds >= 0, checked before anything is queued."""
-    if timeout is not None and number(timeout, "timeout") < 0:
-        raise InvalidInputError(f"{arg('timeout')} must be a number of seconds >= 0 or None, got {timeout!r}")
-    return timeout
 
 
 def _wait(future: Future, timeout: Optional[float]) -> Any:

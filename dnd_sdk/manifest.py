@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from .arguments import as_int
 from .errors import ManifestError
 from .folders import OwnFiles, atomic_write
 from .manifest_checks import problems
@@ -63,8 +64,7 @@ class FileRef:
     @classmethod
     def from_dict(cls, d: dict, listed_in: str = "manifest.json", remedy: str = _RERUN) -> "FileRef":
         ref = cls(**d)
-        if not (isinstance(ref.file, str) and isinstance(ref.sha256, str) and isinstance(ref.bytes, int)
-                and not isinstance(ref.bytes, bool) and ref.bytes >= 0):
+        if not (isinstance(ref.file, str) and isinstance(ref.sha256, str) and as_int(ref.bytes) is not None):
             raise ManifestError(f"{listed_in} lists {d!r}: a file needs a name, a sha256 string and a size in "
                                 f"bytes. {remedy}")
         return ref

@@ -4,6 +4,7 @@ when the list is not empty, so the runtime never allocates from a number it has 
 """
 from typing import Any, Optional
 
+from .arguments import as_int
 from .errors import InvalidInputError
 from .labels import label_problem
 from .manifest_schema import BACKEND_NAMES, CACHE_DTYPES, DECODER_DTYPES, DIM_NAMES, DTYPES, KV_TEMPLATES, SAMPLER_KEYS
@@ -15,7 +16,7 @@ LIMITS = {"latent side": 1024, "depth": 64, "image side": 16384, "vocab_size": 1
 
 
 def _int_in(value: Any, lo: int, hi: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+    return as_int(value, lo, hi) is not None
 
 
 def _kv_template(value: Any) -> bool:

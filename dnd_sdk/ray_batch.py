@@ -25,6 +25,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from .arguments import integer
 from .batch import (
     BatchJob,
     BatchSummary,
@@ -149,8 +150,7 @@ def run_batch_ray(model: str | Path, out: str | Path, job: BatchJob, options: Op
 
 
 def _check(o: RayOptions) -> None:
-    if isinstance(o.workers, bool) or not isinstance(o.workers, int) or o.workers < 1:
-        raise InvalidInputError(f"{arg('workers')} must be an integer >= 1, got {o.workers!r}")
+    integer(o.workers, "workers", 1)
     if not o.worker_cpus > 0 or not o.worker_gpus >= 0:
         raise InvalidInputError(f"{arg('worker_cpus')} must be > 0 and {arg('worker_gpus')} >= 0, got "
                                 f"{o.worker_cpus!r} and {o.worker_gpus!r}")

@@ -12,12 +12,18 @@ A call runs rows 0..n-1 where n is one past the highest row in use: new images t
 rows, so the batch stays packed at the front (a free row below a busy one runs idle until it is
 taken or the rows above it finish).
 
+A process made by fork() gets a copy of the scheduler without its thread (fork copies only the
+thread that calls it), and perhaps with its lock held for ever: `_after_fork` gives the child's copy
+a fresh lock and queue, and its first request starts a thread of its own.
+
 A future's done-callbacks run on the thread that sets its outcome, so each outcome is set from a
 short thread of its own: a callback may call the Generator again and wait, which on the scheduler
 thread would wait for itself forever.
 """
+import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
@@ -81,9 +87,15 @@ class Scheduler:
         self.tok_embeddings, self.cls_embedding = gen.tok_embeddings, gen.cls_embedding
         self.max_rows, self.max_queue = max_rows, max_queue
         self.listeners: list[Callable] = []  # f(images, rows, seconds) after each step, e.g. metrics
+        self._closed, self._reset = False, False
+        self._start_afresh()
+        _LIVE.add(self)
+
+    def _start_afresh(self) -> None:
+        """No request, no thread, a lock of its own: at the start, and in a child made by fork()."""
         self._waiting, self._images = deque(), []
         self._lock = threading.Condition()
-        self._thread, self._closed, self._reset = None, False, False
+        self._thread = None
 
     @property
     def queue_depth(self) -> int:
@@ -232,6 +244,19 @@ class Scheduler:
                 raise CancelledError("the request was cancelled")
             images += to_pil(self.backend.run("decoder", {"codes": codes[lo:lo + batch_size]})["image"])
         return images
+
+
+# every open scheduler, so that a child made by fork() can restart each one
+_LIVE: weakref.WeakSet = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    # the parent's requests stay the parent's: their futures are waited for there, not in the child
+    for scheduler in list(_LIVE):
+        scheduler._start_afresh()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def _resolve(future: Future, compute: Callable[..., Any]) -> None:

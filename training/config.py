@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from dnd_sdk.arguments import shown
 from dnd_sdk.errors import InvalidInputError
 
 
@@ -26,15 +27,16 @@ def _dataclass_type(tp):
 def _coerce(tp, value, name: str):
     """Numbers written like 3e-4 are strings to YAML 1.1; turn them into the field's type, or say what is wrong."""
     args = typing.get_args(tp) if typing.get_origin(tp) is typing.Union else (tp,)
-    if value is None or not any(t in (int, float) for t in args) or isinstance(value, bool):
+    if value is None or not any(t in (int, float) for t in args):
         return value
     want = float if float in args else int
-    try:
-        number = want(value) if isinstance(value, (str, int, float)) else None
-    except ValueError:
+    try:  # a bool is no number here: `steps: true` is a mistake, not 1
+        number = want(value) if isinstance(value, (str, int, float)) and not isinstance(value, bool) else None
+    except (ValueError, OverflowError):  # not a number, past int()'s digit limit, or int() of inf
         number = None
     if number is None or (want is int and isinstance(value, float) and value != int(value)):
-        raise InvalidInputError(f"config entry {name} must be {'a number' if want is float else 'an integer'}, got {value!r}")
+        raise InvalidInputError(f"config entry {name} must be {'a number' if want is float else 'an integer'}, "
+                                f"got {shown(value)}")
     return number
 
 
@@ -141,7 +143,7 @@ def read_config_file(path) -> dict:
     text = path.read_text()
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as e:
+    except (ValueError, yaml.YAMLError) as e:  # ValueError: also an int past Python's digit limit
         raise InvalidInputError(
             f"config file {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}") from None
     return data or {}
@@ -155,7 +157,7 @@ def apply_overrides(data: dict, overrides) -> dict:
             raise InvalidInputError(f"override {item!r} must look like section.key=value, e.g. train.steps=100")
         try:
             value = yaml.safe_load(raw)
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError):  # ValueError: an int past Python's digit limit; _coerce judges it
             value = raw
         node = data
         *parents, leaf = key.strip().split(".")

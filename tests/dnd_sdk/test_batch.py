@@ -110,6 +110,13 @@ def test_labels_and_per_class(gen, tmp_path):
     (BatchJob(num=0), "num must be"),
     (BatchJob(num=4, labels=["cat", "zebra"]), "unknown label 'zebra'"),
     (BatchJob(num=4, shard=(2, 2)), "shard must be I/N"),
+    (BatchJob(num=4, shard=(True, 2)), r"shard must be I/N with 0 <= I < N, got True/2"),  # a bool is no index
+    (BatchJob(num=4, shard=(0, True)), r"shard must be I/N with 0 <= I < N, got 0/True"),
+    (BatchJob(num=4, shard=(0,)), r"shard must be I/N with 0 <= I < N, got \(0,\)"),
+    (BatchJob(num=4, shard="0/2"), "shard must be I/N with 0 <= I < N, got '0/2'"),
+    (BatchJob(num=10**5000), r"num must be an integer in \[1, 10000000\], got <an integer of 16610 bits>"),
+    (BatchJob(num=4, seed=10**5000), "seed must be an integer >= 0, got <an integer of 16610 bits>"),
+    (BatchJob(per_class=10**5000), "per_class must be an integer"),
     (BatchJob(num=4, batch_size=0), "batch_size"),
     (BatchJob(num=4, sampling={"top_p": 2.0}), "top_p"),
     # request keys are the job's own fields, or not the job's business: sampling takes settings only

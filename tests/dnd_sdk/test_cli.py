@@ -48,6 +48,7 @@ def test_generate_writes_images_npz_and_grid(tiny_model_dir, tmp_path):
 @pytest.mark.parametrize("args, fragment", [
     (["--num", "4", "--labels", "cat,unicorn"], "unknown label 'unicorn'"),
     (["--num", "4", "--labels", "9"], "class id 9 is out of range"),
+    (["--num", "4", "--labels", "cat," + "9" * 5000], "Error: class id 999999999999999999999999999...99999"),
     # errors name the flags the user typed, not the Python arguments behind them
     (["--num", "4", "--temperature", "-1"], "Error: --temperature must be >= 0 (0 = greedy), got -1.0\n"),
     (["--num", "4", "--top-p", "0"], "Error: --top-p must be in (0, 1] (1 = off), got 0.0\n"),

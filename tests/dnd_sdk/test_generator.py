@@ -97,12 +97,36 @@ def test_sample_returns_rgb_images(gen):
     (dict(top_k=True), r"top_k must be an integer in \[0, 64\], got True"),
     (dict(cfg_scale=1e308), r"cfg_scale must be in \[0, 100\]"),
     (dict(seed=2**64), "seed must be an integer >= 0"),
-    (dict(image_indices=[1, True]), r"image_indices must be a non-empty 1-D list of ints >= 0, got \[1, True\]"),
+    (dict(image_indices=[1, True]), r"image_indices must be a flat list of 1 to 10,000,000 integers >= 0, got \[1, True\]"),
     (dict(image_indices=(np.True_,)), "image_indices must be"),
     (dict(num=5000, timeout="5"), "timeout must be a finite number, got '5'"),
-    (dict(num=5000, timeout=-1), "timeout must be a number of seconds >= 0 or None, got -1"),
+    (dict(num=5000, timeout=-1), "timeout must be a number of seconds >= 0 and at most 9223372036 .or None"),
+    # input that Python or numpy cannot convert: past int()'s digit limit, ragged, too long for the clock
+    (dict(labels=["9" * 5000]), r"class id 9999.*\.\.\..*9999 is out of range; this model has classes 0\.\.3"),
+    (dict(labels=[10**5000]), r"class id <an integer of 16610 bits> is out of range"),
+    (dict(labels=" 00000000000000000000000000002 "), None),  # leading zeros: still class 2
+    (dict(labels=["1" + "0" * 19]), r"class id 10000000000000000000 is out of range"),
+    (dict(image_indices=[[1], [2, 3]]), r"image_indices must be a flat list .*, got \[\[1\], \[2, 3\]\]"),
+    (dict(image_indices=[[1], [2]]), "image_indices must be a flat list"),
+    (dict(image_indices=np.array([[1], [2]])), "image_indices must be a flat list"),
+    (dict(image_indices=[0, 10**5000]), r"image_indices must be .*, got \[0, <an integer of 16610 bits>\]"),
+    (dict(image_indices=[2**63]), "image_indices must be a flat list"),
+    (dict(image_indices=[0], start=np.array([1, 2])), "not both"),
+    (dict(seed=10**5000), "seed must be an integer >= 0, got <an integer of 16610 bits>"),
+    (dict(num=10**5000), r"num must be an integer in \[1, 10000000\], got <an integer"),
+    (dict(start=-10**5000), r"start must be an integer in \[0, "),
+    (dict(batch_size=10**5000), "batch_size must be an integer"),
+    (dict(top_k=10**5000), r"top_k must be an integer in \[0, 64\]"),
+    (dict(cfg_scale=10**5000), "cfg_scale must be a finite number, got <an integer"),
+    (dict(temperature=-10**400), "temperature must be a finite number"),
+    (dict(head_temperatures=[1, 10**5000]), "head_temperatures must be a finite number"),
+    (dict(num=5000, timeout=1e300), "timeout must be a number of seconds >= 0 and at most"),
+    (dict(num=5000, timeout=10**5000), "timeout must be a finite number"),
 ])
 def test_bad_requests_are_typed_errors(gen, kwargs, fragment):
+    if fragment is None:  # a valid request in an unusual spelling
+        assert gen.request(**kwargs).labels.tolist() == [2]
+        return
     with pytest.raises(InvalidInputError, match=fragment):
         gen.sample(**kwargs)
     assert gen.scheduler.queue_depth == gen.scheduler.images_in_flight == 0  # refused before anything was queued
@@ -146,6 +170,8 @@ def test_guidance_needs_a_null_class(unguided_model_dir):
     (np.zeros((0, 2, 4, 2), np.int64), r"shape \[n >= 1"),
     (np.full((1, 2, 4, 2), 64), r"\[0, 64\)"),
     (np.full((1, 2, 4, 2), -1), r"\[0, 64\)"),
+    ([[[[1, 2]]], [[[1]]]], r"codes must be an integer array of shape \[n, 2, 4, 2\], got \[\[\[\[1, 2\]\]\], "),
+    ([[[[10**5000]]]], "codes must be an integer array, got dtype object"),
 ])
 def test_bad_codes_are_typed_errors(gen, codes, fragment):
     with pytest.raises(InvalidInputError, match=fragment):
@@ -194,3 +220,10 @@ def test_repr_says_what_the_generator_holds(gen, tiny_model_dir):
     image = gen.manifest.image
     assert repr(gen) == (f"Generator({str(tiny_model_dir)!r}, backend='onnxruntime-cpu', labels=4, "
                          f"image={image['height']}x{image['width']})")
+
+
+def test_an_error_quotes_a_huge_value_cut_short(gen):
+    for kwargs in (dict(labels=["x" * 10**6]), dict(image_indices=list(range(10**6)) + [-1]), dict(top_p="9" * 10**6)):
+        with pytest.raises(InvalidInputError) as error:
+            gen.request(**kwargs)
+        assert len(str(error.value)) < 300, str(error.value)[:300]

@@ -1,7 +1,10 @@
 """`dnd serve` on 127.0.0.1 with a real HTTP client: same bytes as the library, typed HTTP errors, graceful SIGTERM."""
 import asyncio
 import base64
+import contextlib
 import json
+import re
+import select
 import signal
 import socket
 import subprocess
@@ -121,6 +124,21 @@ def test_bad_requests_get_400_and_their_neighbours_succeed(url):
     assert httpx.post(f"{url}/v1/images", json=BODIES[0]).status_code == 200  # and the server goes on
 
 
+@pytest.mark.parametrize("body, fragment", [
+    (b'{"seed": 1' + b"0" * 5000 + b"}", "the body holds an integer of 5001 digits; every integer a request takes"),
+    (b'{"labels": ["' + b"9" * 5000 + b'"]}', "class id 999999999999999999999999999..."),
+    (b'{"image_indices": [[1], [2, 3]]}', "image_indices must be a flat list of 1 to 10,000,000 integers >= 0"),
+    (b'{"image_indices": [9223372036854775808]}', "image_indices must be a flat list"),
+    (b'{"cfg_scale": 1' + b"0" * 400 + b".5}", "cfg_scale must be a finite number, got inf"),
+    (b'{"head_temperatures": [1, 1' + b"0" * 30 + b"]}", "the body holds an integer of 31 digits"),
+    (b'{"num": 1e300}', r"num must be an integer in [1, 10000000], got 1e+300"),
+])
+def test_values_python_cannot_convert_get_400_and_queue_nothing(url, body, fragment):
+    r = httpx.post(f"{url}/v1/images", content=body)
+    assert r.status_code == 400 and fragment in r.json()["error"], r.text
+    assert "dnd_queue_depth 0.0" in httpx.get(f"{url}/metrics").text
+
+
 def test_models_and_health(url):
     model = httpx.get(f"{url}/v1/models").json()["models"][0]
     assert model["labels"] == ["cat", "dog", "bird", "fish"] and model["backend"] == "onnxruntime-cpu"
@@ -152,20 +170,36 @@ def test_overload_gets_429_and_a_timeout_504(tiny_model_dir):
             assert gen.scheduler.queue_depth == gen.scheduler.images_in_flight == 0
 
 
-def test_sigterm_drains_the_requests_in_flight(tiny_model_dir):
-    port = _free_port()
-    dnd = Path(sys.executable).parent / "dnd"
-    server = subprocess.Popen([str(dnd), "serve", str(tiny_model_dir), "--port", str(port), "--threads", "1",
-                               "--backend", "onnxruntime-cpu", "--max-batch", "8"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(400):
-            try:
-                httpx.get(f"{base}/health")
-                break
-            except httpx.TransportError:
-                time.sleep(0.05)
+class DndServe:
+    """`dnd serve MODEL --port 0 ...` in a process of its own (`open_files`: its limit of open files);
+    its first line says where it serves, and the rest of stdout is its log."""
+
+    def __init__(self, model, *flags, open_files=None):
+        command = [str(Path(sys.executable).parent / "dnd"), "serve", str(model), "--port", "0", "--threads", "1",
+                   "--backend", "onnxruntime-cpu", *flags]
+        if open_files is not None:  # the shell's ulimit: preexec_fn is unsafe while this process runs threads
+            command = ["sh", "-c", f'ulimit -n {open_files} && exec "$0" "$@"', *command]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def __enter__(self):
+        ready, _, _ = select.select([self.process.stdout], [], [], 60)
+        line = self.process.stdout.readline() if ready else ""  # it binds before it says where: the port is its own
+        match = re.search(r"on http://127\.0\.0\.1:(\d+) \(.*at most (\d+) connections\)", line)
+        if not match:
+            self.__exit__()
+            pytest.fail(f"dnd serve did not say where it serves: {line!r} {self.process.stderr.read()[-2000:]}")
+        self.port, self.connections = int(match[1]), int(match[2])
+        self.base = f"http://127.0.0.1:{self.port}"
+        return self
+
+    def __exit__(self, *exc):
+        self.process.kill()
+        self.process.communicate()
+
+
+def test_sigterm_drains_the_requests_in_flight_and_each_is_logged(tiny_model_dir):
+    with DndServe(tiny_model_dir, "--max-batch", "8") as server:
+        base = server.base
 
         async def load():
             async with httpx.AsyncClient(base_url=base, timeout=60) as client:
@@ -176,18 +210,126 @@ def test_sigterm_drains_the_requests_in_flight(tiny_model_dir):
                     if "dnd_requests_in_progress 8.0" in text:
                         break
                     await asyncio.sleep(0.01)
-                server.send_signal(signal.SIGTERM)
+                server.process.send_signal(signal.SIGTERM)
                 return await asyncio.gather(*posts)
 
         responses = asyncio.run(load())
         assert [r.status_code for r in responses] == [200] * 8
         assert all(len(r.json()["images"]) == 6 for r in responses)
-        assert server.wait(30) == -signal.SIGTERM  # uvicorn re-raises the signal once drained, as is usual
+        assert server.process.wait(30) == -signal.SIGTERM  # uvicorn re-raises the signal once drained, as is usual
         with pytest.raises(httpx.TransportError):
             httpx.get(f"{base}/health")
-    finally:
-        server.kill()
-        server.wait()
+        log = server.process.stdout.read().splitlines()
+    # one line per request (method, path, status, images, seconds), then the shutdown line
+    assert len([x for x in log if re.search(r" POST /v1/images 200 6 images \d+\.\d{3} s$", x)]) == 8, log
+    assert any(re.search(r" GET /metrics 200 0 images \d+\.\d{3} s$", x) for x in log), log
+    assert re.search(rf" stopped serving {re.escape(str(tiny_model_dir))} after \d+ requests, 48 images$", log[-1]), log
+
+
+def test_a_port_in_use_is_one_line_naming_the_flag_and_nothing_is_announced(tiny_model_dir):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        dnd = Path(sys.executable).parent / "dnd"
+        run = subprocess.run([str(dnd), "serve", str(tiny_model_dir), "--port", str(port), "--threads", "1"],
+                             capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and run.stdout == "", run.stdout
+    assert run.stderr == f"Error: --port {port} on 127.0.0.1 is in use; choose another --port, or stop what holds it\n"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--timeout", "nan"], "Error: --timeout must be a finite number, got nan\n"),
+    (["--header-timeout", "0"], "Error: --header-timeout must be a number of seconds > 0 and at most 9223372036"),
+    (["--body-timeout", "1e300"], "Error: --body-timeout must be a number of seconds > 0 and at most 9223372036"),
+])
+def test_a_limit_no_clock_can_keep_is_one_line_naming_the_flag(tiny_model_dir, flags, message):
+    dnd = Path(sys.executable).parent / "dnd"
+    run = subprocess.run([str(dnd), "serve", str(tiny_model_dir), "--port", "0", "--threads", "1", *flags],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and run.stdout == "" and run.stderr.startswith(message), run.stderr
+
+
+SLOW_HEAD = b"GET /health HTTP/1.1\r\nHost: x\r\n"
+SLOW_BODY = b"POST /v1/images HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{"
+
+
+def _slow_connections(port, count, start=SLOW_HEAD):
+    """`count` connections that each send `start`, the start of a request, and never finish it."""
+    held = []
+    for _ in range(count):
+        conn = socket.socket()
+        conn.setblocking(False)
+        conn.connect_ex(("127.0.0.1", port))
+        held.append(conn)
+    time.sleep(0.3)
+    for conn in held:
+        with contextlib.suppress(OSError):
+            conn.send(start)
+    return held
+
+
+def _dribble(held, stop):
+    while not stop.is_set():  # a byte at a time: a deadline renewed by each byte would never end
+        for conn in held:
+            with contextlib.suppress(OSError):
+                conn.send(b"X")
+        stop.wait(0.25)
+
+
+@pytest.mark.parametrize("start", [SLOW_HEAD, SLOW_BODY], ids=["head", "body"])
+def test_slow_connections_past_the_open_files_limit_leave_the_server_answering(tiny_model_dir, start):
+    # 500 open files: a few hundred slow clients exhaust them at default flags, as 1,100 exhaust 1024
+    with DndServe(tiny_model_dir, open_files=500) as server:
+        assert server.connections < 500  # the cap stays below the open-files limit
+        held, stop = _slow_connections(server.port, 600, start), threading.Event()
+        dribbler = threading.Thread(target=_dribble, args=(held, stop))
+        dribbler.start()
+        try:
+            for _ in range(3):
+                assert httpx.get(f"{server.base}/health", timeout=5).json() == {"status": "ok"}
+                r = httpx.post(f"{server.base}/v1/images", json={"labels": ["cat"], "cfg_scale": 1}, timeout=5)
+                assert r.status_code == 200 and len(r.json()["images"]) == 1
+        finally:
+            stop.set()
+            dribbler.join()
+            for conn in held:
+                conn.close()
+
+
+def _closed_after(conn, seconds):
+    """Seconds until the server closed `conn`, reading what it sends, or None if still open after `seconds`."""
+    t0, end = time.monotonic(), time.monotonic() + seconds
+    conn.settimeout(0.05)
+    while time.monotonic() < end:
+        with contextlib.suppress(socket.timeout):
+            if conn.recv(65536) == b"":
+                return time.monotonic() - t0
+    return None
+
+
+def test_a_request_head_or_body_that_comes_a_byte_at_a_time_meets_its_deadline(tiny_model_dir):
+    with DndServe(tiny_model_dir, "--header-timeout", "1", "--body-timeout", "1") as server:
+        head, stop = _slow_connections(server.port, 1), threading.Event()
+        dribbler = threading.Thread(target=_dribble, args=(head, stop))
+        dribbler.start()
+        try:
+            closed = _closed_after(head[0], 4)
+        finally:
+            stop.set()
+            dribbler.join()
+            head[0].close()
+        assert closed is not None and 0.5 < closed < 2, closed
+        with socket.create_connection(("127.0.0.1", server.port)) as body:
+            body.sendall(b"POST /v1/images HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+            body.settimeout(4)
+            reply = b"".join(iter(lambda: body.recv(65536), b""))  # to the end: the 408 closes the connection
+        assert reply.startswith(b"HTTP/1.1 408 ") and b"the body did not arrive within 1 s" in reply
+        with socket.create_connection(("127.0.0.1", server.port)) as keep_alive:  # the next head has its deadline too
+            keep_alive.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /health HTTP/1.1\r\n")
+            closed = _closed_after(keep_alive, 4)
+        assert closed is not None and closed < 2, closed
+        assert httpx.get(f"{server.base}/health").status_code == 200
 
 
 @pytest.fixture(scope="module")

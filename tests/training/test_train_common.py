@@ -1,6 +1,7 @@
 """Config loading and overrides, LR schedule, data order, optimizer groups, CLI error handling."""
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -129,3 +130,20 @@ def test_head_positions_given_are_kept_or_refused():
     few = load_config(TransformerRunConfig, None, ["model_preset=tiny", "model.n_layer=2"])
     with pytest.raises(InvalidInputError, match="model.n_layer 2 is too few for the code file's 4 depth heads"):
         build_model_args(few, code_set(4))
+
+
+@pytest.mark.parametrize("override, shown", [
+    ("train.steps=.inf", "inf"),  # int() of inf raises OverflowError
+    ("train.steps=" + "9" * 5000, "'999999999999999999999999999..."),  # past int()'s digit limit, in YAML too
+    ("train.steps=true", "True"),  # a bool is no count
+])
+def test_a_count_python_cannot_convert_is_a_typed_error(override, shown):
+    with pytest.raises(InvalidInputError, match=f"config entry train.steps must be an integer, got {re.escape(shown)}"):
+        load_config(TokenizerRunConfig, None, [override])
+
+
+def test_a_json_config_with_an_integer_past_the_digit_limit_is_a_typed_error(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text('{"train": {"steps": 1' + "0" * 5000 + "}}")
+    with pytest.raises(InvalidInputError, match=f"config file {re.escape(str(path))} is not valid JSON"):
+        load_config(TokenizerRunConfig, path)
