@@ -28,7 +28,8 @@ from dnd_sdk.errors import InvalidInputError
 from dnd_sdk.manifest import sha256_file
 from dnd_training.pixels import to_uint8
 from dnd_training.random_checkpoint import random_checkpoint
-from .profile import gemm_gflops, profile_runtime
+from .floor import Rates, decoder_graph_gflop, floor_keys, fp32_work, model_work
+from .profile import decoder_gflop, gemm_gflops, profile_runtime
 
 
 def _rates(num: int, repeats: int, *fns) -> list:
@@ -73,6 +74,12 @@ def bench(checkpoint, model_dir, batches, num_batches: int, threads: int, repeat
     reference = None if checkpoint is None else Reference(checkpoint, reference_device)
     gen = Generator(model_dir, backend=backend, threads=threads)
     sampling = {**gen.manifest.sampler_defaults, **sampling}  # the model's own defaults unless overridden
+    guided = sampling["cfg_scale"] != 1.0
+    rows_per_image = 2 if guided else 1  # guidance runs an unconditional row beside each image's
+    rates = Rates.measure(threads, [batch * rows_per_image for batch in batches])
+    decoder_flop, decoder_source = _decoder_flop(gen.manifest, reference)
+    work = model_work(gen.manifest, guided, decoder_flop)
+    fp32 = fp32_work(gen.manifest, work)
     rows = []
     for batch in batches:
         num = batch * num_batches
@@ -80,12 +87,15 @@ def bench(checkpoint, model_dir, batches, num_batches: int, threads: int, repeat
         runtime = lambda: gen.sample(labels, seed=0, batch_size=batch, **sampling)  # noqa: E731
         if reference is None:
             ours, = _rates(num, repeats, runtime)
-            rows.append({"batch_size": batch, "images": num, "runtime_images_per_s": round(ours, 2),
-                         "reference_images_per_s": None, "ratio": None})
-            continue
-        ours, ref = _rates(num, repeats, runtime, lambda: reference.sample(labels, batch, sampling))
+            ref = None
+        else:
+            ours, ref = _rates(num, repeats, runtime, lambda: reference.sample(labels, batch, sampling))
         rows.append({"batch_size": batch, "images": num, "runtime_images_per_s": round(ours, 2),
-                     "reference_images_per_s": round(ref, 2), "ratio": round(ours / ref, 2)})
+                     "reference_images_per_s": None if ref is None else round(ref, 2),
+                     "ratio": None if ref is None else round(ours / ref, 2),
+                     **floor_keys(work, fp32, rates, batch, batch * rows_per_image, ours)})
+        if reference is None:
+            continue
         if profile:
             rows[-1]["profile"] = profile_runtime(gen, reference.model.args, reference.tokenizer, runtime, num,
                                                   sampling["cfg_scale"] != 1.0)
@@ -93,7 +103,8 @@ def bench(checkpoint, model_dir, batches, num_batches: int, threads: int, repeat
               "backend": gen.backend_name,
               "reference": None if reference is None else f"PyTorch on {reference_device}",
               "dtype": gen.manifest.dtype, "decoder_dtype": gen.manifest.decoder_dtype, "threads": threads,
-              "sampling": sampling, "torch": torch.__version__, "cpu": cpu_features().summary(), "results": rows}
+              "sampling": sampling, "torch": torch.__version__, "cpu": cpu_features().summary(),
+              **rates.as_dict(), "floor_decoder": decoder_source, "results": rows}
     if profile:
         report["gemm_gflops_per_s"] = round(gemm_gflops(threads), 2)
         for row in rows:  # utilization of each part against the same run's GEMM rate
@@ -104,12 +115,24 @@ def bench(checkpoint, model_dir, batches, num_batches: int, threads: int, repeat
     return report
 
 
+def _decoder_flop(manifest, reference) -> tuple:
+    """(FLOPs of decoding one image, or None; where they come from, for the report): counted on the
+    reference's tokenizer when it runs on the CPU, else from the decoder graph's shapes."""
+    if reference is not None and reference.device == "cpu":
+        return decoder_gflop(reference.tokenizer, reference.model.args) * 1e9, "the checkpoint's tokenizer"
+    gflop = decoder_graph_gflop(manifest)
+    if gflop is None:
+        return None, "left out: the decoder graph's shapes are not all static"
+    return gflop * 1e9, "the decoder graph's Conv and MatMul shapes"
+
+
 class Reference:
     """The PyTorch reference sampler on a checkpoint, decoding to uint8 images by the runtime's pixel rule."""
 
     def __init__(self, checkpoint, device: str):
         from dnd_training.checkpoint import load_checkpoint
         ckpt = load_checkpoint(checkpoint)
+        self.device = device
         self.model, self.tokenizer = ckpt.build_model().to(device), ckpt.build_tokenizer().to(device)
 
     @torch.no_grad()
@@ -159,10 +182,16 @@ def table(report: dict) -> str:
              + (f", {report['checkpoint']}" if report["checkpoint"] else ""),
              f"cpu:       {cpu['model']} ({flags})",
              "",
-             f"{'batch size':>10}  {'images':>6}  {'runtime img/s':>13}  {'reference img/s':>15}  {'ratio':>6}"]
+             f"floor:     {report['streaming_gb_per_s']:.2f} GB/s weight streaming, compute GFLOP/s by rows "
+             + ", ".join(f"{rows}: {rate:.1f}" for rows, rate in report["compute_gflops_per_s"].items())
+             + f"; decoder from {report['floor_decoder']}",
+             "",
+             f"{'batch size':>10}  {'images':>6}  {'runtime img/s':>13}  {'reference img/s':>15}  {'ratio':>6}  "
+             f"{'floor img/s':>11}  {'of floor':>8}  {'bound':>7}"]
     for row in report["results"]:
         ref = "-" if row["reference_images_per_s"] is None else f"{row['reference_images_per_s']:.2f}"
         ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}x"
         lines.append(f"{row['batch_size']:>10}  {row['images']:>6}  {row['runtime_images_per_s']:>13.2f}  "
-                     f"{ref:>15}  {ratio:>6}")
+                     f"{ref:>15}  {ratio:>6}  {row['floor_images_per_s']:>11.2f}  {row['of_floor']:>8.2f}  "
+                     f"{row['bound']:>7}")
     return "\n".join(lines)
