@@ -178,13 +178,32 @@ def _significant(x: float) -> float:
     return float(f"{x:.4g}")
 
 
-def floor_keys(work: Work, fp32: Work, rates: Rates, batch: int, rows: int, images_per_s: float) -> dict:
-    """A result's floor keys: its floor in images/s, the measured time over the floor's (`of_floor`, 1.0 is the
-    limit), the bound that rules it, the fp32 floor of the same model and the floor's parts in seconds/image."""
-    rate_args = (rates.bytes_per_s, rates.flop_per_s[rows], rates.flop_per_s[DECODER_ROWS])
-    floor, fp32_floor = floor_seconds(work, batch, *rate_args), floor_seconds(fp32, batch, *rate_args)
-    seconds = floor["seconds_per_image"]
-    return {"floor_images_per_s": round(1 / seconds, 2), "of_floor": round(1 / (images_per_s * seconds), 3),
-            "bound": floor["bound"], "fp32_floor_images_per_s": round(1 / fp32_floor["seconds_per_image"], 2),
-            "floor_seconds_per_image": {part: _significant(floor[f"{part}_s"])
-                                        for part in ("stage_weights", "stage_compute", "decoder_compute")}}
+@dataclass
+class Floor:
+    """A run's floor: its measured rates and the model's work, in its own dtype and in fp32."""
+    rates: Rates
+    work: Work
+    fp32: Work
+    decoder_source: str  # where the decoder's FLOPs come from, or why they are left out
+
+    def keys(self, batch: int, rows: int, images_per_s: float) -> dict:
+        """A result's floor keys: its floor in images/s, the measured time over the floor's (`of_floor`, 1.0 is
+        the limit), the bound that rules it, the fp32 floor of the same model and the floor's parts in seconds
+        per image."""
+        rate_args = (self.rates.bytes_per_s, self.rates.flop_per_s[rows], self.rates.flop_per_s[DECODER_ROWS])
+        floor, fp32_floor = floor_seconds(self.work, batch, *rate_args), floor_seconds(self.fp32, batch, *rate_args)
+        seconds = floor["seconds_per_image"]
+        return {"floor_images_per_s": round(1 / seconds, 2), "of_floor": round(1 / (images_per_s * seconds), 3),
+                "bound": floor["bound"], "fp32_floor_images_per_s": round(1 / fp32_floor["seconds_per_image"], 2),
+                "floor_seconds_per_image": {part: _significant(floor[f"{part}_s"])
+                                            for part in ("stage_weights", "stage_compute", "decoder_compute")}}
+
+    def report_keys(self) -> dict:
+        return {**self.rates.as_dict(), "floor_decoder": self.decoder_source}
+
+
+# a GPU backend's results: the rates are measured on the CPU, so no floor stands beside them
+NO_FLOOR = {"floor_images_per_s": None, "of_floor": None, "bound": None, "fp32_floor_images_per_s": None,
+            "floor_seconds_per_image": None}
+NO_FLOOR_REPORT = {"streaming_gb_per_s": None, "compute_gflops_per_s": None, "floor_decoder": None,
+                   "no_floor": "the floor's rates are measured on the CPU, and this backend runs elsewhere"}

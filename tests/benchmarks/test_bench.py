@@ -6,7 +6,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from dnd_bench.bench import _rates
+from dnd_bench.bench import _rates, table
+from dnd_bench.floor import NO_FLOOR, NO_FLOOR_REPORT
 from dnd_sdk.cli.main import cli
 from dnd_sdk.cpu import REPORTED_FLAGS, cpu_features
 
@@ -41,6 +42,11 @@ def test_bench_writes_json_with_a_ratio_per_batch_size(tiny_checkpoint, tiny_mod
     # guidance (cfg 2 by the model's defaults) doubles the rows: the stages meet the rate of 2 and 4 rows
     assert report["sampling"]["cfg_scale"] == 2.0 and set(report["compute_gflops_per_s"]) == {"2", "4", "256"}
     assert report["floor_decoder"] == "the checkpoint's tokenizer"
+    # a backend off the CPU has no floor beside it: the table says so and leaves the columns empty
+    gpu = {**report, **NO_FLOOR_REPORT, "results": [{**row, **NO_FLOOR} for row in report["results"]]}
+    lines = table(gpu).splitlines()
+    assert f"floor:     none: {NO_FLOOR_REPORT['no_floor']}" in lines
+    assert lines[header + 1].split()[-3:] == ["-", "-", "-"]
 
 
 def assert_floor_keys(report: dict) -> None:

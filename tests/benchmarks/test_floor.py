@@ -3,10 +3,10 @@ import pytest
 
 from dnd_bench.floor import (
     DECODER_ROWS,
+    Floor,
     Rates,
     Work,
     decoder_graph_gflop,
-    floor_keys,
     floor_seconds,
     fp32_work,
     model_work,
@@ -35,11 +35,14 @@ def test_the_floor_by_hand():
 def test_a_result_against_its_floor():
     rates = Rates(bytes_per_s=100.0, flop_per_s={2: 50.0, DECODER_ROWS: 100.0})
     work, fp32 = Work(4, 1000, 800.0, 300.0), Work(4, 4000, 800.0, 300.0)
-    keys = floor_keys(work, fp32, rates, batch=2, rows=2, images_per_s=1 / 46)  # twice the floor's 23 s
+    floor = Floor(rates, work, fp32, "by hand")
+    keys = floor.keys(batch=2, rows=2, images_per_s=1 / 46)  # twice the floor's 23 s
     assert keys == {"floor_images_per_s": round(1 / 23, 2), "of_floor": 2.0, "bound": "weights",
                     "fp32_floor_images_per_s": round(1 / (80 + 3), 2),  # 4 x 4000 / 2 / 100 s of fp32 weights
                     "floor_seconds_per_image": {"stage_weights": 20.0, "stage_compute": 16.0,
                                                 "decoder_compute": 3.0}}
+    assert floor.report_keys() == {"streaming_gb_per_s": 0.0, "compute_gflops_per_s": {"2": 0.0, str(DECODER_ROWS): 0.0},
+                                   "floor_decoder": "by hand"}
 
 
 def test_the_report_gives_the_rates_in_gb_and_gflop_per_s():
