@@ -1,4 +1,5 @@
 """The floor of `dnd bench`: its arithmetic by hand, and the counts it takes from a model folder."""
+import numpy as np
 import pytest
 
 from dnd_bench.floor import (
@@ -9,6 +10,7 @@ from dnd_bench.floor import (
     decoder_graph_gflop,
     floor_seconds,
     fp32_work,
+    matmul_session,
     model_work,
     stage_weight_bytes,
 )
@@ -81,3 +83,12 @@ def test_the_decoder_graph_counts_the_checkpoints_flops(tiny_checkpoint, tmp_pat
     model = export_model(tiny_checkpoint, tmp_path / "model", decoder_dtype=decoder_dtype)
     counted = decoder_gflop(ckpt.build_tokenizer(), ckpt.build_model().args)
     assert counted > 0 and decoder_graph_gflop(load_manifest(model)) == pytest.approx(counted, rel=1e-12)
+
+
+def test_the_rates_time_the_products_they_count():
+    rng = np.random.default_rng(0)
+    w, x = rng.standard_normal((8, 8)).astype(np.float32), rng.standard_normal((3, 8)).astype(np.float32)
+    chained, = matmul_session(w, 3, threads=1)(x)  # 3 links: x w w w, each counted as 2 x 3 x 8 x 8 FLOPs
+    np.testing.assert_allclose(chained, x @ w @ w @ w, rtol=1e-5)
+    wide = rng.standard_normal((8, 20)).astype(np.float32)  # the streaming form: one link, any width
+    np.testing.assert_allclose(matmul_session(wide, 1, threads=1)(x[:1])[0], x[:1] @ wide, rtol=1e-5)
