@@ -93,11 +93,8 @@ def bench(checkpoint, model_dir, batches, num_batches: int, threads: int, repeat
                      "reference_images_per_s": None if ref is None else round(ref, 2),
                      "ratio": None if ref is None else round(ours / ref, 2),
                      **(NO_FLOOR if floor is None else floor.keys(batch, batch * rows_per_image, ours))})
-        if reference is None:
-            continue
-        if profile:
-            rows[-1]["profile"] = profile_runtime(gen, reference.model.args, reference.tokenizer, runtime, num,
-                                                  sampling["cfg_scale"] != 1.0)
+        if profile and reference is not None:  # always: --profile without a checkpoint is refused above
+            rows[-1]["profile"] = profile_runtime(gen, reference.model.args, reference.tokenizer, runtime, num, guided)
     report: dict = {"model": str(model_dir), "checkpoint": None if checkpoint is None else str(checkpoint),
               "backend": gen.backend_name,
               "reference": None if reference is None else f"PyTorch on {reference_device}",
@@ -127,11 +124,11 @@ def _decoder_flop(manifest, reference) -> tuple:
     """(FLOPs of decoding one image, or None; where they come from, for the report): counted on the
     reference's tokenizer when it runs on the CPU, else from the decoder graph's shapes."""
     if reference is not None and reference.device == "cpu":
-        return decoder_gflop(reference.tokenizer, reference.model.args) * 1e9, "the checkpoint's tokenizer"
+        return decoder_gflop(reference.tokenizer, reference.model.args) * 1e9, "counted on the checkpoint's tokenizer"
     gflop = decoder_graph_gflop(manifest)
     if gflop is None:
         return None, "left out: the decoder graph's shapes are not all static"
-    return gflop * 1e9, "the decoder graph's Conv and MatMul shapes"
+    return gflop * 1e9, "counted on the decoder graph's shapes"
 
 
 class Reference:
@@ -210,4 +207,4 @@ def _floor_line(report: dict) -> str:
         return f"none: {report['no_floor']}"
     compute = ", ".join(f"{rows}: {rate:.1f}" for rows, rate in report["compute_gflops_per_s"].items())
     return (f"{report['streaming_gb_per_s']:.2f} GB/s weight streaming, compute GFLOP/s by rows {compute}; "
-            f"decoder from {report['floor_decoder']}")
+            f"decoder FLOPs {report['floor_decoder']}")

@@ -4,8 +4,8 @@ Two rates are measured in the runtime being benchmarked (ONNX Runtime on the CPU
 threads and the runtime's session options), each from a graph of float32 MatMuls built here:
 - the weight-streaming rate (bytes/s): one row times a 256 MB weight, far larger than any cache, so the
   product reads every weight byte from memory once. It is the bandwidth for every dtype: bytes are bytes.
-- the compute rate (FLOP/s) at R rows: R rows through a chain of [256, 256] weights that stay in cache,
-  so memory does not limit it.
+- the compute rate (FLOP/s) at R rows: R rows through a chain of CHAIN products by one [256, 256]
+  weight, which stays in cache, so memory does not limit it.
 
 Per image, at a batch of B images (R = B rows, 2B with guidance):
 - stages: max(positions x stage weight bytes / B / streaming rate, transformer FLOPs / compute rate at R):
@@ -24,7 +24,9 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
+from dnd_sdk.errors import ManifestError
 from dnd_sdk.manifest import Manifest
+from dnd_training.config import stored_config
 from dnd_training.model import ModelArgs
 from .profile import fed_positions, stage_parameters, transformer_gflop
 
@@ -175,16 +177,21 @@ def floor_seconds(work: Work, batch: int, bytes_per_s: float, stage_flop_per_s: 
             "stage_compute_s": stage_compute, "decoder_compute_s": decoder}
 
 
+def _model_args(manifest: Manifest) -> ModelArgs:
+    """The manifest's model_config as ModelArgs; a ManifestError names what is wrong with it."""
+    return stored_config(ModelArgs, manifest.model_config, "model_config", ManifestError, "manifest.json: ")
+
+
 def model_work(manifest: Manifest, guided: bool, decoder_flop: Optional[float]) -> Work:
     """The folder's work per image: stage bytes from its manifest (right for every dtype), positions and
     transformer FLOPs from its model_config, so that a folder needs no checkpoint for its floor."""
-    args = ModelArgs(**manifest.model_config)
+    args = _model_args(manifest)
     return Work(fed_positions(args), stage_weight_bytes(manifest), transformer_gflop(args, guided) * 1e9, decoder_flop)
 
 
 def fp32_work(manifest: Manifest, work: Work) -> Work:
     """The same work with float32 stage weights: 4 bytes for every stage parameter of model_config."""
-    return replace(work, stage_bytes=4 * stage_parameters(ModelArgs(**manifest.model_config)))
+    return replace(work, stage_bytes=4 * stage_parameters(_model_args(manifest)))
 
 
 def _significant(x: float) -> float:

@@ -92,3 +92,12 @@ def test_the_rates_time_the_products_they_count():
     np.testing.assert_allclose(chained, x @ w @ w @ w, rtol=1e-5)
     wide = rng.standard_normal((8, 20)).astype(np.float32)  # the streaming form: one link, any width
     np.testing.assert_allclose(matmul_session(wide, 1, threads=1)(x[:1])[0], x[:1] @ wide, rtol=1e-5)
+
+
+def test_a_folder_whose_model_config_is_malformed_is_named(tiny_model_dir):
+    from dnd_sdk.errors import ManifestError
+
+    manifest = load_manifest(tiny_model_dir)
+    manifest.model_config = {**manifest.model_config, "dim": "32"}
+    with pytest.raises(ManifestError, match=r"manifest.json: model_config.dim = '32' is not"):
+        model_work(manifest, guided=False, decoder_flop=None)
