@@ -53,10 +53,25 @@ def test_the_report_gives_the_rates_in_gb_and_gflop_per_s():
                                "compute_gflops_per_s": {"2": 30.0, str(DECODER_ROWS): 123.45}}
 
 
+def stage_files_on_disk(model_dir) -> int:
+    return sum(p.stat().st_size for p in model_dir.iterdir() if p.name.startswith("stage"))
+
+
 def test_stage_weight_bytes_are_the_stage_files_on_disk(tiny_model_dir):
     manifest = load_manifest(tiny_model_dir)
-    on_disk = sum(p.stat().st_size for p in tiny_model_dir.iterdir() if p.name.startswith("stage"))
-    assert len(manifest.stage_names) == 2 and stage_weight_bytes(manifest) == on_disk
+    assert len(manifest.stage_names) == 2 and stage_weight_bytes(manifest) == stage_files_on_disk(tiny_model_dir)
+
+
+def test_stage_weight_bytes_count_external_data(tiny_checkpoint, tiny_model_dir, tmp_path):
+    from dnd_export import export_model
+
+    model = export_model(tiny_checkpoint, tmp_path / "model", dtype="int8", external_threshold=0)
+    manifest = load_manifest(model)
+    assert [len(manifest.files[name].external_data) for name in manifest.stage_names] == [1, 1]
+    assert stage_weight_bytes(manifest) == stage_files_on_disk(model)
+    # the decoder's weights lie outside its graph too, and its shapes still count its FLOPs
+    assert manifest.files["decoder"].external_data
+    assert decoder_graph_gflop(manifest) == decoder_graph_gflop(load_manifest(tiny_model_dir))
 
 
 def test_the_fp32_weights_are_four_bytes_per_stage_parameter(tiny_checkpoint, tiny_model_dir):
