@@ -12,13 +12,15 @@ Both sides sample the same codes (the model's own default sampling unless overri
 decode them to uint8 images: the runtime with its decoder graph, the reference with the RQ
 tokenizer in eager PyTorch. The JSON holds images/s per batch size for each side, their ratio
 (runtime / reference), the device the reference ran on and the CPU, so that a ratio always says
-what it is compared against (without a reference, the runtime's images/s alone); `--profile`
-adds the runtime's seconds in stage calls, sampling and decoder, the model's GFLOP per image and
-their rate against the same run's GEMM rate.
+what it is compared against (without a reference, the runtime's images/s alone), and each
+result against its floor: the images/s that the weight-streaming and compute rates measured in
+the same run allow (`dnd_bench.floor`); `--profile` adds the runtime's seconds in stage calls,
+sampling and decoder, the model's GFLOP per image and their rate against the same run's GEMM rate.
 """
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -28,7 +30,8 @@ from dnd_sdk.errors import InvalidInputError
 from dnd_sdk.manifest import sha256_file
 from dnd_training.pixels import to_uint8
 from dnd_training.random_checkpoint import random_checkpoint
-from .profile import gemm_gflops, profile_runtime
+from .floor import NO_FLOOR, NO_FLOOR_REPORT, Floor, Rates, decoder_graph_gflop, fp32_work, model_work
+from .profile import decoder_gflop, gemm_gflops, profile_runtime
 
 
 def _rates(num: int, repeats: int, *fns) -> list:
@@ -73,6 +76,9 @@ def bench(checkpoint, model_dir, batches, num_batches: int, threads: int, repeat
     reference = None if checkpoint is None else Reference(checkpoint, reference_device)
     gen = Generator(model_dir, backend=backend, threads=threads)
     sampling = {**gen.manifest.sampler_defaults, **sampling}  # the model's own defaults unless overridden
+    guided = sampling["cfg_scale"] != 1.0
+    rows_per_image = 2 if guided else 1  # guidance runs an unconditional row beside each image's
+    floor = _floor(gen, reference, guided, [batch * rows_per_image for batch in batches], threads)
     rows = []
     for batch in batches:
         num = batch * num_batches
@@ -80,20 +86,21 @@ def bench(checkpoint, model_dir, batches, num_batches: int, threads: int, repeat
         runtime = lambda: gen.sample(labels, seed=0, batch_size=batch, **sampling)  # noqa: E731
         if reference is None:
             ours, = _rates(num, repeats, runtime)
-            rows.append({"batch_size": batch, "images": num, "runtime_images_per_s": round(ours, 2),
-                         "reference_images_per_s": None, "ratio": None})
-            continue
-        ours, ref = _rates(num, repeats, runtime, lambda: reference.sample(labels, batch, sampling))
+            ref = None
+        else:
+            ours, ref = _rates(num, repeats, runtime, lambda: reference.sample(labels, batch, sampling))
         rows.append({"batch_size": batch, "images": num, "runtime_images_per_s": round(ours, 2),
-                     "reference_images_per_s": round(ref, 2), "ratio": round(ours / ref, 2)})
-        if profile:
-            rows[-1]["profile"] = profile_runtime(gen, reference.model.args, reference.tokenizer, runtime, num,
-                                                  sampling["cfg_scale"] != 1.0)
+                     "reference_images_per_s": None if ref is None else round(ref, 2),
+                     "ratio": None if ref is None else round(ours / ref, 2),
+                     **(NO_FLOOR if floor is None else floor.keys(batch, batch * rows_per_image, ours))})
+        if profile and reference is not None:  # always: --profile without a checkpoint is refused above
+            rows[-1]["profile"] = profile_runtime(gen, reference.model.args, reference.tokenizer, runtime, num, guided)
     report: dict = {"model": str(model_dir), "checkpoint": None if checkpoint is None else str(checkpoint),
               "backend": gen.backend_name,
               "reference": None if reference is None else f"PyTorch on {reference_device}",
               "dtype": gen.manifest.dtype, "decoder_dtype": gen.manifest.decoder_dtype, "threads": threads,
-              "sampling": sampling, "torch": torch.__version__, "cpu": cpu_features().summary(), "results": rows}
+              "sampling": sampling, "torch": torch.__version__, "cpu": cpu_features().summary(),
+              **(NO_FLOOR_REPORT if floor is None else floor.report_keys()), "results": rows}
     if profile:
         report["gemm_gflops_per_s"] = round(gemm_gflops(threads), 2)
         for row in rows:  # utilization of each part against the same run's GEMM rate
@@ -104,12 +111,33 @@ def bench(checkpoint, model_dir, batches, num_batches: int, threads: int, repeat
     return report
 
 
+def _floor(gen, reference, guided: bool, rows: list, threads: int) -> Optional[Floor]:
+    """The floor of this run at each of `rows`, its rates measured now; None for a backend off the CPU."""
+    if gen.backend_name != "onnxruntime-cpu":
+        return None
+    decoder_flop, decoder_source = _decoder_flop(gen.manifest, reference)
+    work = model_work(gen.manifest, guided, decoder_flop)
+    return Floor(Rates.measure(threads, rows), work, fp32_work(gen.manifest, work), decoder_source)
+
+
+def _decoder_flop(manifest, reference) -> tuple:
+    """(FLOPs of decoding one image, or None; where they come from, for the report): counted on the
+    reference's tokenizer when it runs on the CPU, else from the decoder graph's shapes."""
+    if reference is not None and reference.device == "cpu":
+        return decoder_gflop(reference.tokenizer, reference.model.args) * 1e9, "counted on the checkpoint's tokenizer"
+    gflop = decoder_graph_gflop(manifest)
+    if gflop is None:
+        return None, "left out: the decoder graph's shapes are not all static"
+    return gflop * 1e9, "counted on the decoder graph's shapes"
+
+
 class Reference:
     """The PyTorch reference sampler on a checkpoint, decoding to uint8 images by the runtime's pixel rule."""
 
     def __init__(self, checkpoint, device: str):
         from dnd_training.checkpoint import load_checkpoint
         ckpt = load_checkpoint(checkpoint)
+        self.device = device
         self.model, self.tokenizer = ckpt.build_model().to(device), ckpt.build_tokenizer().to(device)
 
     @torch.no_grad()
@@ -159,10 +187,24 @@ def table(report: dict) -> str:
              + (f", {report['checkpoint']}" if report["checkpoint"] else ""),
              f"cpu:       {cpu['model']} ({flags})",
              "",
-             f"{'batch size':>10}  {'images':>6}  {'runtime img/s':>13}  {'reference img/s':>15}  {'ratio':>6}"]
+             f"floor:     {_floor_line(report)}",
+             "",
+             f"{'batch size':>10}  {'images':>6}  {'runtime img/s':>13}  {'reference img/s':>15}  {'ratio':>6}  "
+             f"{'floor img/s':>11}  {'of floor':>8}  {'bound':>7}"]
     for row in report["results"]:
         ref = "-" if row["reference_images_per_s"] is None else f"{row['reference_images_per_s']:.2f}"
         ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}x"
+        floor, of_floor = (("-", "-") if row["floor_images_per_s"] is None else
+                           (f"{row['floor_images_per_s']:.2f}", f"{row['of_floor']:.2f}"))
         lines.append(f"{row['batch_size']:>10}  {row['images']:>6}  {row['runtime_images_per_s']:>13.2f}  "
-                     f"{ref:>15}  {ratio:>6}")
+                     f"{ref:>15}  {ratio:>6}  {floor:>11}  {of_floor:>8}  {row['bound'] or '-':>7}")
     return "\n".join(lines)
+
+
+def _floor_line(report: dict) -> str:
+    """The rates the floor stands on, or why there is none."""
+    if "no_floor" in report:
+        return f"none: {report['no_floor']}"
+    compute = ", ".join(f"{rows}: {rate:.1f}" for rows, rate in report["compute_gflops_per_s"].items())
+    return (f"{report['streaming_gb_per_s']:.2f} GB/s weight streaming, compute GFLOP/s by rows {compute}; "
+            f"decoder FLOPs {report['floor_decoder']}")

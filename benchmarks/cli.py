@@ -1,5 +1,5 @@
-"""`dnd bench [MODEL]`: images/s of the runtime vs the PyTorch reference on the same model, as a table
-(and JSON with -o/--output)."""
+"""`dnd bench [MODEL]`: images/s of the runtime vs the PyTorch reference on the same model and against the
+floor the same run's measured rates allow, as a table (and JSON with -o/--output)."""
 import json
 from pathlib import Path
 
@@ -48,7 +48,8 @@ def bench(model, model_option, checkpoint, preset, dtype, decoder_dtype, batches
           backend, reference_device, sampling, profile, output):
     """Benchmark the runtime on MODEL (an exported folder) against the PyTorch reference sampler, in the same run.
 
-    Prints a table of images/s of both sides, their ratio and the batch size; -o FILE keeps the JSON."""
+    Prints a table of images/s of both sides, their ratio and the batch size, and each result against the floor
+    that this run's measured weight-streaming and compute rates allow; -o FILE keeps the JSON."""
     from .bench import bench_command, table
     if model is not None and model_option is not None and model != model_option:
         raise InvalidInputError(f"MODEL {model} and --model {model_option} differ; give the model folder once")

@@ -9,14 +9,36 @@ import time
 import torch
 
 
+def fed_positions(args) -> int:
+    """Positions every stage runs once per image: the condition, then every cell but the last."""
+    return args.cls_token_num + args.seq_len - 1
+
+
+def layer_matmul_weights(args) -> int:
+    """Weights of one block's matmuls (qkv, output, the three of the feed-forward): also its multiply-adds
+    per row and position."""
+    kv_dim = args.n_kv_head * args.head_dim
+    return args.dim * (args.dim + 2 * kv_dim) + args.dim * args.dim + 3 * args.dim * args.ffn_hidden
+
+
+def stage_layers(args) -> int:
+    """Blocks the stage graphs run: those after the last head are never built."""
+    return args.pred_head_positions[-1] + 1
+
+
+def stage_parameters(args) -> int:
+    """Parameters of all stage graphs together: every block with its two norms, and each stage's head with
+    its norm (a shared head is counted in every stage, whose graph holds and reads its own copy)."""
+    head = args.dim * args.vocab_size + args.dim
+    return stage_layers(args) * (layer_matmul_weights(args) + 2 * args.dim) + args.num_pred_heads * head
+
+
 def transformer_gflop(args, guided: bool) -> float:
     """GFLOP to sample one image: every fed position through every stage layer and head."""
-    kv_dim = args.n_kv_head * args.head_dim
-    per_layer_token = args.dim * (args.dim + 2 * kv_dim) + args.dim * args.dim + 3 * args.dim * args.ffn_hidden
-    n_layers = args.pred_head_positions[-1] + 1
-    positions = args.cls_token_num + args.seq_len - 1
+    positions = fed_positions(args)
     keys_seen = positions * (positions + 1) // 2  # position t attends to t + 1 keys
-    macs = positions * (n_layers * per_layer_token + args.num_pred_heads * args.dim * args.vocab_size)
+    n_layers = stage_layers(args)
+    macs = positions * (n_layers * layer_matmul_weights(args) + args.num_pred_heads * args.dim * args.vocab_size)
     macs += n_layers * 2 * args.n_head * args.head_dim * keys_seen  # q.k and probs.v
     return 2 * macs * (2 if guided else 1) / 1e9
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from dnd_bench.bench import _rates
+from dnd_bench.bench import _rates, table
+from dnd_bench.floor import NO_FLOOR, NO_FLOOR_REPORT
 from dnd_sdk.cli.main import cli
 from dnd_sdk.cpu import REPORTED_FLAGS, cpu_features
 
@@ -18,12 +19,15 @@ def test_bench_writes_json_with_a_ratio_per_batch_size(tiny_checkpoint, tiny_mod
                                       "-o", str(out)])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
-    # the printed table: a header, then per batch size the images, both rates and their ratio
+    # the printed table: a header, then per batch size the images, both rates, their ratio and the floor
     lines = result.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["batch", "size"])
+    assert lines[header].split()[-5:] == ["floor", "img/s", "of", "floor", "bound"]
     for line, row in zip(lines[header + 1:header + 3], report["results"]):
         assert line.split() == [str(row["batch_size"]), str(row["images"]), f"{row['runtime_images_per_s']:.2f}",
-                                f"{row['reference_images_per_s']:.2f}", f"{row['ratio']:.2f}x"]
+                                f"{row['reference_images_per_s']:.2f}", f"{row['ratio']:.2f}x",
+                                f"{row['floor_images_per_s']:.2f}", f"{row['of_floor']:.2f}", row["bound"]]
+    assert f"floor:     {report['streaming_gb_per_s']:.2f} GB/s weight streaming" in result.stdout
     assert f"reference: PyTorch on cpu, {tiny_checkpoint}" in result.stdout
     cpu = cpu_features()  # the CPU the figures were measured on
     assert report["cpu"]["model"] == cpu.model
@@ -34,6 +38,30 @@ def test_bench_writes_json_with_a_ratio_per_batch_size(tiny_checkpoint, tiny_mod
     for row in report["results"]:
         assert row["runtime_images_per_s"] > 0 and row["reference_images_per_s"] > 0
         assert abs(row["ratio"] - row["runtime_images_per_s"] / row["reference_images_per_s"]) < 0.02 * row["ratio"] + 0.01
+    assert_floor_keys(report)
+    # guidance (cfg 2 by the model's defaults) doubles the rows: the stages meet the rate of 2 and 4 rows
+    assert report["sampling"]["cfg_scale"] == 2.0 and set(report["compute_gflops_per_s"]) == {"2", "4", "256"}
+    assert report["floor_decoder"] == "counted on the checkpoint's tokenizer"
+    # a backend off the CPU has no floor beside it: the table says so and leaves the columns empty
+    gpu = {**report, **NO_FLOOR_REPORT, "results": [{**row, **NO_FLOOR} for row in report["results"]]}
+    lines = table(gpu).splitlines()
+    assert f"floor:     none: {NO_FLOOR_REPORT['no_floor']}" in lines
+    assert lines[header + 1].split()[-3:] == ["-", "-", "-"]
+
+
+def assert_floor_keys(report: dict) -> None:
+    """Every result against the floor: its keys agree with each other and with the measured images/s."""
+    assert report["streaming_gb_per_s"] > 0 and min(report["compute_gflops_per_s"].values()) > 0
+    for row in report["results"]:
+        parts = row["floor_seconds_per_image"]
+        stages = max(parts["stage_weights"], parts["stage_compute"])
+        floor_seconds = stages + parts["decoder_compute"]
+        assert row["floor_images_per_s"] == pytest.approx(1 / floor_seconds, rel=1e-3, abs=0.01)
+        # of_floor: the measured seconds per image over the floor's, so 1.0 would be the limit
+        assert row["of_floor"] == pytest.approx(row["floor_images_per_s"] / row["runtime_images_per_s"], rel=0.01)
+        weights_rule = parts["stage_weights"] >= parts["stage_compute"] and stages >= parts["decoder_compute"]
+        assert row["bound"] == ("weights" if weights_rule else "compute")
+        assert row["fp32_floor_images_per_s"] > 0
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this torch has CUDA")
@@ -57,6 +85,11 @@ def test_bench_preset_dtype_and_profile(tmp_path):
     assert p["seconds_stages"] > 0 and p["seconds_decoder"] > 0
     assert 0 < p["transformer_gflop_per_image"] < p["decoder_gflop_per_image"]  # tiny: dim 32, 8 positions
     assert 0 < p["stages_utilization"] < 1.5 and report["results"][0]["ratio"] > 0
+    assert_floor_keys(report)
+    row = report["results"][0]  # int8 weights are fewer bytes than fp32's: a floor at least as fast
+    assert row["fp32_floor_images_per_s"] <= row["floor_images_per_s"]
+    if row["bound"] == "weights":
+        assert row["fp32_floor_images_per_s"] < row["floor_images_per_s"]
 
 
 def test_flop_count_matches_the_reference_model_linears(tiny_checkpoint):
@@ -113,6 +146,10 @@ def test_a_model_folder_alone_is_compared_with_the_checkpoint_it_came_from(tiny_
     report = json.loads((tmp_path / "a.json").read_text())
     row = report["results"][0]
     assert report["reference"] is None and row["ratio"] is None and row["runtime_images_per_s"] > 0
+    # no PyTorch model at hand: the floor comes from the folder, its decoder counted on the decoder graph
+    assert_floor_keys(report)
+    assert report["floor_decoder"] == "counted on the decoder graph's shapes"
+    assert row["floor_seconds_per_image"]["decoder_compute"] > 0
 
 
 def test_the_default_says_it_benchmarks_a_random_preset(tmp_path):
