@@ -74,7 +74,8 @@ def integers(values: Any, name: str, minimum: int = 0, maximum: int = MAX_INDEX)
     """A flat list, tuple, range or 1-D integer array of 1..MAX_IMAGES integers in [minimum, maximum],
     as int64 [n]; anything else (nested or ragged lists, floats, strings) is InvalidInputError."""
     arr = values if isinstance(values, np.ndarray) else None
-    if isinstance(values, (list, tuple, range)) and all(type(v) is int for v in values):  # a bool is no int here
+    if isinstance(values, (list, tuple, range)) and 0 < len(values) <= MAX_IMAGES \
+            and all(type(v) is int for v in values):  # a bool is no int here
         try:
             arr = np.array(values, np.int64)  # the usual case: checked below at numpy's speed
         except OverflowError:  # past int64, so out of range

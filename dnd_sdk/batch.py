@@ -329,6 +329,9 @@ def _on_disk(path: Path, size: tuple) -> bool:
         with f, Image.open(f) as im:
             if im.format == "PNG" and im.mode == "RGB" and im.size == size:
                 im.load()  # every pixel: the header alone says nothing of the rest of the file
+                f.seek(0)
+                with Image.open(f) as whole:  # every chunk's CRC and the closing IEND, which load() does not read
+                    whole.verify()
                 return True
             found = f"a {im.format} {im.mode} image of {im.size[0]}x{im.size[1]}"
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:

@@ -15,17 +15,35 @@ from typing import Optional
 from .arguments import as_int
 from .errors import BackendUnavailableError, ManifestError
 from .folders import OwnFiles, atomic_write
-from .manifest import EXPORTED_NAMES, FileRef, json_bytes, read_json, sha256_file
+from .manifest import (
+    EXPORTED_NAMES,
+    FORMAT as MODEL_FORMAT,
+    MANIFEST_NAME,
+    FileRef,
+    json_bytes,
+    listed_intact,
+    read_json,
+    sha256_file,
+)
 from .model_files import inside, read_verified, verify as verify_file
 
 FORMAT, VERSION = "dnd-engines", 1
 ENGINES_NAME = "engines.json"
 _REBUILD = "Rebuild them with `dnd-build MODEL_DIR -o ENGINE_DIR`."
-# every file dnd-build writes: the exported folder's copy, the engines and this index (see OwnFiles)
-BUILT = OwnFiles("dnd-build", ENGINES_NAME, rf"{EXPORTED_NAMES}|engines\.json|engines/(stage\d+|decoder)\.plan")
 # the TensorRT major versions dnd-build and the TensorRT backend are written for (the gpu extras' pin)
 TENSORRT_MAJORS = (10, 11)
 MAX_ROWS = 1 << 16  # rows per engine call: far beyond any GPU's memory for the cache they need
+
+
+def _built(folder: Path) -> Optional[set]:
+    """What dnd-build wrote there, intact: the exported files its manifest lists and the plans engines.json lists."""
+    exported, engines = listed_intact(folder, MANIFEST_NAME, MODEL_FORMAT), listed_intact(folder, ENGINES_NAME, FORMAT)
+    return None if exported is None or engines is None else exported | engines
+
+
+# every file dnd-build writes: the exported folder's copy, the engines and this index (see OwnFiles)
+BUILT = OwnFiles("dnd-build", ENGINES_NAME, rf"{EXPORTED_NAMES}|engines\.json|engines/(stage\d+|decoder)\.plan",
+                 _built)
 
 
 def tensorrt_major(version: str) -> int:

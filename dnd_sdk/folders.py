@@ -105,14 +105,21 @@ def fsync_tree(folder: Path) -> None:
 class OwnFiles:
     """How a command knows a folder of its own making, the only kind its force=True may replace: the folder
     holds `marker`, and every file in it (relative, '/'-separated) is one of the names `pattern` matches.
-    Anything else, such as images `dnd generate` or a person put there, is not the command's to delete."""
+    Anything else, such as images `dnd generate` or a person put there, is not the command's to delete.
+    With `listed`, a file must also be one that the marker lists, intact (`listed(folder)` gives those names,
+    None when the marker is not the command's kind): a person's file that happens to bear one of the names,
+    or a listed one they changed, is not the command's either."""
     command: str
     marker: str
     pattern: str
+    listed: Optional[Callable[[Path], Optional[set]]] = None
 
     def foreign(self, folder: Path) -> list:
         """What in `folder` this command did not write: every entry when its marker is missing."""
         if not os.path.isfile(folder / self.marker) or os.path.islink(folder / self.marker):
+            return sorted(os.listdir(folder))
+        intact = self.listed(folder) if self.listed is not None else None
+        if self.listed is not None and intact is None:
             return sorted(os.listdir(folder))
         found = []
         for root, dirs, files in os.walk(folder):  # links are listed, never followed
@@ -121,11 +128,13 @@ class OwnFiles:
             if here != folder and not dirs and not files:
                 found.append(rel.as_posix())  # an empty folder: the command writes none
             found += [(rel / d).as_posix() for d in dirs if (here / d).is_symlink()]
-            found += [(rel / f).as_posix() for f in files if not self._written(here / f, (rel / f).as_posix())]
+            found += [(rel / f).as_posix() for f in files
+                      if not self._written(here / f, (rel / f).as_posix(), intact)]
         return sorted(found)
 
-    def _written(self, path: Path, name: str) -> bool:
-        return re.fullmatch(self.pattern, name) is not None and stat.S_ISREG(os.lstat(path).st_mode)
+    def _written(self, path: Path, name: str, intact: Optional[set]) -> bool:
+        return (re.fullmatch(self.pattern, name) is not None and stat.S_ISREG(os.lstat(path).st_mode)
+                and (intact is None or name in intact))
 
 
 def through_link(out_dir: Path) -> Path:

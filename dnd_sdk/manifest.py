@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from .arguments import as_int
-from .errors import ManifestError
+from .errors import DndError, ManifestError
 from .folders import OwnFiles, atomic_write
 from .manifest_checks import problems
 from .manifest_schema import (  # noqa: F401 (the schema's names are imported from here)
@@ -35,7 +35,33 @@ MAX_MANIFEST_BYTES = 16 << 20  # a real one is a few kB
 # every file dnd-export writes (a graph's external data beside it): `dnd-export --force` replaces a folder
 # holding only these, never one where `dnd generate` or a person put files
 EXPORTED_NAMES = r"manifest\.json|embeddings\.npz|(stage\d+|decoder)\.onnx(\.data)?"
-EXPORTED = OwnFiles("dnd-export", MANIFEST_NAME, EXPORTED_NAMES)
+
+
+def listed_intact(folder: Path, index: str, format_name: str) -> Optional[set]:
+    """The names of the files that `folder/index` (a manifest.json or engines.json of `format_name`) lists and
+    that are still as it lists them (size and sha256), with `index` itself; None when it is no such file."""
+    try:
+        d = read_json(folder / index, MAX_MANIFEST_BYTES, "")
+    except DndError:
+        return None
+    if not isinstance(d, dict) or d.get("format") != format_name or not isinstance(d.get("files"), dict):
+        return None
+    entries = [e for e in d["files"].values() if isinstance(e, dict)]
+    refs = entries + [r for e in entries if isinstance(e.get("external_data"), list) for r in e["external_data"]]
+    return {index} | {r["file"] for r in refs if isinstance(r, dict) and _intact(folder, r)}
+
+
+def _intact(folder: Path, ref: dict) -> bool:
+    name = ref.get("file")
+    if not isinstance(name, str) or not name or name.startswith("/") or ".." in name.split("/"):
+        return False
+    path = folder / name
+    return (path.is_file() and not path.is_symlink() and path.stat().st_size == ref.get("bytes")
+            and sha256_file(path) == ref.get("sha256"))
+
+
+EXPORTED = OwnFiles("dnd-export", MANIFEST_NAME, EXPORTED_NAMES,
+                    lambda folder: listed_intact(folder, MANIFEST_NAME, FORMAT))
 
 
 @dataclass

@@ -159,26 +159,28 @@ class Scheduler:
         self._images = [im for im in self._images if not im.work.future.done()]
 
     def _admit(self) -> list:
-        """Give free rows to waiting images, first come first served; returns the decodes to run now."""
+        """Give free rows to waiting images, one image to each waiting request in turn, in arrival order: a
+        request of many images cannot hold every row while the requests behind it wait. Returns the decodes
+        to run now."""
         used = {r for im in self._images for r in im.rows}
         free = [r for r in range(self.max_rows) if r not in used]
-        decodes, h, w, depth = [], *self.latent_shape
-        while self._waiting:
-            work = self._waiting[0]
-            if work.labels is None:
-                decodes.append(self._waiting.popleft())
-                continue
-            need = 2 if work.params.guided else 1
-            while work.admitted < len(work.labels) and work.running < work.batch_size and len(free) >= need:
-                j = work.admitted
-                rows = free[:need]
-                del free[:need]
-                u = image_uniforms(work.seed, int(work.indices[j]), h * w * depth).reshape(h * w, depth)
-                self._images.append(_Image(work, j, rows[0], rows[1] if need == 2 else -1, u))
-                work.admitted, work.running = j + 1, work.running + 1
-            if work.admitted < len(work.labels):
-                break  # rows are full, or the request's own batch_size: keep arrival order either way
-            self._waiting.popleft()
+        decodes = [work for work in self._waiting if work.labels is None]
+        sampling = [(work, len(work.labels)) for work in self._waiting if work.labels is not None]
+        h, w, depth = self.latent_shape
+        admitted = True
+        while admitted:
+            admitted = False
+            for work, count in sampling:
+                need = 2 if work.params.guided else 1
+                if work.admitted < count and work.running < work.batch_size and len(free) >= need:
+                    j = work.admitted
+                    rows = free[:need]
+                    del free[:need]
+                    u = image_uniforms(work.seed, int(work.indices[j]), h * w * depth).reshape(h * w, depth)
+                    self._images.append(_Image(work, j, rows[0], rows[1] if need == 2 else -1, u))
+                    work.admitted, work.running = j + 1, work.running + 1
+                    admitted = True
+        self._waiting = deque(work for work, count in sampling if work.admitted < count)
         return decodes
 
     def _step(self) -> None:

@@ -168,17 +168,8 @@ def create_app(gen: Generator, timeout: Optional[float] = 300.0, body_timeout: O
         metrics.latency.labels(str(response.status_code)).observe(time.perf_counter() - t0)
         return response
 
-    async def _images(request: Request) -> Response:
-        try:
-            raw = await asyncio.wait_for(_read_body(request), body_timeout)
-        except asyncio.TimeoutError:
-            return _error(408, f"the body did not arrive within {body_timeout:g} s; send it at once",
-                          {"Connection": "close"})
-        except ClientDisconnect:
-            return _error(CLIENT_GONE, "the client disconnected before its body arrived")
-        if raw is None:
-            return _error(413, f"the body is over {MAX_BODY_BYTES >> 20} MiB; ask for many images with num and "
-                               "start rather than listing them")
+    def _admit(raw: bytes, want_png: bool) -> Any:
+        """(request, future) of a body, parsed, validated and queued; or the error Response."""
         try:
             body = json.loads(raw, parse_int=_json_int)
         except InvalidInputError as e:
@@ -190,17 +181,34 @@ def create_app(gen: Generator, timeout: Optional[float] = 300.0, body_timeout: O
         if not isinstance(body, dict) or set(body) - set(REQUEST_KEYS):
             unknown = sorted(set(body) - set(REQUEST_KEYS)) if isinstance(body, dict) else body
             return _error(400, f"the body must be a JSON object of {', '.join(REQUEST_KEYS)}; got {unknown!r}")
-        want_png = "image/png" in request.headers.get("accept", "")
         try:
             req = gen.request(**body)
             if want_png and len(req.labels) != 1:
                 return _error(406, f"Accept: image/png returns one image, but {len(req.labels)} were asked for; "
                                    "ask for num 1, or accept application/json")
-            future = gen.submit(req)
+            return req, gen.submit(req)
         except InvalidInputError as e:
             return _error(400, _in_server_words(e))
         except OverloadedError as e:
             return _error(429, str(e), {"Retry-After": str(RETRY_AFTER_S)})
+
+    async def _images(request: Request) -> Response:
+        try:
+            raw = await asyncio.wait_for(_read_body(request), body_timeout)
+        except asyncio.TimeoutError:
+            return _error(408, f"the body did not arrive within {body_timeout:g} s; send it at once",
+                          {"Connection": "close"})
+        except ClientDisconnect:
+            return _error(CLIENT_GONE, "the client disconnected before its body arrived")
+        if raw is None:
+            return _error(413, f"the body is over {MAX_BODY_BYTES >> 20} MiB; ask for many images with num and "
+                               "start rather than listing them")
+        want_png = "image/png" in request.headers.get("accept", "")
+        # parsing and validating a 16 MiB body takes seconds: off the event loop, so /health never waits for it
+        admitted = await run_in_threadpool(_admit, raw, want_png)
+        if isinstance(admitted, Response):
+            return admitted
+        req, future = admitted
         result, gone = asyncio.wrap_future(future), asyncio.ensure_future(_disconnect(request))
         try:
             done, _ = await asyncio.wait((result, gone), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)

@@ -154,7 +154,8 @@ def _check_meta(path: Path, meta) -> None:
     defaults = meta.get("sampler_defaults")
     if defaults is not None and not isinstance(defaults, dict):
         raise CheckpointError(f"{path}: meta['sampler_defaults'] must be a mapping of sampler settings, got "
-                              f"{defaults!r:.80}; set them with `dnd train set-defaults`")
+                              f"{defaults!r:.80}: the file was changed outside dnd; use the checkpoint.pt its "
+                              "training run wrote")
     unknown = sorted(map(str, set(defaults or {}) - set(SAMPLER_KEYS)))
     if unknown:
         raise CheckpointError(f"{path}: meta['sampler_defaults'] has unknown keys {unknown}; allowed: "

@@ -58,7 +58,8 @@ def serve(model: Path, host: str, port: int, max_batch: Optional[int], max_queue
         sock = bind(host, port)
 
         def announce(connections: int) -> None:
-            click.echo(f"serving {model} on http://{host}:{sock.getsockname()[1]} ({gen.backend_name}, "
+            address = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL takes brackets
+            click.echo(f"serving {model} on http://{address}:{sock.getsockname()[1]} ({gen.backend_name}, "
                        f"{gen.scheduler.max_rows} rows per call, at most {connections} connections)")
         _log_requests()
         run_server(gen, sock, timeout, header_timeout=header_timeout, body_timeout=body_timeout,

@@ -82,6 +82,9 @@ def test_a_truncated_png_is_never_counted_as_made(gen, reference, tmp_path):
                                                 "not an image of this run .*Delete it and rerun"):
         run_batch(gen, out, job, progress=False)
     assert not (out / "metadata.jsonl").exists()
+    (out / "000004.png").write_bytes(data[:-12])  # every pixel there, but no IEND: cut short all the same
+    with pytest.raises(InvalidInputError, match=f"{out / '000004.png'} is unreadable as an image"):
+        run_batch(gen, out, job, progress=False)
     (out / "000004.png").unlink()
     assert run_batch(gen, out, job, progress=False).made == 1
     assert tree(out)["000004.png"] == tree(reference)["000004.png"]

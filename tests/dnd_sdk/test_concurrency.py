@@ -194,3 +194,13 @@ def test_a_child_made_by_fork_samples_what_the_parent_samples(tiny_model_dir):
             np.testing.assert_array_equal(got, expected)
         busy.join(60)
         np.testing.assert_array_equal(gen.sample_codes(num=3, seed=4, cfg_scale=2.0), expected)  # the parent goes on
+
+
+def test_a_request_of_many_images_cannot_hold_every_row_while_another_waits(tiny_model_dir):
+    # rows go to waiting requests in turn: one image asked for after a hundred gets a row when the first frees
+    with Generator(tiny_model_dir, threads=1, max_batch=2) as gen:
+        many = gen.submit(gen.request(num=100, seed=0, cfg_scale=1.0))
+        one = gen.submit(gen.request(num=1, seed=1, cfg_scale=1.0))
+        assert len(one.result(timeout=60)) == 1
+        assert not many.done()
+        many.cancel()

@@ -1,6 +1,7 @@
 """Generator: backend choice, request semantics, determinism across batching, typed errors."""
 import logging
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -227,3 +228,10 @@ def test_an_error_quotes_a_huge_value_cut_short(gen):
         with pytest.raises(InvalidInputError) as error:
             gen.request(**kwargs)
         assert len(str(error.value)) < 300, str(error.value)[:300]
+
+
+def test_a_huge_range_of_image_indices_is_refused_at_once(gen):
+    t0 = time.perf_counter()
+    with pytest.raises(InvalidInputError, match="image_indices must be a flat list of 1 to"):
+        gen.request(image_indices=range(10**12))
+    assert time.perf_counter() - t0 < 10  # its length, not its items: going through them would take hours

@@ -87,6 +87,27 @@ def test_force_never_deletes_what_dnd_export_did_not_write(tiny_checkpoint, tiny
     assert (out / foreign).read_text() == "not the exporter's" and leftovers(tmp_path) == ["model"]
 
 
+def test_force_never_replaces_files_that_only_bear_the_exported_names(tiny_checkpoint, tiny_model_dir, tmp_path):
+    web = tmp_path / "webapp"  # a person's folder whose files happen to have names dnd-export writes
+    web.mkdir()
+    (web / "manifest.json").write_text('{"name": "my app"}')
+    (web / "decoder.onnx").write_text("mine")
+    out = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, out)
+    (out / "stage4.onnx").write_text("mine")  # an exported name its manifest does not list
+    for folder, held in ((web, "decoder.onnx, manifest.json"), (out, "stage4.onnx")):
+        result = CliRunner().invoke(main, [str(tiny_checkpoint), "-o", str(folder), "--force"])
+        assert result.exit_code == 1 and f"{folder} holds {held}, which dnd-export did not write" in result.output
+    assert (web / "decoder.onnx").read_text() == "mine" and (out / "stage4.onnx").read_text() == "mine"
+    (out / "stage4.onnx").unlink()
+    data = bytearray((out / "stage1.onnx").read_bytes())  # a listed graph a person changed is theirs now
+    data[-1] ^= 1
+    (out / "stage1.onnx").write_bytes(bytes(data))
+    result = CliRunner().invoke(main, [str(tiny_checkpoint), "-o", str(out), "--force"])
+    assert result.exit_code == 1 and "holds stage1.onnx, which dnd-export did not write" in result.output
+    assert (out / "stage1.onnx").read_bytes() == bytes(data)
+
+
 def test_force_replaces_a_folder_dnd_export_wrote_with_external_data(tiny_checkpoint, tmp_path):
     out = export_model(tiny_checkpoint, tmp_path / "model", external_threshold=0)
     assert "stage0.onnx.data" in leftovers(out)
