@@ -126,7 +126,7 @@ class Generator:
         if class_id is None:
             is_int = isinstance(label, str) or as_int(label, -math.inf, math.inf) is not None  # of any size
             wrong = (f"class id {shown(label).strip(QUOTE)} is out of range" if is_int
-                     else f"a label is a class name or an int class id, got {shown(label)}")
+                     else f"each of {arg('labels')} is a class name or an int class id, got {shown(label)}")
             raise InvalidInputError(f"{wrong}; this model has classes 0..{self.num_classes - 1}", ["labels"])
         return class_id
 
@@ -145,7 +145,7 @@ class Generator:
 
     def _indices(self, given: Optional[list], num: Any, image_indices: Any, start: Any) -> np.ndarray:
         if image_indices is not None:
-            if as_int(start) != 0:  # any start but the default
+            if start is not None and as_int(start) != 0:  # any start but the default
                 raise InvalidInputError(f"give {arg('image_indices')} or {arg('start')}, not both")
             indices = integers(image_indices, "image_indices")
             if num is not None and len(indices) != integer(num, "num", 1, MAX_IMAGES):

@@ -40,9 +40,12 @@ EXPORTED_NAMES = r"manifest\.json|embeddings\.npz|(stage\d+|decoder)\.onnx(\.dat
 def listed_intact(folder: Path, index: str, format_name: str) -> Optional[set]:
     """The names of the files that `folder/index` (a manifest.json or engines.json of `format_name`) lists and
     that are still as it lists them (size and sha256), with `index` itself; None when it is no such file."""
+    path = folder / index
+    if not path.is_file() or path.is_symlink():  # a FIFO would block the read, a link lead elsewhere
+        return None
     try:
-        d = read_json(folder / index, MAX_MANIFEST_BYTES, "")
-    except DndError:
+        d = read_json(path, MAX_MANIFEST_BYTES, "")
+    except (DndError, OSError):
         return None
     if not isinstance(d, dict) or d.get("format") != format_name or not isinstance(d.get("files"), dict):
         return None

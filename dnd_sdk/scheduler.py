@@ -159,27 +159,32 @@ class Scheduler:
         self._images = [im for im in self._images if not im.work.future.done()]
 
     def _admit(self) -> list:
-        """Give free rows to waiting images, one image to each waiting request in turn, in arrival order: a
-        request of many images cannot hold every row while the requests behind it wait. Returns the decodes
-        to run now."""
+        """Give free rows to waiting images, each to the request with the fewest images running (in arrival
+        order among equals): a request of many images cannot hold every row while others wait, and one that
+        needs two rows (guidance) while one is free holds the rows back until its two are there, so that
+        single rows going to others cannot starve it. Returns the decodes to run now."""
+        if not self._waiting:
+            return []
         used = {r for im in self._images for r in im.rows}
         free = [r for r in range(self.max_rows) if r not in used]
         decodes = [work for work in self._waiting if work.labels is None]
         sampling = [(work, len(work.labels)) for work in self._waiting if work.labels is not None]
         h, w, depth = self.latent_shape
-        admitted = True
-        while admitted:
-            admitted = False
-            for work, count in sampling:
-                need = 2 if work.params.guided else 1
-                if work.admitted < count and work.running < work.batch_size and len(free) >= need:
-                    j = work.admitted
-                    rows = free[:need]
-                    del free[:need]
-                    u = image_uniforms(work.seed, int(work.indices[j]), h * w * depth).reshape(h * w, depth)
-                    self._images.append(_Image(work, j, rows[0], rows[1] if need == 2 else -1, u))
-                    work.admitted, work.running = j + 1, work.running + 1
-                    admitted = True
+        while True:
+            open_ = [(work.running, i) for i, (work, count) in enumerate(sampling)
+                     if work.admitted < count and work.running < work.batch_size]
+            if not open_:
+                break
+            work = sampling[min(open_)[1]][0]
+            need = 2 if work.params.guided else 1
+            if len(free) < need:
+                break  # it waits for its rows, and nobody takes them meanwhile
+            j = work.admitted
+            rows = free[:need]
+            del free[:need]
+            u = image_uniforms(work.seed, int(work.indices[j]), h * w * depth).reshape(h * w, depth)
+            self._images.append(_Image(work, j, rows[0], rows[1] if need == 2 else -1, u))
+            work.admitted, work.running = j + 1, work.running + 1
         self._waiting = deque(work for work, count in sampling if work.admitted < count)
         return decodes
 

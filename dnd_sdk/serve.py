@@ -168,8 +168,8 @@ def create_app(gen: Generator, timeout: Optional[float] = 300.0, body_timeout: O
         metrics.latency.labels(str(response.status_code)).observe(time.perf_counter() - t0)
         return response
 
-    def _admit(raw: bytes, want_png: bool) -> Any:
-        """(request, future) of a body, parsed, validated and queued; or the error Response."""
+    def _parse(raw: bytes, want_png: bool) -> Any:
+        """The request of a body, parsed and validated; or the error Response."""
         try:
             body = json.loads(raw, parse_int=_json_int)
         except InvalidInputError as e:
@@ -186,11 +186,9 @@ def create_app(gen: Generator, timeout: Optional[float] = 300.0, body_timeout: O
             if want_png and len(req.labels) != 1:
                 return _error(406, f"Accept: image/png returns one image, but {len(req.labels)} were asked for; "
                                    "ask for num 1, or accept application/json")
-            return req, gen.submit(req)
+            return req
         except InvalidInputError as e:
             return _error(400, _in_server_words(e))
-        except OverloadedError as e:
-            return _error(429, str(e), {"Retry-After": str(RETRY_AFTER_S)})
 
     async def _images(request: Request) -> Response:
         try:
@@ -205,10 +203,13 @@ def create_app(gen: Generator, timeout: Optional[float] = 300.0, body_timeout: O
                                "start rather than listing them")
         want_png = "image/png" in request.headers.get("accept", "")
         # parsing and validating a 16 MiB body takes seconds: off the event loop, so /health never waits for it
-        admitted = await run_in_threadpool(_admit, raw, want_png)
-        if isinstance(admitted, Response):
-            return admitted
-        req, future = admitted
+        req = await run_in_threadpool(_parse, raw, want_png)
+        if isinstance(req, Response):
+            return req
+        try:  # here, not in the thread: a handler cancelled meanwhile must leave nothing queued
+            future = gen.submit(req)
+        except OverloadedError as e:
+            return _error(429, str(e), {"Retry-After": str(RETRY_AFTER_S)})
         result, gone = asyncio.wrap_future(future), asyncio.ensure_future(_disconnect(request))
         try:
             done, _ = await asyncio.wait((result, gone), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)

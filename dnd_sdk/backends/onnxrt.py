@@ -246,8 +246,9 @@ class OnnxrtBackend(Backend):
         if self._bound_rows[k] != run_rows:
             self._bind(k, run_rows)
         self.sessions[self.manifest.stages[k].graph].run_with_iobinding(self._bindings[k])
+        slots = np.arange(rows)
         for _, _, cache, fresh in self._caches[k]:  # each row's new key/value into its own slot
-            cache[np.arange(rows), :, positions] = fresh[:rows, :, 0]
+            cache[slots, :, positions] = fresh[:rows, :, 0]
         logits, hidden_out = self._outputs[k]
         return logits[:rows], hidden_out[:rows]
 

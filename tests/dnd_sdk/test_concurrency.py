@@ -204,3 +204,16 @@ def test_a_request_of_many_images_cannot_hold_every_row_while_another_waits(tiny
         assert len(one.result(timeout=60)) == 1
         assert not many.done()
         many.cancel()
+
+
+def test_a_guided_request_gets_its_two_rows_while_single_rows_keep_coming(tiny_model_dir):
+    # with rows freed one at a time, each taken at once by a newer one-row request, a request needing two
+    # rows would wait for ever: it holds the freed rows back until its two are there
+    with Generator(tiny_model_dir, threads=1, max_batch=3) as gen:
+        stream = [gen.submit(gen.request(num=1, seed=s, cfg_scale=1.0)) for s in range(3)]
+        guided = gen.submit(gen.request(num=1, seed=9, cfg_scale=2.0))
+        stream += [gen.submit(gen.request(num=1, seed=s, cfg_scale=1.0)) for s in range(3, 40)]
+        assert len(guided.result(timeout=60)) == 1
+        assert not all(f.done() for f in stream)  # it did not simply wait for all of them
+        for f in stream:
+            f.result(timeout=60)
