@@ -39,7 +39,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .arguments import as_int, integer, seconds
+from .arguments import as_int, integer, seconds, shown
 from .connections import BACKLOG, ConnectionGuard, GuardedH11Protocol, connection_cap
 from .errors import DndError, InvalidInputError, OverloadedError, arg
 from .generator import Generator
@@ -180,7 +180,7 @@ def create_app(gen: Generator, timeout: Optional[float] = 300.0, body_timeout: O
             return _error(400, "the body is nested too deeply; it must be a JSON object of request keys")
         if not isinstance(body, dict) or set(body) - set(REQUEST_KEYS):
             unknown = sorted(set(body) - set(REQUEST_KEYS)) if isinstance(body, dict) else body
-            return _error(400, f"the body must be a JSON object of {', '.join(REQUEST_KEYS)}; got {unknown!r}")
+            return _error(400, f"the body must be a JSON object of {', '.join(REQUEST_KEYS)}; got {shown(unknown)}")
         try:
             req = gen.request(**body)
             if want_png and len(req.labels) != 1:
