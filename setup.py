@@ -12,7 +12,7 @@ setup(
     description="Train, export and deploy DnD-Transformer image generators",
     python_requires=">=3.10",
     packages=[
-        "dnd_sdk", "dnd_sdk.backends", "dnd_sdk.cli",
+        "dnd_sdk", "dnd_sdk.backends", "dnd_sdk.cli", "dnd_sdk.model_folder",
         "dnd_training", "dnd_training.importers", "dnd_export", "dnd_engines", "dnd_eval", "dnd_bench",
     ],
     package_dir={

@@ -27,7 +27,7 @@ import torch
 
 from dnd_sdk.cpu import cpu_features
 from dnd_sdk.errors import InvalidInputError
-from dnd_sdk.manifest import sha256_file
+from dnd_sdk.model_folder.manifest import sha256_file
 from dnd_training.pixels import to_uint8
 from dnd_training.random_checkpoint import random_checkpoint
 from .floor import NO_FLOOR, NO_FLOOR_REPORT, Floor, Rates, decoder_graph_gflop, fp32_work, model_work
@@ -165,7 +165,7 @@ def bench_command(checkpoint, model_dir, batches, num_batches=4, threads=1, repe
                    "folder. Give MODEL (an exported folder) or --checkpoint to benchmark yours.")
             checkpoint = random_checkpoint(Path(tmp) / "checkpoint.pt", preset)[0]
         elif checkpoint is None:
-            from dnd_sdk.manifest import load_manifest
+            from dnd_sdk.model_folder.manifest import load_manifest
             checkpoint, why = reference_checkpoint(load_manifest(model_dir, verify=False))
             notice(f"Comparing {model_dir} with the PyTorch reference on {why}." if checkpoint is not None else
                    f"Benchmarking the runtime alone: {why}; give --checkpoint to compare with PyTorch.")

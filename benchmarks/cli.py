@@ -9,7 +9,7 @@ from dnd_sdk.backends import BACKEND_CHOICES
 from dnd_sdk.cli.flags import user_errors
 from dnd_sdk.cli.options import sampler_options
 from dnd_sdk.errors import InvalidInputError
-from dnd_sdk.manifest_schema import DECODER_DTYPES
+from dnd_sdk.model_folder.schema import DECODER_DTYPES
 from dnd_training.model import MODEL_CONFIGS
 
 

@@ -25,7 +25,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from dnd_sdk.errors import ManifestError
-from dnd_sdk.manifest import Manifest
+from dnd_sdk.model_folder.manifest import Manifest
 from dnd_training.config import stored_config
 from dnd_training.model import ModelArgs
 from .profile import fed_positions, stage_parameters, transformer_gflop

@@ -32,7 +32,7 @@ from .errors import InvalidInputError, OutputError, arg
 from .folders import holds, open_regular
 from .generator import Generator
 from .images import TMP_SUFFIX, atomic_write, contact_sheet, save_png, write_npz
-from .manifest import MANIFEST_NAME
+from .model_folder.manifest import MANIFEST_NAME
 from .sampler import SamplingParams
 
 RUN_FILE, METADATA_FILE, NPZ_FILE, GRID_FILE = "run.json", "metadata.jsonl", "samples.npz", "grid.png"

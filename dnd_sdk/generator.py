@@ -23,8 +23,8 @@ import numpy as np
 from .arguments import MAX_IMAGES, MAX_INDEX, as_int, integer, integers, seconds, shown
 from .backends import open_backend
 from .errors import InvalidInputError, RequestTimeoutError, arg
-from .manifest import load_manifest
-from .model_files import load_embeddings
+from .model_folder.files import load_embeddings
+from .model_folder.manifest import load_manifest
 from .sampler import SamplingParams
 from .scheduler import Scheduler, Work
 

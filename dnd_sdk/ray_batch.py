@@ -10,7 +10,6 @@ byte for byte, what one process writes; workers need no shared filesystem; and a
 resumes like a killed `dnd generate`. A worker that dies has its chunks queued again and is
 replaced. ray is imported only when a run starts, so `import dnd_sdk` never loads it.
 """
-import hashlib
 import logging
 import os
 import socket
@@ -41,7 +40,8 @@ from .batch import (
 from .errors import ClusterError, DndError, InvalidInputError, arg
 from .generator import Generator
 from .images import to_pil
-from .manifest import MANIFEST_NAME, load_manifest
+from .model_folder.hashing import sha256_bytes
+from .model_folder.manifest import MANIFEST_NAME, load_manifest
 
 IN_FLIGHT = 2          # chunks queued per worker, so that it samples the next while the driver writes the last
 RESTARTS = 3           # replacements per worker before the run goes on without it
@@ -217,10 +217,6 @@ def _check_room(ray: Any, o: RayOptions) -> None:
                                ["workers", f"worker_{key.lower()}s"])
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _first_line(error: Exception) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
@@ -242,7 +238,7 @@ class _Worker:
         import ray
         if files is None:
             manifest = Path(path) / MANIFEST_NAME
-            if not manifest.is_file() or _sha256(manifest.read_bytes()) != manifest_sha256:
+            if not manifest.is_file() or sha256_bytes(manifest.read_bytes()) != manifest_sha256:
                 return None
         else:
             self._copy = tempfile.TemporaryDirectory(prefix="dnd-model-")
@@ -285,7 +281,7 @@ class _Pool:
 
     def __init__(self, ray: Any, model: Path, options: RayOptions) -> None:
         self.ray, self.model, self.options = ray, model.resolve(), options
-        self.manifest_sha256 = _sha256((model / MANIFEST_NAME).read_bytes())
+        self.manifest_sha256 = sha256_bytes((model / MANIFEST_NAME).read_bytes())
         self.files = None  # name -> ObjectRef, put the first time a worker needs them
         self.remote = ray.remote(num_cpus=options.worker_cpus, num_gpus=options.worker_gpus, max_restarts=0)(_Worker)
         self.run_id = uuid.uuid4().hex[:8]

@@ -24,7 +24,7 @@ MAX_CFG_SCALE = 100.0
 class SamplingParams:
     """How tokens are drawn: the one definition of the sampler's settings, carried from the command line
     (`dnd_sdk.cli.options`) and the server through `Generator.request` to every row of a batch, and
-    stored (manifest_schema.SAMPLER_KEYS) as a model's defaults. `head_temperatures` (one per depth) overrides `temperature`."""
+    stored (model_folder.schema.SAMPLER_KEYS) as a model's defaults. `head_temperatures` (one per depth) overrides `temperature`."""
     cfg_scale: float = 1.0
     temperature: float = 1.0
     top_k: int = 0

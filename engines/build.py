@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from dnd_sdk.engine_index import BUILT, EngineIndex, tensorrt_major, write_engine_index
 from dnd_sdk.errors import BackendUnavailableError, DndError, InvalidInputError
 from dnd_sdk.folders import atomic_write, check_target, staged_folder, write_failure
-from dnd_sdk.manifest import MANIFEST_NAME, FileRef, load_manifest
+from dnd_sdk.model_folder.engine_index import BUILT, EngineIndex, tensorrt_major, write_engine_index
+from dnd_sdk.model_folder.manifest import MANIFEST_NAME, FileRef, load_manifest
 from .profiles import profile_shapes
 
 log = logging.getLogger(__name__)

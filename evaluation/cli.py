@@ -8,7 +8,7 @@ import click
 from dnd_sdk.cli.flags import refuse_flags_that_do_not_apply, user_errors
 from dnd_sdk.cli.options import sampler_grid_options, sampler_options
 from dnd_sdk.errors import InvalidInputError
-from dnd_sdk.manifest_schema import SAMPLER_KEYS
+from dnd_sdk.model_folder.schema import SAMPLER_KEYS
 
 
 @click.group("eval")

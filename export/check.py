@@ -19,7 +19,7 @@ from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 from polygraphy.comparator import Comparator, IterationResult, SimpleCompareFunc
 from polygraphy.logger import G_LOGGER
 
-from dnd_sdk.manifest import load_manifest
+from dnd_sdk.model_folder.manifest import load_manifest
 from .errors import ExportCheckError
 from .stages import DecoderWrapper, StageWrapper, cache_length
 from .trt_lint import lint_folder

@@ -7,7 +7,7 @@ import time
 import click
 
 from dnd_sdk.cli.flags import user_errors
-from dnd_sdk.manifest_schema import DECODER_DTYPES
+from dnd_sdk.model_folder.schema import DECODER_DTYPES
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

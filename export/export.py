@@ -19,7 +19,7 @@ import torch
 import dnd_sdk
 from dnd_sdk.errors import InvalidInputError, arg
 from dnd_sdk.folders import check_target, staged_folder, write_failure
-from dnd_sdk.manifest import (
+from dnd_sdk.model_folder.manifest import (
     BACKEND_NAMES,
     EXPORTED,
     ONNXRUNTIME_ONLY,

@@ -12,7 +12,7 @@ import onnx
 import torch
 
 from dnd_sdk.folders import usual_mode
-from dnd_sdk.manifest import DIM_NAMES, TensorSpec
+from dnd_sdk.model_folder.manifest import DIM_NAMES, TensorSpec
 
 # protobuf cannot serialise a message past 2 GiB; stay clear of it with the graph structure on top
 EXTERNAL_DATA_THRESHOLD = 2_000_000_000

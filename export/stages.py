@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from dnd_sdk.manifest import DIM_NAMES, KV_TEMPLATES
+from dnd_sdk.model_folder.manifest import DIM_NAMES, KV_TEMPLATES
 from dnd_training.model import rope_angles
 from dnd_training.pixels import to_uint8, unit_range
 

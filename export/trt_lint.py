@@ -24,7 +24,7 @@ import onnx
 from onnx import numpy_helper, shape_inference
 
 from dnd_sdk.cli.flags import user_errors
-from dnd_sdk.manifest import load_manifest
+from dnd_sdk.model_folder.manifest import load_manifest
 
 # [ops] header: the opsets TensorRT 10.0, the oldest version the gpu extra admits, parses
 OPSETS = range(9, 21)

@@ -14,7 +14,7 @@ import torch
 
 from dnd_sdk.errors import CheckpointError, InvalidInputError, arg
 from dnd_sdk.labels import label_problem
-from dnd_sdk.manifest import SAMPLER_KEYS
+from dnd_sdk.model_folder.manifest import SAMPLER_KEYS
 from dnd_sdk.sampler import SamplingParams
 from .config import stored_config
 from .model import ModelArgs, Transformer

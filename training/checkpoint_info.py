@@ -3,7 +3,7 @@ from pathlib import Path
 
 import torch
 
-from dnd_sdk.manifest_schema import SAMPLER_KEYS
+from dnd_sdk.model_folder.schema import SAMPLER_KEYS
 from dnd_sdk.sampler import SamplingParams
 from .checkpoint import load_checkpoint
 from .model import Transformer

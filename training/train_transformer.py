@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 
 from dnd_sdk.errors import InvalidInputError
-from dnd_sdk.manifest_schema import SAMPLER_KEYS
+from dnd_sdk.model_folder.schema import SAMPLER_KEYS
 from dnd_sdk.sampler import SamplingParams
 from .checkpoint import load_checkpoint, save_checkpoint
 from .codes import CodesConfig, CodeSet, load_codes

@@ -7,7 +7,7 @@ from typing import Optional
 
 from ..arguments import integer
 from ..errors import BackendUnavailableError, InvalidInputError
-from ..manifest import Manifest
+from ..model_folder.manifest import Manifest
 from .base import Backend
 
 log = logging.getLogger(__name__)

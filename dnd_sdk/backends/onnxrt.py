@@ -25,9 +25,9 @@ from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as OrtNot
 
 from ..cpu import cpu_features
 from ..errors import BackendUnavailableError, ManifestError
-from ..manifest import Manifest
-from ..manifest_checks import spec_text
-from ..model_files import RERUN, graph_session
+from ..model_folder.checks import spec_text
+from ..model_folder.files import RERUN, graph_session
+from ..model_folder.manifest import Manifest
 from .base import Backend, RowPositions
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ class OnnxrtBackend(Backend):
 
     Args:
         model_dir (Path): the exported model folder.
-        manifest (dnd_sdk.manifest.Manifest): its loaded, verified manifest.
+        manifest (dnd_sdk.model_folder.manifest.Manifest): its loaded, verified manifest.
         device (str): "cpu" or "cuda".
         threads (Optional[int]): intra-op threads per session; None lets ONNX Runtime use every core.
     """

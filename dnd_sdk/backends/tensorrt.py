@@ -16,9 +16,9 @@ try:
 except ImportError as e:
     raise ImportError(f"TensorRT is not installed ({e}); pip install 'dnd-sdk[gpu]' (README, 'GPU install')") from None
 
-from ..engine_index import ENGINES_NAME, load_engine_index, read_plan, tensorrt_major
 from ..errors import BackendUnavailableError, InvalidInputError
-from ..manifest import Manifest
+from ..model_folder.engine_index import ENGINES_NAME, load_engine_index, read_plan, tensorrt_major
+from ..model_folder.manifest import Manifest
 from .base import Backend, RowPositions
 from .cuda_runtime import DEVICE_TO_HOST, HOST_TO_DEVICE, CudaRuntime
 from .device_cache import KERNEL_NAME, KERNEL_SOURCE, CacheLayout, DeviceCache
@@ -81,7 +81,7 @@ class TensorrtBackend(Backend):
 
     Args:
         model_dir (Path): the engine folder: an exported folder plus engines/*.plan and engines.json.
-        manifest (dnd_sdk.manifest.Manifest): its loaded, verified manifest.
+        manifest (dnd_sdk.model_folder.manifest.Manifest): its loaded, verified manifest.
         threads: ignored (the work runs on the GPU).
     """
     name = "tensorrt"

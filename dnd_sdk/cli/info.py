@@ -5,9 +5,9 @@ from pathlib import Path
 
 import click
 
-from ..engine_index import load_engine_index
-from ..manifest import load_manifest
-from ..model_files import load_embeddings
+from ..model_folder.engine_index import load_engine_index
+from ..model_folder.files import load_embeddings
+from ..model_folder.manifest import load_manifest
 from .flags import user_errors
 
 SOURCE_KEYS = ("checkpoint", "checkpoint_sha256")  # the producer's record of the file exported (dnd_export)

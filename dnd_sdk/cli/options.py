@@ -7,7 +7,7 @@ from typing import Any, Optional
 import click
 
 from ..backends import BACKEND_CHOICES
-from ..manifest_schema import SAMPLER_KEYS
+from ..model_folder.schema import SAMPLER_KEYS
 
 # The sampler's settings on a command line, declared once for every command that samples or stores them:
 # SamplingParams field -> (flag, type, what it does)

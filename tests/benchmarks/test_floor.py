@@ -15,7 +15,7 @@ from dnd_bench.floor import (
     stage_weight_bytes,
 )
 from dnd_bench.profile import decoder_gflop, stage_parameters, transformer_gflop
-from dnd_sdk.manifest import load_manifest
+from dnd_sdk.model_folder.manifest import load_manifest
 
 
 def test_the_floor_by_hand():

@@ -123,7 +123,7 @@ def test_the_kernel_writes_each_row_into_its_own_slot_only():
 
 
 def test_bindings_are_row_prefixes_of_the_buffers_the_kernel_writes(tiny_model_dir):
-    from dnd_sdk.manifest import load_manifest
+    from dnd_sdk.model_folder.manifest import load_manifest
     manifest = load_manifest(tiny_model_dir)
     layout, base = CacheLayout.of(manifest, max_rows=8), 1 << 40
     for k, table in enumerate(layout.tables(base)):

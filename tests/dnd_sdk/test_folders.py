@@ -161,7 +161,7 @@ def test_only_a_regular_file_is_opened_for_reading(tmp_path, kind):
 
 
 def test_a_folder_index_that_is_not_a_file_lists_nothing(tmp_path):
-    from dnd_sdk.manifest import FORMAT, MANIFEST_NAME, listed_intact
+    from dnd_sdk.model_folder.manifest import FORMAT, MANIFEST_NAME, listed_intact
 
     assert listed_intact(tmp_path, MANIFEST_NAME, FORMAT) is None  # missing
     os.mkfifo(tmp_path / MANIFEST_NAME)  # reading it would wait for a writer for ever

@@ -15,8 +15,8 @@ from click.testing import CliRunner
 from dnd_sdk import Generator
 from dnd_sdk.cli.main import cli
 from dnd_sdk.errors import ManifestError
-from dnd_sdk.manifest import FileRef, Manifest, load_manifest, sha256_file
-from dnd_sdk.model_files import graph_session, load_embeddings, read_verified
+from dnd_sdk.model_folder.files import graph_session, load_embeddings, read_verified
+from dnd_sdk.model_folder.manifest import FileRef, Manifest, load_manifest, sha256_file
 
 
 @pytest.fixture(scope="module")

@@ -95,8 +95,9 @@ def test_a_killed_worker_is_replaced_and_nothing_changes(cluster, tiny_model_dir
 
 
 def test_a_worker_opens_the_model_by_path_or_from_the_object_store_and_checks_it(cluster, tiny_model_dir, tmp_path):
-    from dnd_sdk.ray_batch import _sha256, _Worker
-    digest = _sha256((tiny_model_dir / "manifest.json").read_bytes())
+    from dnd_sdk.model_folder.hashing import sha256_bytes
+    from dnd_sdk.ray_batch import _Worker
+    digest = sha256_bytes((tiny_model_dir / "manifest.json").read_bytes())
     assert _Worker().load(str(tmp_path / "elsewhere"), digest, None, "onnxruntime-cpu", 1) is None  # path not seen
     copy = tmp_path / "other"  # a folder at the path with another manifest.json is not the model either
     copy.mkdir()

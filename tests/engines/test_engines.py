@@ -14,9 +14,15 @@ from dnd_engines.cli import main as dnd_build
 from dnd_engines.profiles import profile_shapes
 from dnd_sdk import Generator
 from dnd_sdk.cli.main import cli
-from dnd_sdk.engine_index import EngineIndex, load_engine_index, read_plan, tensorrt_major, write_engine_index
 from dnd_sdk.errors import BackendUnavailableError, ManifestError
-from dnd_sdk.manifest import FileRef, load_manifest
+from dnd_sdk.model_folder.engine_index import (
+    EngineIndex,
+    load_engine_index,
+    read_plan,
+    tensorrt_major,
+    write_engine_index,
+)
+from dnd_sdk.model_folder.manifest import FileRef, load_manifest
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"

@@ -28,7 +28,7 @@ def _why_no_tensorrt() -> str:
     try:
         import tensorrt
 
-        from dnd_sdk.engine_index import tensorrt_major
+        from dnd_sdk.model_folder.engine_index import tensorrt_major
         tensorrt_major(tensorrt.__version__)
     except (ImportError, DndError) as e:
         return str(e)
@@ -100,7 +100,7 @@ def test_build_engine_reports_profiles_that_do_not_fit_the_graph(tiny_model_dir)
 
     from dnd_engines.build import BuildConfig, EngineBuildError, _build_engine, _new_builder
     from dnd_engines.profiles import profile_shapes
-    from dnd_sdk.manifest import load_manifest
+    from dnd_sdk.model_folder.manifest import load_manifest
 
     manifest = load_manifest(tiny_model_dir)
     shapes = profile_shapes(manifest, max_rows=2)["stage0"]

@@ -2,7 +2,7 @@
 import numpy as np
 import onnxruntime as ort
 
-from dnd_sdk.manifest import load_manifest
+from dnd_sdk.model_folder.manifest import load_manifest
 
 
 def sessions(model_dir):

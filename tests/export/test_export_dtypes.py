@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from dnd_engines.cli import main as dnd_build
 from dnd_export import export_model
 from dnd_sdk.errors import InvalidInputError, ManifestError
-from dnd_sdk.manifest import load_manifest
+from dnd_sdk.model_folder.manifest import load_manifest
 from dnd_training.checkpoint import load_checkpoint
 from export_helpers import rows_that_depend_on_their_batch, teacher_forced_logits
 
@@ -169,7 +169,7 @@ def test_no_int8_kernel_can_saturate(tiny_checkpoint, tmp_path):
 @pytest.mark.parametrize("dtype, decoder_dtype", [("int8", "int8"), ("int4", "fp32")])
 def test_quantized_graphs_keep_only_their_own_external_data(tiny_checkpoint, tmp_path, dtype, decoder_dtype):
     from dnd_sdk import Generator
-    from dnd_sdk.onnx_refs import onnx_external_files
+    from dnd_sdk.model_folder.onnx_refs import onnx_external_files
 
     out = export_model(tiny_checkpoint, tmp_path / "m", dtype=dtype, decoder_dtype=decoder_dtype, external_threshold=0)
     fp32 = export_model(tiny_checkpoint, tmp_path / "fp32", external_threshold=0)

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from dnd_export import ExportError, export_model
 from dnd_export.cli import main
 from dnd_sdk.errors import CheckpointError, InvalidInputError
-from dnd_sdk.manifest import load_manifest
+from dnd_sdk.model_folder.manifest import load_manifest
 
 
 def leftovers(folder):

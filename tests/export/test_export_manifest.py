@@ -7,7 +7,7 @@ import onnx
 import pytest
 
 from dnd_sdk.errors import ManifestError
-from dnd_sdk.manifest import DIM_NAMES, Manifest, load_manifest, sha256_file, write_manifest
+from dnd_sdk.model_folder.manifest import DIM_NAMES, Manifest, load_manifest, sha256_file, write_manifest
 from dnd_training.checkpoint import load_checkpoint
 
 

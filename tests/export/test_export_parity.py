@@ -7,7 +7,7 @@ import torch
 from dnd_export import export_model
 from dnd_export.onnx_export import export_graph
 from dnd_export.stages import DecoderWrapper
-from dnd_sdk.manifest import load_manifest
+from dnd_sdk.model_folder.manifest import load_manifest
 from dnd_training.checkpoint import load_checkpoint
 from export_helpers import sessions, teacher_forced_logits
 

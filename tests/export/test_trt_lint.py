@@ -7,7 +7,7 @@ from onnx import TensorProto as T, helper
 from dnd_export import ExportCheckError, export_model
 from dnd_export.stages import StageWrapper
 from dnd_export.trt_lint import lint_folder, lint_graph, lint_model
-from dnd_sdk.manifest import load_manifest
+from dnd_sdk.model_folder.manifest import load_manifest
 
 
 @pytest.mark.parametrize("dtype, opset", [("fp32", 17), ("fp16", 17), ("bf16", 17), ("fp32", 14), ("fp16", 20)])

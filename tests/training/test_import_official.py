@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from dnd_sdk import Generator
 from dnd_sdk.cli.main import cli
 from dnd_sdk.errors import CheckpointError, ManifestError
-from dnd_sdk.manifest import load_manifest
+from dnd_sdk.model_folder.manifest import load_manifest
 from dnd_training.checkpoint import load_checkpoint
 from dnd_training.importers.official import ImportSettings, imagenet_labels, import_official
 from dnd_training.model import ModelArgs, Transformer

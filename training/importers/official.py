@@ -9,7 +9,6 @@ files safely, finding every setting the weights determine, checking it against w
 args, a preset, a release), and writing the checkpoint without a second copy of the weights in memory.
 """
 import dataclasses
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import yaml
 
 from dnd_sdk.errors import CheckpointError, InvalidInputError
 from dnd_sdk.labels import label_problem
+from dnd_sdk.model_folder.hashing import sha256_file
 from ..checkpoint import FORMAT, VERSION
 from ..config import value_problem
 from ..model import ModelArgs, Transformer
@@ -385,14 +385,6 @@ def read_labels(path) -> list:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def import_official(gpt_path, tokenizer_path, out_path, settings: ImportSettings) -> Path:
     """Write `out_path` (a dnd checkpoint.pt) from a published GPT file and RQ-VAE tokenizer file.
     Everything is read and checked before anything is written; the write is atomic."""
@@ -431,9 +423,9 @@ def import_official(gpt_path, tokenizer_path, out_path, settings: ImportSettings
 
     meta = {"source": {
         "kind": "official DnD-Transformer",
-        "gpt": {"file": gpt_path.name, "sha256": _sha256(gpt_path)},
-        "tokenizer": {"file": tokenizer_path.name, "sha256": _sha256(tokenizer_path)},
-        "tokenizer_config": {"file": yaml_path.name, "sha256": _sha256(yaml_path)},
+        "gpt": {"file": gpt_path.name, "sha256": sha256_file(gpt_path)},
+        "tokenizer": {"file": tokenizer_path.name, "sha256": sha256_file(tokenizer_path)},
+        "tokenizer_config": {"file": yaml_path.name, "sha256": sha256_file(yaml_path)},
         "release": settings.release, "preset": settings.preset,
         "official_args": json.loads(json.dumps(official, default=str)),
     }}

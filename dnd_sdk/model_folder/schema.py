@@ -1,6 +1,6 @@
 """The names and values a manifest.json may hold, apart from the code that reads and checks it:
-`dnd_sdk.manifest` (reading, writing) and `dnd_sdk.manifest_checks` (values) both import them from here,
-so neither has to import the other back. Import them from `dnd_sdk.manifest`.
+`dnd_sdk.model_folder.manifest` (reading, writing) and `.checks` (values) both import them from here,
+so neither has to import the other back.
 """
 DTYPES = ("fp32", "fp16", "bf16", "int8", "int4")
 DECODER_DTYPES = ("fp32", "fp16", "int8")  # the decoder graph's own: int8 is ONNX Runtime's QLinearConv

@@ -14,20 +14,20 @@ Public API:
     load_manifest(model_dir, verify=True) -> Manifest validates fields and every file's sha256
 """
 import dataclasses
-import hashlib
 import json
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from .arguments import as_int
-from .errors import DndError, ManifestError
-from .folders import OwnFiles, atomic_write
-from .manifest_checks import problems
-from .manifest_schema import (  # noqa: F401 (the schema's names are imported from here)
+from ..arguments import as_int
+from ..errors import DndError, ManifestError
+from ..folders import OwnFiles, atomic_write
+from .checks import problems
+from .schema import (  # noqa: F401 (the schema's names are imported from here)
     BACKEND_NAMES, DECODER_DTYPES, DIM_NAMES, DTYPES, KV_TEMPLATES, ONNXRUNTIME_ONLY, SAMPLER_KEYS, TENSOR_DTYPES)
-from .model_files import RERUN as _RERUN, inside, verify as verify_file, verify_graph
+from .hashing import sha256_file
+from .files import RERUN as _RERUN, inside, verify as verify_file, verify_graph
 
 FORMAT, VERSION = "dnd-model", 2
 MANIFEST_NAME = "manifest.json"
@@ -240,14 +240,6 @@ class Manifest:
 def json_bytes(obj: Any) -> bytes:
     """The bytes of an index file: indented JSON and a final newline."""
     return (json.dumps(obj, indent=2) + "\n").encode()
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _refs(entry: FileEntry) -> list:

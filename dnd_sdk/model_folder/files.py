@@ -11,7 +11,6 @@ between the check and the load. External data (weights past 2 GB) is too big to 
 is hashed through an open handle, and its inode, size and mtime must be unchanged once ONNX
 Runtime has read it.
 """
-import hashlib
 import io
 import math
 import os
@@ -22,12 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ManifestError
+from ..errors import ManifestError
+from .hashing import sha256_bytes, sha256_stream
 from .onnx_refs import WireFormatError, onnx_external_files
 
 RERUN = "Re-export the model with `dnd-export CHECKPOINT -o DIR --force`."
 EMBEDDING_DTYPES = ("float32", "float16", "uint16")  # uint16: bfloat16 bit patterns
-_CHUNK = 1 << 20
 MAX_GRAPH_BYTES = (1 << 31) - 1  # protobuf's limit on one message: a bigger .onnx cannot be parsed
 
 
@@ -54,8 +53,8 @@ def _check_size(size: int, path: Path, ref: Any, listed_in: str, remedy: str) ->
                             f"modified or truncated. {remedy}")
 
 
-def _check_digest(digest: Any, path: Path, ref: Any, listed_in: str, remedy: str) -> None:
-    if digest.hexdigest() != ref.sha256:
+def _check_digest(digest: str, path: Path, ref: Any, listed_in: str, remedy: str) -> None:
+    if digest != ref.sha256:
         raise ManifestError(f"{path.name}: contents do not match {listed_in} (sha256 differs); the file was "
                             f"modified. {remedy}")
 
@@ -65,9 +64,7 @@ def verify(path: Path, ref: Any, listed_in: str = "manifest.json", remedy: str =
     with open(path, "rb") as f:
         st = os.fstat(f.fileno())
         _check_size(st.st_size, path, ref, listed_in, remedy)
-        digest = hashlib.sha256()
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(chunk)
+        digest = sha256_stream(f)
     _check_digest(digest, path, ref, listed_in, remedy)
     return st
 
@@ -80,7 +77,7 @@ def read_verified(path: Path, ref: Any, listed_in: str = "manifest.json", remedy
         _check_size(os.fstat(f.fileno()).st_size, path, ref, listed_in, remedy)
         data = f.read(ref.bytes)
     _check_size(len(data), path, ref, listed_in, remedy)  # truncated since the stat
-    _check_digest(hashlib.sha256(data), path, ref, listed_in, remedy)
+    _check_digest(sha256_bytes(data), path, ref, listed_in, remedy)
     return data
 
 

@@ -4,11 +4,11 @@ when the list is not empty, so the runtime never allocates from a number it has 
 """
 from typing import Any, Optional
 
-from .arguments import as_int
-from .errors import InvalidInputError
-from .labels import label_problem
-from .manifest_schema import BACKEND_NAMES, CACHE_DTYPES, DECODER_DTYPES, DIM_NAMES, DTYPES, KV_TEMPLATES, SAMPLER_KEYS
-from .sampler import SamplingParams
+from ..arguments import as_int
+from ..errors import InvalidInputError
+from ..labels import label_problem
+from ..sampler import SamplingParams
+from .schema import BACKEND_NAMES, CACHE_DTYPES, DECODER_DTYPES, DIM_NAMES, DTYPES, KV_TEMPLATES, SAMPLER_KEYS
 
 # generous bounds: far beyond any trained model, far below what would exhaust memory
 LIMITS = {"latent side": 1024, "depth": 64, "image side": 16384, "vocab_size": 1 << 20, "dim": 1 << 16,

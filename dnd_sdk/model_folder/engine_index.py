@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .arguments import as_int
-from .errors import BackendUnavailableError, ManifestError
-from .folders import OwnFiles, atomic_write
+from ..arguments import as_int
+from ..errors import BackendUnavailableError, ManifestError
+from ..folders import OwnFiles, atomic_write
+from .files import inside, read_verified, verify as verify_file
 from .manifest import (
     EXPORTED_NAMES,
     FORMAT as MODEL_FORMAT,
@@ -25,7 +26,6 @@ from .manifest import (
     read_json,
     sha256_file,
 )
-from .model_files import inside, read_verified, verify as verify_file
 
 FORMAT, VERSION = "dnd-engines", 1
 ENGINES_NAME = "engines.json"
