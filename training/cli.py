@@ -56,10 +56,9 @@ def train():
 @user_errors
 def tokenizer_cmd(config_path, overrides, steps, batch_size, out_dir, resume, force, stop_at):
     """Train the RQ tokenizer; writes OUT/tokenizer.pt."""
-    from .config import load_config
     from .train_tokenizer import TokenizerRunConfig, train_tokenizer
-    cfg = load_config(TokenizerRunConfig, config_path, _overrides(overrides, steps, batch_size, out_dir))
-    click.echo(f"wrote {train_tokenizer(cfg, resume=resume, force=force, stop_at=stop_at)}")
+    _train(TokenizerRunConfig, train_tokenizer, config_path, _overrides(overrides, steps, batch_size, out_dir),
+           resume=resume, force=force, stop_at=stop_at)
 
 
 @train.command("extract-codes")
@@ -81,10 +80,14 @@ def extract_codes_cmd(config_path, overrides, device):
 @user_errors
 def transformer_cmd(config_path, overrides, steps, batch_size, out_dir, resume, force, stop_at):
     """Train the DnD transformer on extracted codes; writes OUT/checkpoint.pt."""
-    from .config import load_config
     from .train_transformer import TransformerRunConfig, train_transformer
-    cfg = load_config(TransformerRunConfig, config_path, _overrides(overrides, steps, batch_size, out_dir))
-    click.echo(f"wrote {train_transformer(cfg, resume=resume, force=force, stop_at=stop_at)}")
+    _train(TransformerRunConfig, train_transformer, config_path, _overrides(overrides, steps, batch_size, out_dir),
+           resume=resume, force=force, stop_at=stop_at)
+
+
+def _train(config_class, trainer, config_path, overrides, **run_flags) -> None:
+    from .config import load_config
+    click.echo(f"wrote {trainer(load_config(config_class, config_path, overrides), **run_flags)}")
 
 
 @train.command("set-defaults")

@@ -24,8 +24,9 @@ from tqdm import tqdm
 from dnd_sdk.cpu import CpuFeatures, cpu_features
 from dnd_sdk.errors import CheckpointError, DndError, InvalidInputError
 from dnd_sdk.folders import atomic_write, open_regular
-from .distributed import Dist, all_mean, barrier, wrap
+from .distributed import Dist, all_mean, barrier, init_distributed, wrap
 from .loss_plot import save_loss_plot
+from .run_folder import claim_run_folder
 from .tensorboard_log import TensorBoardLog
 from .torch_files import atomic_torch_save, read_torch_file
 
@@ -63,6 +64,14 @@ class TrainConfig:
             raise InvalidInputError(f"train.precision must be auto, bf16 or fp32, got {self.precision!r}")
         if not 0 <= self.ema_decay < 1:
             raise InvalidInputError(f"train.ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
+
+
+def start_run(cfg: TrainConfig, *, resume: bool, force: bool) -> Dist:
+    """Claim the run folder before the run writes anything, then set threads and join the process group."""
+    claim_run_folder(cfg.out_dir, resume=resume, force=force)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    return init_distributed(cfg.device)
 
 
 def check_same_settings(path, what: str, ours: dict, theirs: dict) -> None:

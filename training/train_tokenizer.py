@@ -18,12 +18,11 @@ import torch
 from dnd_sdk.errors import InvalidInputError
 from .config import save_config
 from .data import DataConfig, build_dataset
-from .distributed import init_distributed, shutdown
+from .distributed import shutdown
 from .grids import eval_mode, save_tensor_grid, step_png
-from .run_folder import claim_run_folder
 from .tokenizer import RQTokenizer, TokenizerConfig
 from .tokenizer_file import load_tokenizer, save_tokenizer
-from .train_common import Loop, TrainConfig, batch_indices, check_same_settings, run
+from .train_common import Loop, TrainConfig, batch_indices, check_same_settings, run, start_run
 
 
 @dataclass
@@ -60,10 +59,7 @@ def start_weights(path, config: TokenizerConfig) -> dict:
 def train_tokenizer(cfg: TokenizerRunConfig, *, resume: bool = False, force: bool = False, stop_at=None) -> Path:
     """Train per `cfg`; returns the path of the tokenizer.pt written."""
     tcfg = cfg.train
-    claim_run_folder(tcfg.out_dir, resume=resume, force=force)  # before this run writes anything
-    if tcfg.num_threads:
-        torch.set_num_threads(tcfg.num_threads)
-    d = init_distributed(tcfg.device)
+    d = start_run(tcfg, resume=resume, force=force)
     out = Path(tcfg.out_dir)
     # synthetic words: every sample of the run is a fresh render unless data.length caps the pool
     dataset = build_dataset(cfg.data, length=cfg.data.length or tcfg.steps * tcfg.batch_size)

@@ -24,14 +24,13 @@ from dnd_sdk.sampler import SamplingParams
 from .checkpoint import load_checkpoint, save_checkpoint
 from .codes import CodesConfig, CodeSet, load_codes
 from .config import save_config, stored_config
-from .distributed import init_distributed, shutdown
+from .distributed import shutdown
 from .grids import eval_mode, save_tensor_grid, step_png
 from .model import MODEL_CONFIGS, ModelArgs, Transformer
-from .run_folder import claim_run_folder
 from .sampling import generate
 from .tokenizer import TokenizerConfig, code_weights_differ
 from .tokenizer_file import load_tokenizer
-from .train_common import Loop, TrainConfig, batch_indices, check_same_settings, run
+from .train_common import Loop, TrainConfig, batch_indices, check_same_settings, run, start_run
 
 
 @dataclass
@@ -87,10 +86,7 @@ def start_weights(path, args: ModelArgs, data: CodeSet, tokenizer) -> dict:
 def train_transformer(cfg: TransformerRunConfig, *, resume: bool = False, force: bool = False, stop_at=None) -> Path:
     """Train per `cfg`; returns the path of the checkpoint.pt written."""
     tcfg = cfg.train
-    claim_run_folder(tcfg.out_dir, resume=resume, force=force)  # before this run writes anything
-    if tcfg.num_threads:
-        torch.set_num_threads(tcfg.num_threads)
-    d = init_distributed(tcfg.device)
+    d = start_run(tcfg, resume=resume, force=force)
     out = Path(tcfg.out_dir)
     data = load_codes(cfg.codes.path)
     tokenizer, _ = load_tokenizer(cfg.codes.tokenizer)
