@@ -94,7 +94,7 @@ def transformer_cmd(config_path, overrides, steps, batch_size, out_dir, resume, 
 def set_defaults_cmd(checkpoint, sampling):
     """Make these the checkpoint's default sampling settings (kept in meta, exported to the manifest)."""
     from .checkpoint import set_sampler_defaults
-    stored = set_sampler_defaults(checkpoint, **sampling)
+    stored = set_sampler_defaults(checkpoint, **sampling.given())
     click.echo(f"{checkpoint}: sampler defaults " + ", ".join(f"{k}={v}" for k, v in stored.items()))
 
 
