@@ -189,7 +189,7 @@ def settings_in(arguments: Mapping[str, Any]) -> dict:
 
     A public call names every setting as a keyword parameter (so that help() and an editor show them), and
     passes its locals() here rather than listing them once more; a setting its signature lacks is a
-    KeyError at the first call (tests/dnd_sdk/test_sampler.py also checks each signature against SETTINGS).
+    KeyError at the first call (tests/dnd_sdk/test_settings.py also checks each signature against SETTINGS).
     """
     return {name: arguments[name] for name in SETTINGS if arguments[name] is not None}
 
