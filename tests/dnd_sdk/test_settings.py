@@ -4,6 +4,7 @@ from the manifest alone."""
 import inspect
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 
@@ -36,26 +37,22 @@ def test_public_calls_name_every_setting_and_take_no_kwargs(method):
 
 
 def test_settings_in_takes_the_settings_of_a_signature_and_misses_none():
-    def call(*, seed=0, cfg_scale=None, temperature=None, top_k=None, top_p=None, head_temperatures=None):
-        return settings_in(locals())
-    assert call(cfg_scale=2.0, top_k=0) == {"cfg_scale": 2.0, "top_k": 0}
-
-    def lacking(*, cfg_scale=None):
-        return settings_in(locals())
+    arguments = {"self": None, "seed": 0, **dict.fromkeys(SETTINGS), "cfg_scale": 2.0, "top_k": 0}  # a call's locals()
+    assert settings_in(arguments) == {"cfg_scale": 2.0, "top_k": 0}
     with pytest.raises(KeyError):
-        lacking()
+        settings_in({"seed": 0, "cfg_scale": None})  # a signature lacking settings
 
 
 def test_a_setting_left_unset_takes_the_models_default_then_the_samplers():
     model = SamplingParams(cfg_scale=2.0, temperature=0.5, top_k=3, top_p=0.9)
     assert SamplingParams(top_k=7).with_defaults(model) == SamplingParams(cfg_scale=2.0, temperature=0.5, top_k=7,
                                                                           top_p=0.9)
-    assert SamplingParams.from_stored({"cfg_scale": 2.0}) == SamplingParams(cfg_scale=2.0, temperature=1.0, top_k=0,
-                                                                             top_p=1.0)
+    assert SamplingParams.from_stored({"cfg_scale": 2.0}) == replace(DEFAULTS, cfg_scale=2.0)
+    assert DEFAULTS.temperature == 1.0 and DEFAULTS.top_k == 0 and DEFAULTS.head_temperatures is None
     assert SamplingParams().validate(64, 2, True) == DEFAULTS == SamplingParams.from_stored({})
     assert DEFAULTS.stored() == {name: getattr(DEFAULTS, name) for name in STORED_SETTINGS}
-    with pytest.raises(InvalidInputError, match=r"unknown sampler setting\(s\) \['head_temperatures', 'min_p'\]"):
-        SamplingParams.from_stored({"min_p": 0.1, "head_temperatures": [1, 1]})  # a request's setting is no default
+    with pytest.raises(InvalidInputError, match=r"unknown sampler setting\(s\) \['head_temperatures', 'later'\]"):
+        SamplingParams.from_stored({"later": 0.1, "head_temperatures": [1, 1]})  # a request's setting is no default
 
 
 def test_a_dict_for_sampling_is_refused_saying_what_to_pass(gen):
@@ -86,15 +83,16 @@ def _folder(tiny_model_dir, tmp_path, edit):
 def test_a_folder_without_a_sampler_setting_loads_with_its_default(tiny_model_dir, tmp_path):
     """A folder written before a setting existed lacks its entry: the sampler's default fills it."""
     folder = _folder(tiny_model_dir, tmp_path, lambda defaults: defaults.pop("top_p"))
-    assert load_manifest(folder).sampler_defaults == {"cfg_scale": 2.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+    assert load_manifest(folder).sampler_defaults == {**DEFAULTS.stored(), "cfg_scale": 2.0}  # the folder's own kept
     with Generator(folder, threads=1) as gen:
         assert gen.request(num=1).params.top_p == DEFAULTS.top_p
         assert len(gen.sample(num=1)) == 1
 
 
 def test_a_folder_with_an_unknown_sampler_setting_is_refused_naming_it(tiny_model_dir, tmp_path):
-    folder = _folder(tiny_model_dir, tmp_path, lambda defaults: defaults.update(min_p=0.05))
-    with pytest.raises(ManifestError, match=r"sampler_defaults: unknown sampler setting\(s\) \['min_p'\]"):
+    """A folder from a newer dnd-sdk, whose sampler has a setting this one lacks."""
+    folder = _folder(tiny_model_dir, tmp_path, lambda defaults: defaults.update(later_setting=0.05))
+    with pytest.raises(ManifestError, match=r"sampler_defaults: unknown sampler setting\(s\) \['later_setting'\]"):
         Generator(folder, threads=1)
 
 
