@@ -96,7 +96,7 @@ def _setting(default: Any, check: Callable[[Any, ModelLimits], Any], help: str, 
     return field(default=None, metadata={"setting": Setting(default, check, help, kind, stored, unset)})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)  # by keyword only: a field inserted in the middle shifts no values
 class SamplingParams:
     """How tokens are drawn: the one definition of the sampler's settings. Each field's metadata (a
     `Setting`) gives its default, its check and its help; from them come the manifest's

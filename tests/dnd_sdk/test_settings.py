@@ -146,3 +146,8 @@ def test_the_ray_driver_plans_from_the_manifest_before_any_cluster(tiny_model_di
     with pytest.raises(ClusterReached):
         ray_batch.run_batch_ray(tiny_model_dir, tmp_path / "b", BatchJob(num=2), progress=False)
     assert not hasattr(ray_batch._Worker, "plan")  # a worker only samples
+
+
+def test_settings_are_given_by_keyword_only():
+    with pytest.raises(TypeError):
+        SamplingParams(2.0)  # a position would shift values once a field is inserted before it
