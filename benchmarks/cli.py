@@ -53,8 +53,8 @@ def bench(model, model_option, checkpoint, preset, dtype, decoder_dtype, batches
     from .bench import bench_command, table
     if model is not None and model_option is not None and model != model_option:
         raise InvalidInputError(f"MODEL {model} and --model {model_option} differ; give the model folder once")
-    result = bench_command(checkpoint, model or model_option, list(batches), num_batches, threads, repeats, sampling,
-                           backend, preset, dtype, profile, reference_device, decoder_dtype,
+    result = bench_command(checkpoint, model or model_option, list(batches), num_batches, threads, repeats,
+                           sampling.given(), backend, preset, dtype, profile, reference_device, decoder_dtype,
                            notice=lambda text: click.echo(text, err=True))
     if output:
         output.write_text(json.dumps(result, indent=2) + "\n")

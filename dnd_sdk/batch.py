@@ -1,6 +1,6 @@
 """The resumable batch job behind `dnd generate`: numbered PNGs plus metadata, safe to kill and rerun.
 
-    job = BatchJob(num=64, seed=0, sampling={"cfg_scale": 2.0}, npz=True)
+    job = BatchJob(num=64, seed=0, sampling=SamplingParams(cfg_scale=2.0), npz=True)
     summary = run_batch(Generator("model_dir"), "samples/", job)
 
 Each PNG is written to a temporary file and renamed into place, so a PNG on disk is a complete
@@ -19,7 +19,7 @@ import math
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -32,7 +32,8 @@ from .errors import InvalidInputError, OutputError, arg
 from .folders import holds, open_regular
 from .generator import Generator
 from .images import TMP_SUFFIX, atomic_write, contact_sheet, save_png, write_npz
-from .model_folder.manifest import MANIFEST_NAME
+from .model_folder.manifest import MANIFEST_NAME, Manifest
+from .requests import ModelFacts, Request, resolve_request
 from .sampler import SamplingParams
 
 RUN_FILE, METADATA_FILE, NPZ_FILE, GRID_FILE = "run.json", "metadata.jsonl", "samples.npz", "grid.png"
@@ -48,14 +49,14 @@ class BatchJob:
 
     labels: class names or ids, index i gets labels[i % len(labels)]; None: class i % num_classes.
     per_class: K images of every class (num = K * num_classes, classes cycling by index).
-    sampling: cfg_scale, temperature, top_k, top_p, head_temperatures; absent ones come from the manifest.
+    sampling: the sampler settings; those it leaves None come from the manifest.
     shard: (I, N) with 0 <= I < N: this process makes the I-th of N contiguous parts of the index range.
     """
     num: Optional[int] = None
     labels: Optional[Sequence] = None
     per_class: Optional[int] = None
     seed: int = 0
-    sampling: dict = field(default_factory=dict)
+    sampling: SamplingParams = SamplingParams()
     batch_size: int = 16
     shard: tuple = (0, 1)
     npz: bool = False
@@ -155,36 +156,35 @@ def _is_model_folder(folder: Path) -> bool:
 
 @dataclass(frozen=True)
 class RunPlan:
-    """What a run makes, fixed before its first image. Plain data: the Ray driver gets it from a
-    worker (`dnd_sdk.ray_batch`) and writes the files without holding a model itself."""
+    """What a run makes, fixed before its first image. Plain data, made from the manifest alone: the Ray
+    driver (`dnd_sdk.ray_batch`) plans and writes the files without holding a model itself."""
     identity: dict       # the contents of run.json
-    labels: np.ndarray   # class id of every index of the run
-    seed: int
-    params: SamplingParams  # the resolved sampling settings
+    request: Request     # every index of the run: class ids, seed, the resolved settings, the batch size
     shard: tuple
     mine: range          # this shard's indices
     tag: str             # prefix of this shard's temporary files and lock
     label_names: tuple
     image_size: tuple    # (width, height)
 
+    @property
+    def labels(self) -> np.ndarray:
+        """The class id of every index of the run."""
+        return self.request.labels
 
-def plan_run(gen: Generator, job: BatchJob) -> RunPlan:
-    """Validate `job` against the model of `gen` (InvalidInputError naming the bad argument) and fix the run."""
-    num = _count(job, gen.num_classes)
+
+def plan_run(manifest: Manifest, job: BatchJob) -> RunPlan:
+    """Validate `job` against the model of `manifest` (InvalidInputError naming the bad argument) and fix the run."""
+    model = ModelFacts.of(manifest)
+    num = _count(job, model.num_classes)
     labels = None if job.labels is None else list(job.labels)
-    settings = [f.name for f in fields(SamplingParams)]
-    if not isinstance(job.sampling, dict) or not set(job.sampling) <= set(settings):
-        got = sorted(set(job.sampling) - set(settings)) if isinstance(job.sampling, dict) else job.sampling
-        raise InvalidInputError(f"{arg('sampling')} must be a dict of the settings {', '.join(settings)}; got {got!r}")
-    req = gen.request(labels, num, seed=job.seed, batch_size=job.batch_size, **job.sampling)  # validates everything
+    req = resolve_request(model, labels, num, seed=job.seed, sampling=job.sampling, batch_size=job.batch_size)
     mine = _shard_range(job.shard, num)
     identity = {"format": "dnd-generate-run", "version": 1,
-                "model_sha256": {name: e.sha256 for name, e in sorted(gen.manifest.files.items())},
+                "model_sha256": {name: e.sha256 for name, e in sorted(manifest.files.items())},
                 "num": num, "labels": None if labels is None else [int(x) for x in req.labels[:len(labels)]],
                 "seed": req.seed, "sampling": req.params.as_dict()}
-    return RunPlan(identity, req.labels, req.seed, req.params, tuple(job.shard), mine,
-                   f"shard{job.shard[0]}of{job.shard[1]}-", tuple(gen.labels),
-                   (int(gen.manifest.image["width"]), int(gen.manifest.image["height"])))
+    return RunPlan(identity, req, tuple(job.shard), mine, f"shard{job.shard[0]}of{job.shard[1]}-", model.labels,
+                   (int(manifest.image["width"]), int(manifest.image["height"])))
 
 
 @contextlib.contextmanager
@@ -202,8 +202,8 @@ def open_run(out: Path, plan: RunPlan) -> Iterator[list]:
 
 def sample_chunk(gen: Generator, plan: RunPlan, chunk: list) -> list:
     """The images of indices `chunk`, as PIL images."""
-    return gen.sample(plan.labels[chunk], image_indices=chunk, seed=plan.seed, batch_size=len(chunk),
-                      sampling=plan.params)
+    req = plan.request
+    return gen.sample(req.labels[chunk], image_indices=chunk, seed=req.seed, batch_size=len(chunk), sampling=req.params)
 
 
 def write_chunk(out: Path, plan: RunPlan, chunk: list, images: list) -> None:
@@ -278,7 +278,8 @@ def run_batch(gen: Generator, out: str | Path, job: BatchJob, progress: bool = T
     """
     t0, out = time.perf_counter(), Path(out)
     check_out_folder(out, gen.path)
-    plan = plan_run(gen, job)
+    plan = plan_run(gen.manifest, job)
+    gen.fit(plan.request)  # the rows a chunk needs fit this Generator: checked before the folder is claimed
     mine = plan.mine
     with open_run(out, plan) as todo:
         with run_progress(out, mine, todo, progress) as bar:
@@ -355,7 +356,8 @@ def _write_errors(out: Path) -> Iterator[None]:
 def _write_aggregates(out: Path, plan: RunPlan, job: BatchJob) -> None:
     num, tag, names = len(plan.labels), plan.tag, plan.label_names
     lines = [json.dumps({"index": i, "file": png_name(i), "label": int(plan.labels[i]),
-                         "label_name": names[plan.labels[i]], "seed": plan.seed, **plan.params.as_dict()}) + "\n"
+                         "label_name": names[plan.labels[i]], "seed": plan.request.seed,
+                         **plan.request.params.as_dict()}) + "\n"
              for i in range(num)]
     atomic_write(out / METADATA_FILE, lambda f: f.write("".join(lines).encode()), tag)
     if job.npz:

@@ -9,42 +9,34 @@ A Generator is safe to share between threads: one scheduler thread owns the back
 images of all concurrent calls as rows of one batch (`dnd_sdk.scheduler`); every call returns what
 it returns alone, bit for bit.
 """
+import dataclasses
 import logging
-import math
 import os
 import weakref
+from collections.abc import Sequence
 from concurrent.futures import Future, TimeoutError as FutureTimeout
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
-from .arguments import MAX_IMAGES, MAX_INDEX, as_int, integer, integers, seconds, shown
+from .arguments import integer, seconds, shown
 from .backends import open_backend
 from .errors import InvalidInputError, RequestTimeoutError, arg
 from .model_folder.files import load_embeddings
 from .model_folder.manifest import load_manifest
-from .sampler import SamplingParams
+from .requests import ModelFacts, Request, chosen_sampling, resolve_request
+from .sampler import SamplingParams, settings_in
 from .scheduler import Scheduler, Work
 
+__all__ = ["Generator", "Request"]
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Request:
-    """A validated sampling request: image j has class `labels[j]` and draws its randomness as image `indices[j]`."""
-    labels: np.ndarray   # [n] int64 class ids
-    indices: np.ndarray  # [n] int64 image indices for the seeding rule
-    seed: int
-    params: SamplingParams
-    batch_size: int
 
 
 # rows per call where the backend sets no limit. The ONNX Runtime backend's cache is np.zeros, whose pages
 # the OS maps only once a row is used: rows never used cost address space, not memory.
 DEFAULT_ROWS = 64
-QUOTE = "'"  # around a string's repr: a class id given as digits is shown without it
 
 
 def _float32_table(table: np.ndarray) -> np.ndarray:
@@ -78,11 +70,11 @@ class Generator:
         tok, cls = load_embeddings(m)
         self.tok_embeddings = _float32_table(tok)  # [V, d]
         self.cls_embedding = _float32_table(cls)   # [num_classes (+1 null), d]
-        self.labels = [str(x) for x in m.labels]
-        self.num_classes = len(self.labels)
-        self.vocab_size = int(m.model_config["vocab_size"])
+        self.facts = ModelFacts.of(m)  # what resolving a request needs: labels, sampler defaults, limits
+        self.labels = list(self.facts.labels)
+        self.num_classes = self.facts.num_classes
+        self.vocab_size = self.facts.limits.vocab_size
         self.latent_shape = (int(m.latent["h"]), int(m.latent["w"]), m.depth)
-        self._label_ids = {name: i for i, name in enumerate(self.labels)}
         limit = None if max_batch is None else integer(max_batch, "max_batch", 1)
         max_queue = integer(max_queue, "max_queue", 1)
         self.backend = open_backend(self.path, m, backend, threads)
@@ -115,68 +107,32 @@ class Generator:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def _class_id(self, label: Any) -> int:
-        if isinstance(label, str) and label in self._label_ids:
-            return self._label_ids[label]
-        if isinstance(label, str) and not label.strip().isdecimal():
-            known = ", ".join(self.labels[:8]) + (", ..." if self.num_classes > 8 else "")
-            raise InvalidInputError(f"unknown label {shown(label)}; this model knows {self.num_classes} labels "
-                                    f"({known}) or class ids 0..{self.num_classes - 1}", ["labels"])
-        class_id = as_int(label, 0, self.num_classes - 1, digits=True)  # a string of digits is a class id
-        if class_id is None:
-            is_int = isinstance(label, str) or as_int(label, -math.inf, math.inf) is not None  # of any size
-            wrong = (f"class id {shown(label).strip(QUOTE)} is out of range" if is_int
-                     else f"each of {arg('labels')} is a class name or an int class id, got {shown(label)}")
-            raise InvalidInputError(f"{wrong}; this model has classes 0..{self.num_classes - 1}", ["labels"])
-        return class_id
-
-    def _given_labels(self, labels: Any) -> list:
-        if isinstance(labels, (str, int, np.integer)):
-            given = [labels]
-        elif isinstance(labels, (list, tuple, range, np.ndarray)):
-            given = list(np.asarray(labels).ravel()) if isinstance(labels, np.ndarray) else list(labels)
-        else:
-            raise InvalidInputError(f"{arg('labels')} must be a class name, an int class id or a list of them, "
-                                    f"got {shown(labels)}")
-        if not given or len(given) > MAX_IMAGES:
-            raise InvalidInputError(f"{arg('labels')} must hold 1..{MAX_IMAGES:,} class names or ids, got "
-                                    f"{len(given)}; or pass None")
-        return [self._class_id(x) for x in given]
-
-    def _indices(self, given: Optional[list], num: Any, image_indices: Any, start: Any) -> np.ndarray:
-        if image_indices is not None:
-            if start is not None and as_int(start) != 0:  # any start but the default
-                raise InvalidInputError(f"give {arg('image_indices')} or {arg('start')}, not both")
-            indices = integers(image_indices, "image_indices")
-            if num is not None and len(indices) != integer(num, "num", 1, MAX_IMAGES):
-                raise InvalidInputError(f"{arg('num')}={num} but {len(indices)} {arg('image_indices')} were given")
-            return indices
-        if num is None:
-            num = self.num_classes if given is None else len(given)  # default: one image per class or label
-        num = integer(num, "num", 1, MAX_IMAGES)
-        return np.arange(num, dtype=np.int64) + integer(start, "start", 0, MAX_INDEX - num)
-
     def request(self, labels: Any = None, num: Optional[int] = None, *, seed: int = 0,
+                cfg_scale: Optional[float] = None, temperature: Optional[float] = None, top_k: Optional[int] = None,
+                top_p: Optional[float] = None, head_temperatures: Optional[Sequence[float]] = None,
                 sampling: Optional[SamplingParams] = None, batch_size: Optional[int] = None, image_indices: Any = None,
-                start: int = 0, **settings: Any) -> Request:
+                start: int = 0) -> Request:
         """Validate a sampling request before any work; arguments as in `sample`.
 
         Raises:
             InvalidInputError: naming the first bad argument and what to pass instead.
         """
-        given = None if labels is None else self._given_labels(labels)
-        indices = self._indices(given, num, image_indices, start)
-        # no labels: image index i gets class i % num_classes; else image j gets given[j % len(given)]
-        if given is None:
-            ids = indices % self.num_classes
-        else:
-            ids = np.array([given[j % len(given)] for j in range(len(indices))])
-        params = self._params(sampling, settings)
+        sampling = chosen_sampling(sampling, settings_in(locals()))
+        return self.fit(resolve_request(self.facts, labels, num, seed=seed, sampling=sampling,
+                                        image_indices=image_indices, start=start, batch_size=batch_size))
+
+    def fit(self, request: Request) -> Request:
+        """`request` (see `dnd_sdk.requests.resolve_request`) with its batch size set and checked against the
+        rows one call of this Generator holds: a batch size of None becomes as many images as fit.
+
+        Raises:
+            InvalidInputError: its images need more rows per call than this Generator's backend takes.
+        """
+        return dataclasses.replace(request, batch_size=self._batch_size(request))
+
+    def _batch_size(self, request: Request) -> int:
+        params = request.params
         per_image = 2 if params.guided else 1
-        if batch_size is None:  # as many as one call of the scheduler holds
-            batch_size = max(1, self.scheduler.max_rows // per_image)
-        batch_size = integer(batch_size, "batch_size", 1, MAX_IMAGES)
-        rows = min(batch_size, len(ids)) * per_image
         limit, limited_by = self.scheduler.max_rows, f"{arg('max_batch')} allows"
         if self.backend.max_batch is not None and self.backend.max_batch < limit:
             limit, limited_by = self.backend.max_batch, f"{self.backend_name} was built for"
@@ -184,26 +140,14 @@ class Generator:
             more = f"{arg('max_batch')} >= 2" if (self.backend.max_batch or 2) >= 2 else "engines built for 2 rows or more"
             raise InvalidInputError(f"guidance (a {arg('cfg_scale')} other than 1) needs 2 rows per image, but "
                                     f"{limited_by} at most 1; use {arg('cfg_scale')} 1, or {more}")
+        # the default: as many as one call of the scheduler holds
+        batch_size = request.batch_size or max(1, self.scheduler.max_rows // per_image)
+        rows = min(batch_size, len(request.labels)) * per_image
         if rows > limit:
             raise InvalidInputError(
                 f"{arg('batch_size')} {batch_size} needs {rows} rows{' (guidance doubles them)' if params.guided else ''}, "
                 f"but {limited_by} at most {limit}; use {arg('batch_size')} <= {limit // per_image}")
-        return Request(ids.astype(np.int64), indices.astype(np.int64), integer(seed, "seed"), params, batch_size)
-
-    def _params(self, sampling: Optional[SamplingParams], settings: dict) -> SamplingParams:
-        """`sampling` (a SamplingParams, taken whole) or the given `settings`, the rest from the manifest's defaults."""
-        if sampling is not None and (settings or not isinstance(sampling, SamplingParams)):
-            raise InvalidInputError(f"give {arg('sampling')} (a SamplingParams) or single settings such as cfg_scale=2, "
-                                    "not both")
-        if sampling is None:
-            fields = set(SamplingParams.__dataclass_fields__)
-            unknown = sorted(set(settings) - fields)
-            if unknown:
-                raise InvalidInputError(f"unknown sampling setting(s) {unknown}; the settings are {sorted(fields)}",
-                                        unknown)
-            given = {k: v for k, v in settings.items() if v is not None}
-            sampling = SamplingParams(**{**self.manifest.sampler_defaults, **given})
-        return sampling.validate(self.vocab_size, self.latent_shape[2], self.manifest.null_class is not None)
+        return batch_size
 
     def submit(self, request: Request, images: bool = True) -> Future:
         """Queue a validated `request` (see `request`) without waiting. Returns a concurrent.futures.Future
@@ -212,19 +156,28 @@ class Generator:
         Raises:
             OverloadedError: max_queue requests are waiting already; nothing was queued.
         """
+        batch_size = self._batch_size(request)  # a request resolved without this Generator gets its own here
         h, w, depth = self.latent_shape
         codes = np.zeros((len(request.labels), h * w, depth), np.int64)
         return self.scheduler.submit(Work(Future(), request.labels, request.indices, request.seed, request.params,
-                                          request.batch_size, images, codes))
+                                          batch_size, images, codes))
 
-    def sample_codes(self, labels: Any = None, num: Optional[int] = None, *, timeout: Optional[float] = None,
-                     **kwargs: Any) -> np.ndarray:
+    def sample_codes(self, labels: Any = None, num: Optional[int] = None, *, seed: int = 0,
+                     cfg_scale: Optional[float] = None, temperature: Optional[float] = None, top_k: Optional[int] = None,
+                     top_p: Optional[float] = None, head_temperatures: Optional[Sequence[float]] = None,
+                     timeout: Optional[float] = None, sampling: Optional[SamplingParams] = None,
+                     batch_size: Optional[int] = None, image_indices: Any = None, start: int = 0) -> np.ndarray:
         """Sample latent codes; arguments as in `sample`. Returns int64 [n, h, w, D]."""
         timeout = seconds(timeout)
-        return _wait(self.submit(self.request(labels, num, **kwargs), images=False), timeout)
+        request = self.request(labels, num, seed=seed, sampling=chosen_sampling(sampling, settings_in(locals())),
+                               batch_size=batch_size, image_indices=image_indices, start=start)
+        return _wait(self.submit(request, images=False), timeout)
 
-    def sample(self, labels: Any = None, num: Optional[int] = None, *, timeout: Optional[float] = None,
-               **kwargs: Any) -> list:
+    def sample(self, labels: Any = None, num: Optional[int] = None, *, seed: int = 0,
+               cfg_scale: Optional[float] = None, temperature: Optional[float] = None, top_k: Optional[int] = None,
+               top_p: Optional[float] = None, head_temperatures: Optional[Sequence[float]] = None,
+               timeout: Optional[float] = None, sampling: Optional[SamplingParams] = None,
+               batch_size: Optional[int] = None, image_indices: Any = None, start: int = 0) -> list:
         """Sample images.
 
         Image j of the request is fully determined by (model, its class, the sampling parameters,
@@ -237,10 +190,11 @@ class Generator:
             num (int): how many images; default len(image_indices), else len(labels) (1 for a single
                 label), else num_classes.
             seed (int): request seed >= 0 (default 0).
-            sampling (Optional[SamplingParams]): all sampler settings at once; or give single ones:
             cfg_scale, temperature, top_k, top_p: sampling settings; None takes the manifest's
                 sampler_defaults. cfg_scale 1 turns guidance off; temperature 0 is greedy.
             head_temperatures (Optional[list[float]]): one temperature per depth, overriding temperature.
+            sampling (Optional[SamplingParams]): the settings as one object, instead of single ones; those
+                it leaves None take the manifest's sampler_defaults.
             batch_size (Optional[int]): at most this many of the request's images in one backend call
                 (guidance runs 2x rows in the same call); other requests' images may fill the call's
                 other rows. None: as many as a call holds (max_batch rows).
@@ -256,7 +210,9 @@ class Generator:
             InvalidInputError, OverloadedError, RequestTimeoutError.
         """
         timeout = seconds(timeout)
-        return _wait(self.submit(self.request(labels, num, **kwargs)), timeout)
+        request = self.request(labels, num, seed=seed, sampling=chosen_sampling(sampling, settings_in(locals())),
+                               batch_size=batch_size, image_indices=image_indices, start=start)
+        return _wait(self.submit(request), timeout)
 
     def check_codes(self, codes: Any) -> np.ndarray:
         """codes -> int64 [n, h, w, D] with every value in [0, vocab_size), or InvalidInputError."""

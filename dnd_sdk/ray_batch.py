@@ -3,8 +3,8 @@
     summary = run_batch_ray("model_dir", "samples/", BatchJob(num=50_000, npz=True),
                             RayOptions(address="auto", workers=8, worker_gpus=1))
 
-The driver (this process) runs the steps of `batch.run_batch` itself except sampling: it gets the
-run's plan from a worker, claims the folder, lists the indices without a PNG, hands chunks of them
+The driver (this process) runs the steps of `batch.run_batch` itself except sampling: it plans the
+run from the manifest alone (while the workers load the model), claims the folder, lists the indices without a PNG, hands chunks of them
 to the workers and writes every chunk that comes back with `batch.write_chunk`. So the folder is,
 byte for byte, what one process writes; workers need no shared filesystem; and a killed driver
 resumes like a killed `dnd generate`. A worker that dies has its chunks queued again and is
@@ -113,7 +113,8 @@ def run_batch_ray(model: str | Path, out: str | Path, job: BatchJob, options: Op
     t0, model, out = time.perf_counter(), Path(model), Path(out)
     options = options or RayOptions()
     _check(options)
-    load_manifest(model, verify=False)  # a missing or foreign folder is reported before any cluster starts
+    # a missing or foreign folder, or a bad job, is reported before any cluster starts
+    plan = plan_run(load_manifest(model, verify=False), job)
     check_out_folder(out, model)
     ray = _import_ray(options.address)
     connected = _connect(ray, options.address)
@@ -121,7 +122,6 @@ def run_batch_ray(model: str | Path, out: str | Path, job: BatchJob, options: Op
     try:
         _check_room(ray, options)
         pool = _Pool(ray, model, options)
-        plan = pool.plan(job)
         mine = plan.mine
         with open_run(out, plan) as todo:
             queue = deque(todo[lo:lo + job.batch_size] for lo in range(0, len(todo), job.batch_size))
@@ -249,9 +249,6 @@ class _Worker:
         self.gen = Generator(path, backend, threads=threads)  # checks every file against its sha256
         return {"node": ray.util.get_node_ip_address(), "backend": self.gen.backend_name}
 
-    def plan(self, job: BatchJob) -> RunPlan:
-        return plan_run(self.gen, job)
-
     def sample(self, plan: RunPlan, chunk: list) -> tuple[np.ndarray, float]:
         t0 = time.perf_counter()
         images = sample_chunk(self.gen, plan, chunk)
@@ -312,18 +309,6 @@ class _Pool:
             if isinstance(e.cause, DndError):  # a user error raised on the worker: its message, as locally
                 raise e.cause from None
             raise
-
-    def plan(self, job: BatchJob) -> RunPlan:
-        """The run's plan, from the first worker that has loaded the model."""
-        while True:
-            actor = next((a for a in self.slots if a.alive and a.stats is not None), None)
-            if actor is None:
-                self.next_chunk(deque())  # wait for a worker to load
-                continue
-            try:
-                return self._get(actor.handle.plan.remote(job))
-            except (self.ray.exceptions.RayActorError, self.ray.exceptions.ObjectLostError) as e:
-                self._replace(actor, e)
 
     def chunks_in_flight(self) -> bool:
         return any(chunk is not None for _, chunk in self.pending.values())

@@ -39,14 +39,12 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .arguments import as_int, integer, seconds, shown
+from .arguments import as_int, integer, seconds
 from .connections import BACKLOG, ConnectionGuard, GuardedH11Protocol, connection_cap
 from .errors import DndError, InvalidInputError, OverloadedError, arg
 from .generator import Generator
+from .images_request import ImagesRequest
 
-# the request keys POST /v1/images takes: Generator.request's arguments, less batch_size (the server's business)
-REQUEST_KEYS = ("labels", "num", "seed", "start", "image_indices", "cfg_scale", "temperature", "top_k", "top_p",
-                "head_temperatures")
 RETRY_AFTER_S = 1
 # Generator settings an error may name that a client cannot send: the server's own flags
 SERVER_FLAGS = {"max_batch": "the server's --max-batch"}
@@ -178,11 +176,10 @@ def create_app(gen: Generator, timeout: Optional[float] = 300.0, body_timeout: O
             return _error(400, "the body must be a JSON object, e.g. {\"labels\": [\"cat\"], \"seed\": 0}")
         except RecursionError:
             return _error(400, "the body is nested too deeply; it must be a JSON object of request keys")
-        if not isinstance(body, dict) or set(body) - set(REQUEST_KEYS):
-            unknown = sorted(set(body) - set(REQUEST_KEYS)) if isinstance(body, dict) else body
-            return _error(400, f"the body must be a JSON object of {', '.join(REQUEST_KEYS)}; got {shown(unknown)}")
         try:
-            req = gen.request(**body)
+            asked = ImagesRequest.from_json(body)  # batch_size is the server's business: no key sets it
+            req = gen.request(asked.labels, asked.num, seed=asked.seed, sampling=asked.sampling, start=asked.start,
+                              image_indices=asked.image_indices)
             if want_png and len(req.labels) != 1:
                 return _error(406, f"Accept: image/png returns one image, but {len(req.labels)} were asked for; "
                                    "ask for num 1, or accept application/json")

@@ -8,7 +8,7 @@ import click
 from dnd_sdk.cli.flags import refuse_flags_that_do_not_apply, user_errors
 from dnd_sdk.cli.options import sampler_grid_options, sampler_options
 from dnd_sdk.errors import InvalidInputError
-from dnd_sdk.model_folder.schema import SAMPLER_KEYS
+from dnd_sdk.sampler import SETTINGS
 
 
 @click.group("eval")
@@ -21,7 +21,7 @@ MODEL, IMAGES, TOKENIZER, DATASET = "a model folder", "an image folder", "a toke
 OCR_FLAGS = {
     "per_class": (MODEL, TOKENIZER, DATASET), "num_classes": (TOKENIZER, DATASET), "seed": (MODEL, TOKENIZER, DATASET),
     "depth": (TOKENIZER,), "threads": (MODEL,), "save_images": (MODEL,),
-    **{name: (MODEL,) for name in (*SAMPLER_KEYS, "head_temperatures")},
+    **{name: (MODEL,) for name in SETTINGS},
 }
 
 
@@ -60,7 +60,7 @@ def ocr(target, dataset, per_class, num_classes, seed, depth, sampling, threads,
     elif target is None:
         raise InvalidInputError("give a TARGET (model folder, image folder, tokenizer.pt) or --dataset")
     elif (target / "manifest.json").is_file():
-        result = ev.eval_model(target, per_class, seed, sampling, threads, save_images, progress)
+        result = ev.eval_model(target, per_class, seed, sampling.given(), threads, save_images, progress)
     elif target.is_dir():
         result = ev.eval_images(target, progress)
     else:

@@ -55,7 +55,6 @@ DEFAULT_OPSET = 17
 # the opsets the suite exports and lints (14 to 20); 20 is the TorchScript exporter's ceiling
 MIN_OPSET, MAX_OPSET = 14, 20
 CALIBRATION_IMAGES = 16  # int8 decoders: code grids whose activation ranges set the int8 scales
-SAMPLER_DEFAULTS = {"cfg_scale": 1.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
 
 
 def export_model(checkpoint_path, out_dir, dtype: str = "fp32", opset: int = DEFAULT_OPSET,
@@ -187,9 +186,8 @@ def _sampler_defaults(meta: dict, args) -> dict:
     string, a bool, a fraction where top_k counts) fail here, not at every later sample() call."""
     given = dict(meta.get("sampler_defaults") or {})  # its keys were checked with the checkpoint
     try:
-        params = SamplingParams(**{**SAMPLER_DEFAULTS, **given}).validate(args.vocab_size, args.num_pred_heads,
-                                                                           args.has_null_class)
+        params = SamplingParams.from_stored(given).validate(args.vocab_size, args.num_pred_heads, args.has_null_class)
     except InvalidInputError as e:
         raise InvalidInputError(f"checkpoint meta['sampler_defaults']: {e}; set them with `dnd train set-defaults` "
                                 "and re-export") from None
-    return {k: getattr(params, k) for k in SAMPLER_DEFAULTS}
+    return params.stored()

@@ -209,7 +209,7 @@ def load_checkpoint(path, mmap: bool = False) -> Checkpoint:
 
 
 def set_sampler_defaults(path, **values) -> dict:
-    """Store new default sampling settings (cfg_scale, temperature, top_k, top_p; None = keep) in a
+    """Store new default sampling settings (SamplingParams' stored ones by name; None = keep) in a
     checkpoint's meta, rewriting it atomically; weights are untouched. Returns the stored defaults.
 
     Export carries them into the manifest, so `dnd generate` without sampling flags uses them.

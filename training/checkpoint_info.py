@@ -4,7 +4,7 @@ from pathlib import Path
 import torch
 
 from dnd_sdk.model_folder.schema import SAMPLER_KEYS
-from dnd_sdk.sampler import SamplingParams
+from dnd_sdk.sampler import DEFAULTS
 from .checkpoint import load_checkpoint
 from .model import Transformer
 from .tokenizer import RQTokenizer
@@ -28,7 +28,7 @@ def summary(path) -> str:
     a, t, meta = ckpt.model_args, ckpt.tokenizer_args, ckpt.meta
     guidance = "available (null class)" if a.has_null_class else "unavailable (no null class)"
     stored = meta.get("sampler_defaults")
-    sampler = ", ".join(f"{k}={v}" for k, v in (stored or SamplingParams().as_dict()).items() if k in SAMPLER_KEYS)
+    sampler = ", ".join(f"{k}={v}" for k, v in (stored or DEFAULTS.stored()).items() if k in SAMPLER_KEYS)
     lines = [
         f"{path}: dnd checkpoint ({path.stat().st_size / 2**20:.1f} MiB)"
         + (f", {meta['stage']} stage at step {meta['step']}" if "stage" in meta and "step" in meta else ""),

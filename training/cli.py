@@ -97,7 +97,7 @@ def _train(config_class, trainer, config_path, overrides, **run_flags) -> None:
 def set_defaults_cmd(checkpoint, sampling):
     """Make these the checkpoint's default sampling settings (kept in meta, exported to the manifest)."""
     from .checkpoint import set_sampler_defaults
-    stored = set_sampler_defaults(checkpoint, **sampling)
+    stored = set_sampler_defaults(checkpoint, **sampling.given())
     click.echo(f"{checkpoint}: sampler defaults " + ", ".join(f"{k}={v}" for k, v in stored.items()))
 
 

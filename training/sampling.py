@@ -67,8 +67,8 @@ def generate(model, labels, *, seed: int, cfg_scale: float = 1.0, temperature: f
              top_p: float = 1.0, head_temperatures=None, image_indices=None) -> torch.Tensor:
     """Sample codes [n, h, w, D] for `labels` (class ids). Image j uses index image_indices[j] (default j)."""
     a = model.args
-    params = SamplingParams(cfg_scale, temperature, top_k, top_p, head_temperatures).validate(
-        a.vocab_size, a.num_pred_heads, a.has_null_class)
+    params = SamplingParams(cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p,
+                            head_temperatures=head_temperatures).validate(a.vocab_size, a.num_pred_heads, a.has_null_class)
     device = next(model.parameters()).device  # the model's device: CPU, or a GPU for `dnd bench --reference-device`
     labels = torch.as_tensor(labels, dtype=torch.long, device=device)
     n = labels.shape[0]

@@ -19,8 +19,7 @@ from typing import Optional
 import torch
 
 from dnd_sdk.errors import InvalidInputError
-from dnd_sdk.model_folder.schema import SAMPLER_KEYS
-from dnd_sdk.sampler import SamplingParams
+from dnd_sdk.sampler import DEFAULTS, SamplingParams
 from .checkpoint import load_checkpoint, save_checkpoint
 from .codes import CodesConfig, CodeSet, load_codes
 from .config import save_config, stored_config
@@ -39,8 +38,12 @@ class TransformerRunConfig:
     model: dict = field(default_factory=dict)
     codes: CodesConfig = field(default_factory=CodesConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="runs/transformer"))
-    sampler_defaults: Optional[SamplingParams] = None  # stored in meta (SAMPLER_KEYS); also used for the sample grids
+    sampler_defaults: Optional[SamplingParams] = None  # stored in meta (its stored settings); also used for the sample grids
     sample_classes: int = 8  # classes shown in each sample grid: a column each, titled by name, 2 images
+
+    def __post_init__(self):
+        if self.sampler_defaults is not None:  # a setting the config leaves out takes the sampler's default
+            self.sampler_defaults = self.sampler_defaults.with_defaults(DEFAULTS)
 
 
 def heads_for_depth(n_layer: int, depth: int, n_layer_given: bool) -> dict:
@@ -102,8 +105,7 @@ def train_transformer(cfg: TransformerRunConfig, *, resume: bool = False, force:
     codes = torch.from_numpy(data.codes.astype("int64")).flatten(1, 2)  # [N, L, D], raster order
     labels = torch.from_numpy(data.labels)
     local = d.local_slice(tcfg.batch_size)
-    defaults = cfg.sampler_defaults or SamplingParams()
-    sampler = {k: getattr(defaults, k) for k in SAMPLER_KEYS}
+    sampler = (cfg.sampler_defaults or DEFAULTS).stored()
     if not args.has_null_class:
         sampler["cfg_scale"] = 1.0  # no null class: guidance is impossible
     meta = {"stage": "transformer", "codes": dataclasses.asdict(cfg.codes), "train": dataclasses.asdict(tcfg),

@@ -7,6 +7,7 @@ import click
 
 from ..batch import BatchJob, RunInterrupted, run_batch
 from ..generator import Generator
+from ..sampler import SamplingParams
 from .options import backend_options, ray_options, sampler_options
 
 
@@ -46,7 +47,7 @@ def _labels(ctx: click.Context, param: click.Parameter, value: Optional[str]) ->
 @backend_options
 @ray_options
 def generate(model: Path, num: Optional[int], labels: Optional[list[str]], per_class: Optional[int], out: Path,
-             batch_size: int, seed: int, sampling: dict, shard: tuple[int, int], npz: bool, grid: bool,
+             batch_size: int, seed: int, sampling: SamplingParams, shard: tuple[int, int], npz: bool, grid: bool,
              captions: Optional[bool], quiet: bool, backend: dict, ray: Optional[dict]) -> None:
     """Sample images from MODEL into OUT: 000000.png ..., metadata.jsonl, run.json.
 

@@ -2,22 +2,21 @@
 Python API takes (`sampling` for Generator.sample, `backend` for Generator), so CLI and API cannot drift."""
 import functools
 from collections.abc import Callable
+from dataclasses import fields
 from typing import Any, Optional
 
 import click
 
 from ..backends import BACKEND_CHOICES
-from ..model_folder.schema import SAMPLER_KEYS
+from ..sampler import SamplingParams, Setting, setting_of
 
-# The sampler's settings on a command line, declared once for every command that samples or stores them:
-# SamplingParams field -> (flag, type, what it does)
-SAMPLER_FLAGS = {
-    "cfg_scale": ("--cfg-scale", float, "Guidance scale; 1 turns guidance off."),
-    "temperature": ("--temperature", float, "0 is greedy."),
-    "top_k": ("--top-k", int, "Keep the k most likely tokens; 0 keeps all."),
-    "top_p": ("--top-p", float, "Nucleus mass in (0, 1]; 1 keeps all."),
-}
-assert tuple(SAMPLER_FLAGS) == SAMPLER_KEYS
+# The sampler's settings on a command line come from SamplingParams' fields: SamplingParams field -> its Setting
+SETTINGS = {f.name: setting_of(f) for f in fields(SamplingParams)}
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a setting: top_k -> --top-k."""
+    return "--" + name.replace("_", "-")
 
 
 def _stack(*decorators: Callable) -> Callable:
@@ -30,16 +29,12 @@ def _stack(*decorators: Callable) -> Callable:
 
 def sampler_options(f: Optional[Callable] = None, *, seed: bool = True, seed_default: int = 0,
                     unset: str = "the model's", per_head: bool = True) -> Callable:
-    """The sampler settings -> `sampling` (dict of the ones given; the rest take the model's defaults),
-    and with seed=True `--seed` -> `seed`. `unset` says in --help what an absent setting means.
-    per_head adds `--head-temperatures` (a request's setting; a model stores no default for it)."""
+    """The sampler settings -> `sampling` (a SamplingParams of the ones given; the rest take the model's
+    defaults), and with seed=True `--seed` -> `seed`. `unset` says in --help what an absent setting means.
+    per_head adds the settings a model stores no default for, such as `--head-temperatures` (a request's)."""
     def decorate(f: Callable) -> Callable:
-        options = [click.option(flag, type=kind, help=f"{text} [default: {unset}]")
-                   for flag, kind, text in SAMPLER_FLAGS.values()]
-        if per_head:
-            options.append(click.option("--head-temperatures", callback=_numbers, metavar="T0,T1,...",
-                                        help="One temperature per depth head, in head order; overrides "
-                                             "--temperature. [default: --temperature for every head]"))
+        names = [name for name, s in SETTINGS.items() if s.stored or per_head]
+        options = [_option(name, SETTINGS[name], unset) for name in names]
         if seed:
             options.insert(0, click.option("--seed", type=int, default=seed_default, show_default=True,
                                            help="Request seed; image i depends on (seed, i) only."))
@@ -47,10 +42,16 @@ def sampler_options(f: Optional[Callable] = None, *, seed: bool = True, seed_def
         @_stack(*options)
         @functools.wraps(f)
         def wrapper(**kwargs: Any) -> Any:
-            given = {k: kwargs.pop(k) for k in (*SAMPLER_KEYS, *(["head_temperatures"] if per_head else []))}
-            return f(sampling={k: v for k, v in given.items() if v is not None}, **kwargs)
+            return f(sampling=SamplingParams(**{name: kwargs.pop(name) for name in names}), **kwargs)
         return wrapper
     return decorate if f is None else decorate(f)
+
+
+def _option(name: str, setting: Setting, unset: str) -> Callable:
+    text = f"{setting.help} [default: {setting.unset or unset}]"
+    if setting.kind is tuple:  # a list of numbers, such as one per depth head
+        return click.option(flag(name), callback=_numbers, metavar="X0,X1,...", help=text)
+    return click.option(flag(name), type=setting.kind, help=text)
 
 
 def _numbers(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> Optional[tuple]:
@@ -67,9 +68,9 @@ def sampler_grid_options(**values: tuple) -> Callable:
     """Several values of some sampler settings, e.g. sampler_grid_options(cfg_scale=(1.0, 2.0)) ->
     `cfg_scales` (tuple; the flag is repeatable, `values` its default)."""
     def decorate(f: Callable) -> Callable:
-        return _stack(*(click.option(SAMPLER_FLAGS[k][0], f"{k}s", type=SAMPLER_FLAGS[k][1], multiple=True,
-                                     default=v, show_default=True, help=f"{SAMPLER_FLAGS[k][2]} Values to try "
-                                     "(repeatable).") for k, v in values.items()))(f)
+        return _stack(*(click.option(flag(k), f"{k}s", type=SETTINGS[k].kind, multiple=True, default=v,
+                                     show_default=True, help=f"{SETTINGS[k].help} Values to try (repeatable).")
+                        for k, v in values.items()))(f)
     return decorate
 
 

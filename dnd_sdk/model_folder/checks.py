@@ -8,7 +8,7 @@ from ..arguments import as_int
 from ..errors import InvalidInputError
 from ..labels import label_problem
 from ..sampler import SamplingParams
-from .schema import BACKEND_NAMES, CACHE_DTYPES, DECODER_DTYPES, DIM_NAMES, DTYPES, KV_TEMPLATES, SAMPLER_KEYS
+from .schema import BACKEND_NAMES, CACHE_DTYPES, DECODER_DTYPES, DIM_NAMES, DTYPES, KV_TEMPLATES
 
 # generous bounds: far beyond any trained model, far below what would exhaust memory
 LIMITS = {"latent side": 1024, "depth": 64, "image side": 16384, "vocab_size": 1 << 20, "dim": 1 << 16,
@@ -167,12 +167,13 @@ def spec_text(spec: Any) -> str:
 
 
 def _sampler_problems(m: Any) -> list:
-    defaults, keys = m.sampler_defaults, SAMPLER_KEYS
-    if not isinstance(defaults, dict) or set(keys) != set(defaults):  # another key would reach SamplingParams(**)
-        has = sorted(defaults) if isinstance(defaults, dict) else defaults
-        return [f"sampler_defaults needs exactly {keys}, has {has}"]
+    """A setting the folder lacks takes the sampler's default; one this build does not know is refused."""
+    defaults = m.sampler_defaults
+    if not isinstance(defaults, dict):
+        return [f"sampler_defaults must be an object of sampler settings, got {defaults!r:.80}"]
     try:
-        SamplingParams(**defaults).validate(m.model_config["vocab_size"], m.latent["depth"], m.null_class is not None)
+        SamplingParams.from_stored(defaults).validate(m.model_config["vocab_size"], m.latent["depth"],
+                                                      m.null_class is not None)
     except InvalidInputError as e:
         return [f"sampler_defaults: {e}"]
     return []

@@ -23,6 +23,7 @@ from typing import Any, Optional, Union
 from ..arguments import as_int
 from ..errors import DndError, ManifestError
 from ..folders import OwnFiles, atomic_write
+from ..sampler import DEFAULTS
 from .checks import problems
 from .schema import (  # noqa: F401 (the schema's names are imported from here)
     BACKEND_NAMES, DECODER_DTYPES, DIM_NAMES, DTYPES, KV_TEMPLATES, ONNXRUNTIME_ONLY, SAMPLER_KEYS, TENSOR_DTYPES)
@@ -226,6 +227,7 @@ class Manifest:
             m = cls(**{n: d[n] for n in names if n in d})
             m.stages = [Stage(str(s["graph"]), list(s["layers"]), s["head"]) for s in d["stages"]]
             m.files = {str(k): FileEntry.from_dict(v) for k, v in d["files"].items()}
+            m.sampler_defaults = _filled(m.sampler_defaults)
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ManifestError(f"manifest.json is malformed ({type(e).__name__}: {e}). {_RERUN}") from None
         m._validate()
@@ -235,6 +237,14 @@ class Manifest:
         found = problems(self)
         if found:
             raise ManifestError("manifest.json is invalid: " + "; ".join(found) + f". {_RERUN}")
+
+
+def _filled(sampler_defaults: Any) -> Any:
+    """A folder written before a sampler setting existed lacks its entry: the setting's default fills it, so the
+    folder keeps loading. Anything else is left as it is, for the checks to judge (an unknown entry is refused)."""
+    if not isinstance(sampler_defaults, dict):
+        return sampler_defaults
+    return {**DEFAULTS.stored(), **sampler_defaults}
 
 
 def json_bytes(obj: Any) -> bytes:

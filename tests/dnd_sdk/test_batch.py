@@ -9,6 +9,7 @@ from PIL import Image
 
 from dnd_sdk.batch import BatchJob, run_batch
 from dnd_sdk.errors import InvalidInputError
+from dnd_sdk.sampler import SamplingParams
 
 
 def tree(folder):
@@ -82,7 +83,7 @@ def test_refuses_a_folder_made_with_other_arguments(gen, single):
     with pytest.raises(InvalidInputError, match=r"different arguments \(seed: 4 there, 5 now\)"):
         run_batch(gen, single, BatchJob(num=10, seed=5), progress=False)
     with pytest.raises(InvalidInputError, match="cfg_scale"):
-        run_batch(gen, single, BatchJob(num=10, seed=4, sampling={"cfg_scale": 3.0}), progress=False)
+        run_batch(gen, single, BatchJob(num=10, seed=4, sampling=SamplingParams(cfg_scale=3.0)), progress=False)
     assert tree(single) == before
 
 
@@ -118,12 +119,11 @@ def test_labels_and_per_class(gen, tmp_path):
     (BatchJob(num=4, seed=10**5000), "seed must be an integer >= 0, got <an integer of 16610 bits>"),
     (BatchJob(per_class=10**5000), "per_class must be an integer"),
     (BatchJob(num=4, batch_size=0), "batch_size"),
-    (BatchJob(num=4, sampling={"top_p": 2.0}), "top_p"),
-    # request keys are the job's own fields, or not the job's business: sampling takes settings only
-    (BatchJob(num=4, sampling={"seed": 3}), r"sampling must be a dict of the settings cfg_scale, temperature, "
-                                            r"top_k, top_p, head_temperatures; got \['seed'\]"),
-    (BatchJob(num=4, sampling={"start": 2, "top_k": 3}), r"got \['start'\]"),
-    (BatchJob(num=4, sampling=[("top_k", 3)]), r"sampling must be a dict .*got \[\('top_k', 3\)\]"),
+    (BatchJob(num=4, sampling=SamplingParams(top_p=2.0)), r"top_p must be in \(0, 1\]"),
+    # one type carries the settings: anything else is refused, saying what to pass
+    (BatchJob(num=4, sampling={"top_k": 3}), r"sampling must be a SamplingParams, e\.g\. sampling=SamplingParams\("
+                                             r"cfg_scale=2\.0, top_k=50\) .*; got \{'top_k': 3\}"),
+    (BatchJob(num=4, sampling=[("top_k", 3)]), r"sampling must be a SamplingParams.*got \[\('top_k', 3\)\]"),
 ])
 def test_bad_jobs_write_nothing(gen, tmp_path, job, fragment):
     with pytest.raises(InvalidInputError, match=fragment):

@@ -174,7 +174,9 @@ def _set(path, value):
     (_set(["files", "decoder", "outputs", 0, "dtype"], "float32"), r"decoder outputs: image float32"),
     (_set(["forms"], {"stages": [["x"]]}), "forms needs stages"),
     (_set(["forms", "decoder"], [{"a": 1}]), "forms needs stages"),
-    (_set(["sampler_defaults", "note"], "x"), r"sampler_defaults needs exactly .* has \['cfg_scale', 'note'"),
+    (_set(["sampler_defaults", "note"], "x"), r"sampler_defaults: unknown sampler setting\(s\) \['note'\]; a model "
+                                               r"stores cfg_scale, "),
+    (_set(["sampler_defaults"], ["cfg_scale"]), r"sampler_defaults must be an object of sampler settings"),
     (_set(["producer"], [1]), r"producer must be an object of strings .* got \[1\]"),
     (_set(["producer", "torch"], 2), r"producer must be an object of strings"),
     (_set(["opset"], "17"), "opset must be an int"),

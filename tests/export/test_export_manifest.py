@@ -105,7 +105,7 @@ def test_missing_file_and_missing_manifest(model_copy, tmp_path):
     (lambda d: d["stages"].pop(), "1 stages for depth 2"),
     (lambda d: d["files"].pop("decoder"), r"files lacks entries \['decoder'\]"),
     (lambda d: d["files"]["stage0"]["inputs"][0].update(shape=["batch", 1, 32]), "unknown dims"),
-    (lambda d: d["sampler_defaults"].pop("top_p"), "sampler_defaults needs"),
+    (lambda d: d["sampler_defaults"].update(later=0.05), r"sampler_defaults: unknown sampler setting\(s\) \['later'\]"),
     (lambda d: d["stages"][0].pop("head"), "malformed"),
 ])
 def test_invalid_manifest_fields(model_copy, edit, message):

@@ -1,10 +1,13 @@
 """The torch reference sampler follows the sampling contract and the randomness rule."""
+import inspect
+
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 from hypothesis.extra.numpy import arrays
 
+from dnd_sdk.sampler import SETTINGS
 from dnd_training.model import MODEL_CONFIGS, ModelArgs, Transformer
 from dnd_training.sampling import generate, logits_to_probs, sample
 
@@ -71,3 +74,10 @@ def test_head_temperatures_override_per_depth(model):
     greedy = generate(model, [1, 2], seed=0, temperature=0)
     mixed = generate(model, [1, 2], seed=0, temperature=5.0, head_temperatures=[0, 0])
     assert torch.equal(greedy, mixed)
+
+
+def test_the_reference_takes_every_setting_by_keyword():
+    """A field added to SamplingParams fails here until the reference sampler takes it (and passes it on
+    by keyword: a position would shift the values of the fields after it)."""
+    keywords = {name for name, p in inspect.signature(generate).parameters.items() if p.kind is p.KEYWORD_ONLY}
+    assert set(SETTINGS) <= keywords
