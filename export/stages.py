@@ -17,11 +17,6 @@ from dnd_training.pixels import to_uint8, unit_range
 PAST_KEY, PAST_VALUE, NEW_KEY, NEW_VALUE = (KV_TEMPLATES[k] for k in ("past_key", "past_value", "new_key", "new_value"))
 
 
-def cache_length(args) -> int:
-    """Cache slots a sequence fills: the condition tokens and every cell but the last (never fed back)."""
-    return args.cls_token_num + args.seq_len - 1
-
-
 @dataclass
 class StageIO:
     layers: list  # global layer indices of the stage
@@ -45,7 +40,7 @@ def rope_tables(args) -> tuple:
     the reference's very values) and laid out per element of each interleaved pair (x[2j], x[2j+1]):
     cos twice, sin as (-sin, +sin). A stage reads its rows' angles with one Gather per table instead of
     computing them, and `rotate` needs no pair reshapes."""
-    cos, sin = rope_angles(args, torch.arange(cache_length(args)))  # [L, hd/2]
+    cos, sin = rope_angles(args, torch.arange(args.cache_length))  # [L, hd/2]
     return cos.repeat_interleave(2, dim=-1)[:, None, :], torch.stack([-sin, sin], dim=-1).flatten(1)[:, None, :]
 
 
@@ -66,7 +61,7 @@ def cached_attention(attention, x, cos, sin, swap, past_k, past_v, bias) -> tupl
     tensor's shape would cost ONNX Runtime a chain of Shape/Gather/Concat nodes per reshape.
     """
     a = attention.args
-    kvh, hd, L = a.n_kv_head, a.head_dim, cache_length(a)
+    kvh, hd, L = a.n_kv_head, a.head_dim, a.cache_length
     rep = a.n_head // kvh
     qk, v = attention.wqkv(x).split([a.dim + kvh * hd, kvh * hd], dim=-1)
     # q and k rotate together, as n_head + kvh heads; head h reads kv head h // rep, so
@@ -124,7 +119,7 @@ class StageWrapper(nn.Module):
         # rows at different positions, so the tracer cannot fold a shared position into a constant
         a = self.model.args
         g = torch.Generator().manual_seed(0)
-        L = cache_length(a)
+        L = a.cache_length
         positions = torch.tensor([min(3, L - 1), 0] * batch)[:batch]
         mask = torch.arange(L)[None, :] < positions[:, None]
         cache = [torch.randn(batch, a.n_kv_head, L, a.head_dim, generator=g).to(self.dtype)

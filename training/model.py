@@ -16,6 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dnd_sdk.model_shape import cache_length, stage_cut
+
 
 @dataclass
 class ModelArgs:
@@ -70,6 +72,10 @@ class ModelArgs:
     @property
     def seq_len(self) -> int:  # latent positions
         return self.grid_h * self.grid_w
+
+    @property
+    def cache_length(self) -> int:  # KV cache slots a sequence fills
+        return cache_length(self.cls_token_num, self.seq_len)
 
     @property
     def has_null_class(self) -> bool:
@@ -220,7 +226,7 @@ class Transformer(nn.Module):
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
         self.tok_dropout = nn.Dropout(args.token_dropout_p)
         # layers after the last head could never influence a head, so they are not built
-        self.layers = nn.ModuleList(Block(args) for _ in range(args.pred_head_positions[-1] + 1))
+        self.layers = nn.ModuleList(Block(args) for _ in range(stage_cut(args.pred_head_positions)[-1].stop))
         self.norm = nn.ModuleList(RMSNorm(args.dim, args.norm_eps) for _ in range(args.num_pred_heads))
         if args.share_prediction_heads:
             shared = nn.Linear(args.dim, args.vocab_size, bias=False)
@@ -250,8 +256,7 @@ class Transformer(nn.Module):
         return self.output[k](self.norm[k](h)).float()
 
     def stage_layers(self, k) -> range:
-        pos = self.args.pred_head_positions
-        return range(pos[k - 1] + 1 if k else 0, pos[k] + 1)
+        return stage_cut(self.args.pred_head_positions)[k]
 
     def empty_cache(self, batch: int, layers=None):
         a, p = self.args, next(self.parameters())
