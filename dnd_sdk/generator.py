@@ -5,9 +5,9 @@
     codes = gen.sample_codes(num=8, seed=0)            # int64 [8, h, w, D], image i of class i % num_classes
     images = gen.decode(codes)
 
-A Generator is safe to share between threads: one scheduler thread owns the backend and runs the
-images of all concurrent calls as rows of one batch (`dnd_sdk.scheduler`); every call returns what
-it returns alone, bit for bit.
+A Generator is safe to share between threads: one scheduler thread runs the images of all
+concurrent calls as rows of one batch (`dnd_sdk.scheduler`), and a decode thread turns finished
+codes into images; every call returns what it returns alone, bit for bit.
 """
 import logging
 import math
@@ -22,11 +22,13 @@ import numpy as np
 
 from .arguments import MAX_IMAGES, MAX_INDEX, as_int, integer, integers, seconds, shown
 from .backends import open_backend
+from .decode_queue import DecodeWork
 from .errors import InvalidInputError, RequestTimeoutError, arg
 from .model_folder.files import load_embeddings
 from .model_folder.manifest import load_manifest
 from .sampler import SamplingParams
-from .scheduler import Scheduler, Work
+from .scheduler import Progress, SampleWork, Scheduler
+from .step import Embeddings
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +92,9 @@ class Generator:
             self.backend.close()
             raise InvalidInputError(f"{arg('max_batch')} {limit} exceeds the {self.backend.max_batch} rows "
                                     f"{self.backend.name} was built for")
-        self.scheduler = Scheduler(self, limit or self.backend.max_batch or DEFAULT_ROWS, max_queue)
+        tables = Embeddings(self.tok_embeddings, self.cls_embedding, m.null_class)
+        self.scheduler = Scheduler(self.backend, tables, self.latent_shape, limit or self.backend.max_batch or DEFAULT_ROWS,
+                                   max_queue)
         # a Generator dropped without close() still stops its thread and releases its backend
         self._finalizer = weakref.finalize(self, self.scheduler.close)
         self._finalizer.atexit = False  # at exit the daemon thread simply ends; joining it could wait on a decode
@@ -205,17 +209,23 @@ class Generator:
             sampling = SamplingParams(**{**self.manifest.sampler_defaults, **given})
         return sampling.validate(self.vocab_size, self.latent_shape[2], self.manifest.null_class is not None)
 
-    def submit(self, request: Request, images: bool = True) -> Future:
+    def submit(self, request: Request, images: bool = True, progress: Optional[Progress] = None) -> Future:
         """Queue a validated `request` (see `request`) without waiting. Returns a concurrent.futures.Future
         of its list of PIL images (with images=False, of its codes [n, h, w, D]); cancel() drops its work.
+
+        progress, when given, is called on the scheduler thread after every step in which one of the
+        request's images advanced, as progress(j, codes): j the image's place in the request, codes a copy
+        of its codes sampled so far, int64 [positions done, D] (positions in row-major order of the h x w
+        grid). It holds up every image in flight while it runs, so it should be quick; if it raises, the
+        request fails with that error.
 
         Raises:
             OverloadedError: max_queue requests are waiting already; nothing was queued.
         """
         h, w, depth = self.latent_shape
         codes = np.zeros((len(request.labels), h * w, depth), np.int64)
-        return self.scheduler.submit(Work(Future(), request.labels, request.indices, request.seed, request.params,
-                                          request.batch_size, images, codes))
+        return self.scheduler.submit(SampleWork(Future(), request.labels, request.indices, request.seed, request.params,
+                                                request.batch_size, images, codes, progress))
 
     def sample_codes(self, labels: Any = None, num: Optional[int] = None, *, timeout: Optional[float] = None,
                      **kwargs: Any) -> np.ndarray:
@@ -279,7 +289,7 @@ class Generator:
         """Decode codes [n, h, w, D] (any integer dtype) into n RGB PIL images."""
         codes, timeout = self.check_codes(codes), seconds(timeout)
         batch_size = min(integer(batch_size, "batch_size", 1), self.backend.max_batch or batch_size)
-        return _wait(self.scheduler.submit(Work(Future(), batch_size=batch_size, codes=codes)), timeout)
+        return _wait(self.scheduler.submit(DecodeWork(Future(), codes, batch_size)), timeout)
 
 
 def _wait(future: Future, timeout: Optional[float]) -> Any:
