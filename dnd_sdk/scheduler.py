@@ -239,6 +239,7 @@ class Scheduler:
         if self._layout is None:
             self._layout = _Layout.of(images)
         batch = Batch(*self._layout, positions=np.array([im.pos for im in images]),
+                      # at position 0 the row read is any one (the last cell's zeros): the step feeds the class
                       previous=np.array([im.work.codes[im.j, im.pos - 1] for im in images]),
                       labels=np.array([im.work.labels[im.j] for im in images]),
                       u=np.array([im.u[im.pos] for im in images]), params=[im.work.params for im in images])
