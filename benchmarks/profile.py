@@ -8,10 +8,13 @@ import time
 
 import torch
 
+from dnd_sdk.model_shape import stage_cut
+from dnd_sdk.step import StepTimes
+
 
 def fed_positions(args) -> int:
     """Positions every stage runs once per image: the condition, then every cell but the last."""
-    return args.cls_token_num + args.seq_len - 1
+    return args.cache_length
 
 
 def layer_matmul_weights(args) -> int:
@@ -23,7 +26,7 @@ def layer_matmul_weights(args) -> int:
 
 def stage_layers(args) -> int:
     """Blocks the stage graphs run: those after the last head are never built."""
-    return args.pred_head_positions[-1] + 1
+    return stage_cut(args.pred_head_positions)[-1].stop
 
 
 def stage_parameters(args) -> int:
@@ -76,31 +79,22 @@ def gemm_gflops(threads: int, n: int = 1024, repeats: int = 5) -> float:
 
 
 def profile_runtime(gen, args, tokenizer, runtime, num: int, guided: bool) -> dict:
-    """One more run of `runtime` with the backend's stage calls and decoder calls timed."""
-    spent = {"stages": 0.0, "decoder": 0.0}
-    backend = gen.backend
-    step, run = backend.stage_step, backend.run
-
-    def timed(part, fn):
-        def wrapper(*a, **kw):
-            t0 = time.perf_counter()
-            try:
-                return fn(*a, **kw)
-            finally:
-                spent[part] += time.perf_counter() - t0
-        return wrapper
-
-    backend.stage_step, backend.run = timed("stages", step), timed("decoder", run)
+    """One more run of `runtime` with the scheduler's timings installed (`Scheduler.times`): the seconds
+    of its stage calls, sampler, embeddings and decoder calls; "other" is the rest (scheduling, handing
+    work between threads, pixels to PIL images)."""
+    times = StepTimes()
+    gen.scheduler.times = times
     try:
         t0 = time.perf_counter()
         runtime()
         total = time.perf_counter() - t0
     finally:
-        del backend.stage_step, backend.run  # back to the class's methods
+        gen.scheduler.times = None
     tf, dec = transformer_gflop(args, guided), decoder_gflop(tokenizer, args)
-    return {"seconds_total": round(total, 4), "seconds_stages": round(spent["stages"], 4),
-            "seconds_decoder": round(spent["decoder"], 4),
-            "seconds_sampling": round(total - spent["stages"] - spent["decoder"], 4),
+    other = total - times.stages - times.decoder - times.sampling - times.embedding
+    return {"seconds_total": round(total, 4), "seconds_stages": round(times.stages, 4),
+            "seconds_decoder": round(times.decoder, 4), "seconds_sampling": round(times.sampling, 4),
+            "seconds_embedding": round(times.embedding, 4), "seconds_other": round(other, 4),
             "transformer_gflop_per_image": round(tf, 4), "decoder_gflop_per_image": round(dec, 4),
-            "stages_gflops_per_s": round(tf * num / spent["stages"], 2),
-            "decoder_gflops_per_s": round(dec * num / spent["decoder"], 2)}
+            "stages_gflops_per_s": round(tf * num / times.stages, 2),
+            "decoder_gflops_per_s": round(dec * num / times.decoder, 2)}

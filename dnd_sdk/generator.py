@@ -5,9 +5,9 @@
     codes = gen.sample_codes(num=8, seed=0)            # int64 [8, h, w, D], image i of class i % num_classes
     images = gen.decode(codes)
 
-A Generator is safe to share between threads: one scheduler thread owns the backend and runs the
-images of all concurrent calls as rows of one batch (`dnd_sdk.scheduler`); every call returns what
-it returns alone, bit for bit.
+A Generator is safe to share between threads: one scheduler thread runs the images of all
+concurrent calls as rows of one batch (`dnd_sdk.scheduler`), and a decode thread turns finished
+codes into images; every call returns what it returns alone, bit for bit.
 """
 import dataclasses
 import logging
@@ -22,12 +22,14 @@ import numpy as np
 
 from .arguments import integer, seconds, shown
 from .backends import open_backend
+from .decode_queue import DecodeWork
 from .errors import InvalidInputError, RequestTimeoutError, arg
 from .model_folder.files import load_embeddings
 from .model_folder.manifest import load_manifest
 from .requests import ModelFacts, Request, chosen_sampling, resolve_request
 from .sampler import SamplingParams, settings_in
-from .scheduler import Scheduler, Work
+from .scheduler import Progress, SampleWork, Scheduler
+from .step import Embeddings
 
 __all__ = ["Generator", "Request"]
 
@@ -82,7 +84,9 @@ class Generator:
             self.backend.close()
             raise InvalidInputError(f"{arg('max_batch')} {limit} exceeds the {self.backend.max_batch} rows "
                                     f"{self.backend.name} was built for")
-        self.scheduler = Scheduler(self, limit or self.backend.max_batch or DEFAULT_ROWS, max_queue)
+        tables = Embeddings(self.tok_embeddings, self.cls_embedding, m.null_class)
+        self.scheduler = Scheduler(self.backend, tables, self.latent_shape, limit or self.backend.max_batch or DEFAULT_ROWS,
+                                   max_queue)
         # a Generator dropped without close() still stops its thread and releases its backend
         self._finalizer = weakref.finalize(self, self.scheduler.close)
         self._finalizer.atexit = False  # at exit the daemon thread simply ends; joining it could wait on a decode
@@ -149,9 +153,15 @@ class Generator:
                 f"but {limited_by} at most {limit}; use {arg('batch_size')} <= {limit // per_image}")
         return batch_size
 
-    def submit(self, request: Request, images: bool = True) -> Future:
+    def submit(self, request: Request, images: bool = True, progress: Optional[Progress] = None) -> Future:
         """Queue a validated `request` (see `request`) without waiting. Returns a concurrent.futures.Future
         of its list of PIL images (with images=False, of its codes [n, h, w, D]); cancel() drops its work.
+
+        progress, when given, is called on the scheduler thread after every step in which one of the
+        request's images advanced, as progress(j, codes): j the image's place in the request, codes a copy
+        of its codes sampled so far, int64 [positions done, D] (positions in row-major order of the h x w
+        grid). It holds up every image in flight while it runs, so it should be quick; if it raises, the
+        request fails with that error.
 
         Raises:
             OverloadedError: max_queue requests are waiting already; nothing was queued.
@@ -159,8 +169,8 @@ class Generator:
         batch_size = self._batch_size(request)  # a request resolved without this Generator gets its own here
         h, w, depth = self.latent_shape
         codes = np.zeros((len(request.labels), h * w, depth), np.int64)
-        return self.scheduler.submit(Work(Future(), request.labels, request.indices, request.seed, request.params,
-                                          batch_size, images, codes))
+        return self.scheduler.submit(SampleWork(Future(), request.labels, request.indices, request.seed, request.params,
+                                                batch_size, images, codes, progress))
 
     def sample_codes(self, labels: Any = None, num: Optional[int] = None, *, seed: int = 0,
                      cfg_scale: Optional[float] = None, temperature: Optional[float] = None, top_k: Optional[int] = None,
@@ -235,7 +245,7 @@ class Generator:
         """Decode codes [n, h, w, D] (any integer dtype) into n RGB PIL images."""
         codes, timeout = self.check_codes(codes), seconds(timeout)
         batch_size = min(integer(batch_size, "batch_size", 1), self.backend.max_batch or batch_size)
-        return _wait(self.scheduler.submit(Work(Future(), batch_size=batch_size, codes=codes)), timeout)
+        return _wait(self.scheduler.submit(DecodeWork(Future(), codes, batch_size)), timeout)
 
 
 def _wait(future: Future, timeout: Optional[float]) -> Any:

@@ -1,8 +1,9 @@
 """The numpy sampler: the design's sampling contract, token for token.
 
 `dnd_training.sampling` is the torch reference with the same function names; the two
-are meant to be read side by side. The numpy inference loop lives in `dnd_sdk.scheduler`,
-which runs many requests' images as rows of one batch.
+are meant to be read side by side. One position of the numpy inference loop is
+`dnd_sdk.step.run_position`; `dnd_sdk.scheduler` runs many requests' images through it as rows
+of one batch.
 """
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import Field, asdict, dataclass, field, fields, replace

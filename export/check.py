@@ -21,7 +21,7 @@ from polygraphy.logger import G_LOGGER
 
 from dnd_sdk.model_folder.manifest import load_manifest
 from .errors import ExportCheckError
-from .stages import DecoderWrapper, StageWrapper, cache_length
+from .stages import DecoderWrapper, StageWrapper
 from .trt_lint import lint_folder
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def stage_feeds(model, decode_steps: int, batch: int, g: torch.Generator) -> lis
     different positions in every call, as under continuous batching.
     """
     a, dtype = model.args, next(model.parameters()).dtype
-    D, L = a.num_pred_heads, cache_length(a)
+    D, L = a.num_pred_heads, a.cache_length
     wrappers = [StageWrapper(model, k) for k in range(D)]
     caches = [[torch.randn(batch, a.n_kv_head, L, a.head_dim, generator=g).to(dtype) for _ in w.io.inputs[3:]]
               for w in wrappers]

@@ -35,7 +35,7 @@ from dnd_training.checkpoint import load_checkpoint
 from .errors import ExportError
 from .onnx_export import EXTERNAL_DATA_THRESHOLD, export_graph
 from .quantize import QUANTIZED, quantization_facts, quantize_decoder, quantize_weights
-from .stages import DecoderWrapper, StageWrapper, cache_length
+from .stages import DecoderWrapper, StageWrapper
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def export_model(checkpoint_path, out_dir, dtype: str = "fp32", opset: int = DEF
                 latent={"h": model.args.grid_h, "w": model.args.grid_w, "depth": model.args.num_pred_heads},
                 image={"height": tokenizer.config.image_height, "width": tokenizer.config.image_width},
                 null_class=model.args.num_classes if model.args.has_null_class else None,
-                sampler_defaults=sampler_defaults, stages=stages, files=files, cache_length=cache_length(model.args),
+                sampler_defaults=sampler_defaults, stages=stages, files=files, cache_length=model.args.cache_length,
                 forms=forms, decoder_dtype=decoder_dtype,
                 quantization=quantization_facts(dtype, decoder_dtype),
                 producer={"dnd_sdk": dnd_sdk.__version__, "torch": torch.__version__, "onnx": onnx.__version__,

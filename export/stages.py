@@ -17,11 +17,6 @@ from dnd_training.pixels import to_uint8, unit_range
 PAST_KEY, PAST_VALUE, NEW_KEY, NEW_VALUE = (KV_TEMPLATES[k] for k in ("past_key", "past_value", "new_key", "new_value"))
 
 
-def cache_length(args) -> int:
-    """Cache slots a sequence fills: the condition tokens and every cell but the last (never fed back)."""
-    return args.cls_token_num + args.seq_len - 1
-
-
 @dataclass
 class StageIO:
     layers: list  # global layer indices of the stage
@@ -45,7 +40,7 @@ def rope_tables(args) -> tuple:
     the reference's very values) and laid out per element of each interleaved pair (x[2j], x[2j+1]):
     cos twice, sin as (-sin, +sin). A stage reads its rows' angles with one Gather per table instead of
     computing them, and `rotate` needs no pair reshapes."""
-    cos, sin = rope_angles(args, torch.arange(cache_length(args)))  # [L, hd/2]
+    cos, sin = rope_angles(args, torch.arange(args.cache_length))  # [L, hd/2]
     return cos.repeat_interleave(2, dim=-1)[:, None, :], torch.stack([-sin, sin], dim=-1).flatten(1)[:, None, :]
 
 
@@ -57,30 +52,38 @@ def rotate(x, cos, signed_sin, swap):
     return x * cos + torch.matmul(x, swap) * signed_sin
 
 
-def cached_attention(attention, x, cos, sin, swap, past_k, past_v, bias) -> tuple:
-    """One new position per row against the fixed cache; returns (output [B, 1, d], (new k, new v)).
+class FixedSlotCache:
+    """The stage graphs' cache strategy (`dnd_training.model.GrowingCache` is the model's): one new position
+    per row against the fixed cache [B, kvh, L, hd], each row at its own position. The model's `Block`
+    and `Attention` run around it (norms, projections, residuals, feed-forward); it rotates the new
+    query and key with the angles of the rows' positions and attends over the cache slots `bias`
+    lets through plus the row's own new key. Returns (y [B, 1, d], (new k, new v)).
 
     Scores against the cache ([B, kvh, rep, L], masked by `bias`) and against the row's own new
     key are joined before the softmax, so the cache itself is never concatenated or repeated.
     Every reshape spells its dims from the model's sizes with -1 for the rows: a dim read from a
     tensor's shape would cost ONNX Runtime a chain of Shape/Gather/Concat nodes per reshape.
+    docs/architecture.md ("Stage graph v2") says why this is not the model's own attention.
     """
-    a = attention.args
-    kvh, hd, L = a.n_kv_head, a.head_dim, cache_length(a)
-    rep = a.n_head // kvh
-    qk, v = attention.wqkv(x).split([a.dim + kvh * hd, kvh * hd], dim=-1)
-    # q and k rotate together, as n_head + kvh heads; head h reads kv head h // rep, so
-    # consecutive query heads share one cache head
-    qk = rotate(_to(qk, torch.float32).reshape(-1, a.n_head + kvh, hd), cos, sin, swap)
-    q, k = _to(qk, x.dtype).split([a.n_head, kvh], dim=1)
-    q = q.reshape(-1, kvh, rep, hd) * (hd ** -0.5)
-    k, v = k.reshape(-1, kvh, 1, hd), v.reshape(-1, kvh, 1, hd)
-    past_scores = torch.matmul(q, past_k.transpose(2, 3)) + bias       # [B, kvh, rep, L]
-    own_score = (q * k).sum(-1, keepdim=True)                          # [B, kvh, rep, 1]
-    # softmax in float32: one row of L + 1 scores per head is cheap, and fp16 exp/sum over L drifts
-    probs = _to(torch.softmax(_to(torch.cat([past_scores, own_score], dim=-1), torch.float32), dim=-1), x.dtype)
-    y = torch.matmul(probs[..., :L], past_v) + probs[..., L:] * v      # [B, kvh, rep, hd]
-    return attention.wo(y.reshape(-1, 1, a.dim)), (k, v)
+
+    def __init__(self, cos, sin, swap, past_k, past_v, bias):
+        self.cos, self.sin, self.swap, self.past_k, self.past_v, self.bias = cos, sin, swap, past_k, past_v, bias
+
+    def attend(self, a, qk, v, dropout_p: float) -> tuple:
+        kvh, hd, L = a.n_kv_head, a.head_dim, a.cache_length
+        rep = a.n_head // kvh
+        # q and k rotate together, as n_head + kvh heads; head h reads kv head h // rep, so
+        # consecutive query heads share one cache head
+        qk = rotate(_to(qk, torch.float32).reshape(-1, a.n_head + kvh, hd), self.cos, self.sin, self.swap)
+        q, k = _to(qk, v.dtype).split([a.n_head, kvh], dim=1)
+        q = q.reshape(-1, kvh, rep, hd) * (hd ** -0.5)
+        k, v = k.reshape(-1, kvh, 1, hd), v.reshape(-1, kvh, 1, hd)
+        past_scores = torch.matmul(q, self.past_k.transpose(2, 3)) + self.bias  # [B, kvh, rep, L]
+        own_score = (q * k).sum(-1, keepdim=True)                              # [B, kvh, rep, 1]
+        # softmax in float32: one row of L + 1 scores per head is cheap, and fp16 exp/sum over L drifts
+        probs = _to(torch.softmax(_to(torch.cat([past_scores, own_score], dim=-1), torch.float32), dim=-1), v.dtype)
+        y = torch.matmul(probs[..., :L], self.past_v) + probs[..., L:] * v     # [B, kvh, rep, hd]
+        return y.reshape(-1, 1, a.dim), (k, v)
 
 
 def _to(t: torch.Tensor, dtype) -> torch.Tensor:
@@ -111,11 +114,7 @@ class StageWrapper(nn.Module):
         bias = torch.where(kv_mask, zero, minus_inf)[:, None, None, :]  # [B, 1, 1, L]
         h, new = _to(hidden, self.dtype), []
         for i, past_k, past_v in zip(self.io.layers, past_flat[0::2], past_flat[1::2]):
-            block = self.model.layers[i]  # the same steps as Block.forward
-            attn, kv = cached_attention(block.attention, block.attention_norm(h), cos, sin, self.pair_swap,
-                                        past_k, past_v, bias)
-            h = h + attn
-            h = h + block.feed_forward(block.ffn_norm(h))
+            h, kv = self.model.layers[i](h, FixedSlotCache(cos, sin, self.pair_swap, past_k, past_v, bias))
             new += kv
         logits = self.model.head(self.k, h)[:, 0]  # [B, V]: a non-negative index, as TensorRT wants
         return (_to(logits, torch.float32), _to(h, torch.float32), *new)
@@ -124,7 +123,7 @@ class StageWrapper(nn.Module):
         # rows at different positions, so the tracer cannot fold a shared position into a constant
         a = self.model.args
         g = torch.Generator().manual_seed(0)
-        L = cache_length(a)
+        L = a.cache_length
         positions = torch.tensor([min(3, L - 1), 0] * batch)[:batch]
         mask = torch.arange(L)[None, :] < positions[:, None]
         cache = [torch.randn(batch, a.n_kv_head, L, a.head_dim, generator=g).to(self.dtype)

@@ -16,6 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dnd_sdk.model_shape import cache_length, stage_cut
+
 
 @dataclass
 class ModelArgs:
@@ -70,6 +72,10 @@ class ModelArgs:
     @property
     def seq_len(self) -> int:  # latent positions
         return self.grid_h * self.grid_w
+
+    @property
+    def cache_length(self) -> int:  # KV cache slots a sequence fills
+        return cache_length(self.cls_token_num, self.seq_len)
 
     @property
     def has_null_class(self) -> bool:
@@ -137,6 +143,41 @@ def apply_rope(x, cos, sin):
     return out.flatten(-2).type_as(x)
 
 
+class GrowingCache:
+    """The cache strategy of training and the PyTorch reference sampler: a block's keys and values so far
+    [B, kvh, P, hd], which each call extends by its S new positions, rotated by `apply_rope` with the
+    angles `cos`, `sin` [S, hd/2] of those positions, and causal attention by SDPA.
+
+    A cache strategy is what `Block` and `Attention` are given for the part of attention that depends on
+    how keys and values are kept: `attend(args, qk, v, dropout_p) -> (y [B, S, d], present)`, with qk
+    [B, S, d + kvh*hd] the projected queries and keys before rotation and v [B, S, kvh*hd]. The exported
+    stage graphs keep theirs in fixed slots (`dnd_export.stages.FixedSlotCache`).
+    """
+
+    def __init__(self, cos, sin, past_k, past_v):
+        self.cos, self.sin, self.past_k, self.past_v = cos, sin, past_k, past_v
+
+    def attend(self, a: ModelArgs, qk, v, dropout_p: float) -> tuple:
+        B, S, _ = qk.shape
+        q, k = qk.split([a.dim, a.n_kv_head * a.head_dim], dim=-1)
+        q = apply_rope(q.view(B, S, a.n_head, a.head_dim), self.cos, self.sin).transpose(1, 2)  # [B, H, S, hd]
+        k = apply_rope(k.view(B, S, a.n_kv_head, a.head_dim), self.cos, self.sin).transpose(1, 2)
+        v = v.view(B, S, a.n_kv_head, a.head_dim).transpose(1, 2)
+        k = torch.cat([self.past_k, k], dim=2)  # [B, kvh, P+S, hd]
+        v = torch.cat([self.past_v, v], dim=2)
+        present = (k, v)
+        rep = a.n_head // a.n_kv_head
+        if rep > 1:
+            k = k.repeat_interleave(rep, dim=1)
+            v = v.repeat_interleave(rep, dim=1)
+        # query i sits at absolute position P+i and sees keys 0..P+i
+        total = k.shape[2]
+        q_pos = torch.arange(S, device=qk.device) + (total - S)
+        mask = torch.arange(total, device=qk.device)[None, :] <= q_pos[:, None]  # [S, P+S]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        return y.transpose(1, 2).reshape(B, S, a.dim), present
+
+
 class Attention(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -146,29 +187,12 @@ class Attention(nn.Module):
         self.wo = nn.Linear(args.dim, args.dim, bias=False)
         self.resid_dropout = nn.Dropout(args.resid_dropout_p)
 
-    def forward(self, x, cos, sin, past_k, past_v):
-        # x: [B, S, d]; past_k/v: [B, kvh, P, hd]
+    def forward(self, x, cache):
+        """x [B, S, d] -> (output [B, S, d], the cache's present keys and values); `cache` a strategy (GrowingCache)."""
         a = self.args
-        B, S, _ = x.shape
         kv_dim = a.n_kv_head * a.head_dim
-        q, k, v = self.wqkv(x).split([a.dim, kv_dim, kv_dim], dim=-1)
-        q = apply_rope(q.view(B, S, a.n_head, a.head_dim), cos, sin).transpose(1, 2)  # [B, H, S, hd]
-        k = apply_rope(k.view(B, S, a.n_kv_head, a.head_dim), cos, sin).transpose(1, 2)
-        v = v.view(B, S, a.n_kv_head, a.head_dim).transpose(1, 2)
-        k = torch.cat([past_k, k], dim=2)  # [B, kvh, P+S, hd]
-        v = torch.cat([past_v, v], dim=2)
-        present = (k, v)
-        rep = a.n_head // a.n_kv_head
-        if rep > 1:
-            k = k.repeat_interleave(rep, dim=1)
-            v = v.repeat_interleave(rep, dim=1)
-        # query i sits at absolute position P+i and sees keys 0..P+i
-        total = k.shape[2]
-        q_pos = torch.arange(S, device=x.device) + (total - S)
-        mask = torch.arange(total, device=x.device)[None, :] <= q_pos[:, None]  # [S, P+S]
-        drop = a.attn_dropout_p if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
-        y = y.transpose(1, 2).reshape(B, S, a.dim)
+        qk, v = self.wqkv(x).split([a.dim + kv_dim, kv_dim], dim=-1)
+        y, present = cache.attend(a, qk, v, a.attn_dropout_p if self.training else 0.0)
         return self.resid_dropout(self.wo(y)), present
 
 
@@ -192,8 +216,9 @@ class Block(nn.Module):
         self.attention_norm = RMSNorm(args.dim, args.norm_eps)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
 
-    def forward(self, x, cos, sin, past_k, past_v):
-        attn, present = self.attention(self.attention_norm(x), cos, sin, past_k, past_v)
+    def forward(self, x, cache):
+        """x [B, S, d] -> (x after the block, present keys and values); `cache` a strategy (GrowingCache)."""
+        attn, present = self.attention(self.attention_norm(x), cache)
         h = x + attn
         return h + self.feed_forward(self.ffn_norm(h)), present
 
@@ -220,7 +245,7 @@ class Transformer(nn.Module):
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
         self.tok_dropout = nn.Dropout(args.token_dropout_p)
         # layers after the last head could never influence a head, so they are not built
-        self.layers = nn.ModuleList(Block(args) for _ in range(args.pred_head_positions[-1] + 1))
+        self.layers = nn.ModuleList(Block(args) for _ in range(stage_cut(args.pred_head_positions)[-1].stop))
         self.norm = nn.ModuleList(RMSNorm(args.dim, args.norm_eps) for _ in range(args.num_pred_heads))
         if args.share_prediction_heads:
             shared = nn.Linear(args.dim, args.vocab_size, bias=False)
@@ -250,8 +275,7 @@ class Transformer(nn.Module):
         return self.output[k](self.norm[k](h)).float()
 
     def stage_layers(self, k) -> range:
-        pos = self.args.pred_head_positions
-        return range(pos[k - 1] + 1 if k else 0, pos[k] + 1)
+        return stage_cut(self.args.pred_head_positions)[k]
 
     def empty_cache(self, batch: int, layers=None):
         a, p = self.args, next(self.parameters())
@@ -265,7 +289,7 @@ class Transformer(nn.Module):
         cos, sin = rope_angles(self.args, positions)
         present = []
         for i, (pk, pv) in zip(layers, past):
-            h, kv = self.layers[i](h, cos, sin, pk, pv)
+            h, kv = self.layers[i](h, GrowingCache(cos, sin, pk, pv))
             present.append(kv)
         return h, present
 

@@ -18,9 +18,13 @@ class Backend(ABC):
         name (str): what `Generator.backend_name` reports, e.g. "onnxruntime-cpu".
         max_batch (Optional[int]): the most rows a stage call accepts (an engine's profile);
             None means no limit. Guidance counts double: B images are 2B rows.
+        decodes_beside_steps (bool): whether `run("decoder", ...)` may run on one thread while
+            `reset` or `stage_step` run on another. The scheduler decodes on a thread of its own; where
+            this is False it makes the two take turns (`dnd_sdk.decode_queue`).
     """
     name: str = "base"
     max_batch: Optional[int] = None
+    decodes_beside_steps: bool = False
 
     @abstractmethod
     def run(self, graph: str, feeds: dict) -> dict:

@@ -88,6 +88,9 @@ class OnnxrtBackend(Backend):
         device (str): "cpu" or "cuda".
         threads (Optional[int]): intra-op threads per session; None lets ONNX Runtime use every core.
     """
+    # the decoder is a session of its own, and InferenceSession.run is thread-safe; it shares no buffer, binding
+    # or stream with the stage calls (on CUDA it runs on ONNX Runtime's stream, not the cache's)
+    decodes_beside_steps = True
     _caches: list  # per stage: [(past name, new name, cache, new rows)]
     _outputs: list  # per stage: (logits, hidden_out)
     _bound_rows: list  # per stage: the rows bound, or None

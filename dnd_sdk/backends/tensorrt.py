@@ -86,6 +86,9 @@ class TensorrtBackend(Backend):
     """
     name = "tensorrt"
     max_batch: int  # the engines' profile: never None here
+    # run() shares the stage calls' stream (its synchronize would wait on theirs, and theirs on it) and
+    # resets their bindings; the scheduler makes the decoder and the stages take turns
+    decodes_beside_steps = False
     _scratch: dict[tuple, DeviceBuffer]
     _host: dict[tuple, np.ndarray]
     _buffers: list[DeviceBuffer]  # every buffer, freed by close()

@@ -7,6 +7,7 @@ from typing import Any, Optional
 from ..arguments import as_int
 from ..errors import InvalidInputError
 from ..labels import label_problem
+from ..model_shape import cache_length, stage_cut
 from ..sampler import SamplingParams
 from .schema import BACKEND_NAMES, CACHE_DTYPES, DECODER_DTYPES, DIM_NAMES, DTYPES, KV_TEMPLATES
 
@@ -82,9 +83,13 @@ def problems(m: Any) -> list:
          f"tensor dims must be ints in 1..{LIMITS['tensor dim']}")
     if not shape_ok or found:
         return found  # the checks below read these values
-    # the fixed cache holds the class token and every cell but the last: a sample's positions run up to h*w - 1
-    if need(m.cache_length == lat["h"] * lat["w"], f"cache_length must be {lat['h'] * lat['w']} (latent h*w: the "
-                                                   f"class token and every cell but the last), got {m.cache_length}"):
+    # the runtime feeds one condition token, the class, at position 0 (`step.run_position`)
+    if not need(_int_in(cfg.get("cls_token_num", 1), 1, 1), "model_config.cls_token_num must be 1 (the runtime "
+                f"feeds one class token per image), got {cfg.get('cls_token_num')!r}"):
+        return found
+    length = cache_length(1, lat["h"] * lat["w"])  # the class token and every cell but the last
+    if need(m.cache_length == length, f"cache_length must be {length} (1 class token + latent h*w - 1: the class "
+                                      f"token and every cell but the last), got {m.cache_length}"):
         found += _stage_problems(m)
     found += _decoder_problems(m)
     found += _sampler_problems(m)
@@ -97,14 +102,13 @@ def _io(entry: Any, key: str) -> dict:
 
 
 def _layer_ranges(m: Any) -> Optional[list]:
-    """The layers of each stage, as the exporter cuts them (`Transformer.stage_layers`): stage k holds
-    the layers after head k-1's up to head k's position; layers past the last head are never built.
-    None when model_config.pred_head_positions is not that many increasing layer indices."""
+    """The layers of each stage, as the exporter cuts them (`model_shape.stage_cut`); None when
+    model_config.pred_head_positions is not that many increasing layer indices."""
     heads, depth, n_layer = m.model_config.get("pred_head_positions"), m.depth, m.model_config["n_layer"]
     if not (isinstance(heads, list) and len(heads) == depth and all(_int_in(p, 0, n_layer - 1) for p in heads)
             and all(a < b for a, b in zip(heads, heads[1:]))):
         return None
-    return [list(range(heads[k - 1] + 1 if k else 0, heads[k] + 1)) for k in range(depth)]
+    return [list(layers) for layers in stage_cut([int(p) for p in heads])]
 
 
 def _stage_problems(m: Any) -> list:

@@ -81,8 +81,10 @@ def test_bench_preset_dtype_and_profile(tmp_path):
     assert report["dtype"] == "int8" and report["sampling"]["cfg_scale"] == 1.0
     assert report["gemm_gflops_per_s"] > 0
     p = report["results"][0]["profile"]
-    assert abs(p["seconds_stages"] + p["seconds_decoder"] + p["seconds_sampling"] - p["seconds_total"]) < 1e-3
-    assert p["seconds_stages"] > 0 and p["seconds_decoder"] > 0
+    parts = ("stages", "decoder", "sampling", "embedding", "other")
+    assert abs(sum(p[f"seconds_{part}"] for part in parts) - p["seconds_total"]) < 1e-3
+    assert p["seconds_stages"] > 0 and p["seconds_decoder"] > 0 and p["seconds_sampling"] > 0
+    assert p["seconds_embedding"] > 0 and p["seconds_other"] >= 0
     assert 0 < p["transformer_gflop_per_image"] < p["decoder_gflop_per_image"]  # tiny: dim 32, 8 positions
     assert 0 < p["stages_utilization"] < 1.5 and report["results"][0]["ratio"] > 0
     assert_floor_keys(report)

@@ -1,6 +1,5 @@
 """The numpy sampler follows the sampling contract and matches the torch reference function for function."""
 from concurrent.futures import Future
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,7 +9,8 @@ from hypothesis.extra.numpy import arrays
 
 from dnd_sdk.errors import InvalidInputError
 from dnd_sdk.sampler import SamplingParams, image_uniforms, logits_to_probs, sample
-from dnd_sdk.scheduler import Scheduler, Work
+from dnd_sdk.scheduler import SampleWork, Scheduler
+from dnd_sdk.step import Embeddings
 from dnd_training import sampling as reference
 from dnd_training.model import MODEL_CONFIGS, ModelArgs, Transformer
 
@@ -131,6 +131,8 @@ def test_numpy_decode_loop_equals_torch_generate_on_the_same_stage_function(kw):
 
     class TorchStages:
         """The model's stages as a backend; one request, so every row sits at the same position."""
+        decodes_beside_steps = False
+
         def reset(self, rows):
             self.rows = rows
             self.caches = [model.empty_cache(rows, model.stage_layers(k)) for k in range(a.num_pred_heads)]
@@ -144,13 +146,12 @@ def test_numpy_decode_loop_equals_torch_generate_on_the_same_stage_function(kw):
         def close(self):
             self.caches = None
 
-    gen = SimpleNamespace(backend=TorchStages(), tok_embeddings=model.tok_embeddings.weight.detach().numpy(),
-                          cls_embedding=model.cls_embedding.embedding_table.weight.detach().numpy(),
-                          manifest=SimpleNamespace(null_class=a.num_classes), latent_shape=(a.grid_h, a.grid_w, a.num_pred_heads))
+    tables = Embeddings(model.tok_embeddings.weight.detach().numpy(),
+                        model.cls_embedding.embedding_table.weight.detach().numpy(), a.num_classes)
     rows = len(labels) * (2 if params.guided else 1)
-    scheduler = Scheduler(gen, max_rows=rows, max_queue=1)
-    work = Work(Future(), np.array(labels), np.arange(len(labels)), seed, params, len(labels), False,
-                np.zeros((len(labels), a.seq_len, a.num_pred_heads), np.int64))
+    scheduler = Scheduler(TorchStages(), tables, (a.grid_h, a.grid_w, a.num_pred_heads), max_rows=rows, max_queue=1)
+    work = SampleWork(Future(), np.array(labels), np.arange(len(labels)), seed, params, len(labels), False,
+                      np.zeros((len(labels), a.seq_len, a.num_pred_heads), np.int64))
     got = scheduler.submit(work).result(60)
     scheduler.close()
     assert np.array_equal(got.reshape(want.shape), want)
