@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import weakref
+from collections.abc import Callable
 from concurrent.futures import Future, TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,9 +206,13 @@ class Generator:
             sampling = SamplingParams(**{**self.manifest.sampler_defaults, **given})
         return sampling.validate(self.vocab_size, self.latent_shape[2], self.manifest.null_class is not None)
 
-    def submit(self, request: Request, images: bool = True) -> Future:
+    def submit(self, request: Request, images: bool = True,
+               progress: Optional[Callable[[int, np.ndarray], Any]] = None) -> Future:
         """Queue a validated `request` (see `request`) without waiting. Returns a concurrent.futures.Future
         of its list of PIL images (with images=False, of its codes [n, h, w, D]); cancel() drops its work.
+        `progress(j, codes)`, if given, is called on the scheduler thread after each step that advanced
+        image j of the request, with a copy of its codes so far, int64 [positions done, D]; it must return
+        quickly (hand any real work to another thread), as every request waits for it.
 
         Raises:
             OverloadedError: max_queue requests are waiting already; nothing was queued.
@@ -215,7 +220,7 @@ class Generator:
         h, w, depth = self.latent_shape
         codes = np.zeros((len(request.labels), h * w, depth), np.int64)
         return self.scheduler.submit(Work(Future(), request.labels, request.indices, request.seed, request.params,
-                                          request.batch_size, images, codes))
+                                          request.batch_size, images, codes, progress=progress))
 
     def sample_codes(self, labels: Any = None, num: Optional[int] = None, *, timeout: Optional[float] = None,
                      **kwargs: Any) -> np.ndarray:

@@ -48,6 +48,8 @@ class Work:
     batch_size: int = 16                  # at most this many of its images in flight (and per decoder call)
     want_images: bool = True
     codes: Optional[np.ndarray] = None    # [n, L, D]; given for a decode, filled in for a sample
+    # progress(j, codes) after each step that advanced image j: a copy of its codes so far, [positions done, D]
+    progress: Optional[Callable[[int, np.ndarray], Any]] = None
     admitted: int = 0
     running: int = 0
     finished: int = 0
@@ -234,6 +236,8 @@ class Scheduler:
         for im, tok in zip(images, tokens):
             im.work.codes[im.j, im.pos] = tok
             im.pos += 1
+            if im.work.progress is not None:  # on this thread: the callback must be quick (e.g. hand off a copy)
+                im.work.progress(im.j, im.work.codes[im.j, :im.pos].copy())
         done = [im for im in images if im.pos == length]
         with self._lock:
             self._images = [im for im in images if im.pos < length]
