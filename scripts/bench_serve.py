@@ -81,7 +81,7 @@ def main():
     try:
         for _ in range(600):
             try:
-                model = httpx.get(f"{base}/v1/models").json()["models"][0]
+                model = httpx.get(f"{base}/v1/models").json()["data"][0]
                 break
             except httpx.TransportError:
                 time.sleep(0.1)
