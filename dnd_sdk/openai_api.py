@@ -106,10 +106,45 @@ class PartialImages:
                 self.loop.call_soon_threadsafe(self.queue.put_nowait, (j, i, self.due[i], codes))
 
 
-def render_partial(gen: Generator, codes: np.ndarray, rows_done: int) -> bytes:
-    """The PNG of a partial image (see dnd_sdk.partial_images); blocks until the scheduler has decoded it."""
-    image = gen.decode(filled_grid(codes, rows_done, gen.latent_shape), batch_size=1)[0]
-    return png(grey_unfinished(image, rows_done, gen.latent_shape[0]))
+class PartialDecoder:
+    """Decodes the partial images of every stream of a server, batched: those due while a decoder call runs
+    wait for the next, which takes them all at once. A decoder call costs about as much for one image as
+    for several (the scheduler runs it on its thread, between steps), so that many streams cost far less
+    than one call each."""
+
+    def __init__(self, gen: Generator) -> None:
+        self.gen = gen
+        self.pending: list[tuple[np.ndarray, int, asyncio.Future]] = []
+        self.decoding: Optional[asyncio.Task] = None
+
+    async def png(self, codes: np.ndarray, rows_done: int) -> bytes:
+        """The PNG of the partial image of `codes` [positions done, D] after `rows_done` finished rows."""
+        done = asyncio.get_running_loop().create_future()
+        self.pending.append((filled_grid(codes, rows_done, self.gen.latent_shape), rows_done, done))
+        if self.decoding is None:
+            self.decoding = asyncio.ensure_future(self._decode_pending())
+        return await done
+
+    async def _decode_pending(self) -> None:
+        try:
+            while self.pending:
+                batch, self.pending = self.pending, []
+                try:
+                    pngs = await run_in_threadpool(self._render, [b[0] for b in batch], [b[1] for b in batch])
+                except Exception as e:  # each stream waiting for one of these ends in an error event
+                    for *_, done in batch:
+                        if not done.done():
+                            done.set_exception(e)
+                    continue
+                for (*_, done), image in zip(batch, pngs):
+                    if not done.done():  # its stream has gone meanwhile
+                        done.set_result(image)
+        finally:
+            self.decoding = None
+
+    def _render(self, grids: list, rows_done: list) -> list:
+        images = self.gen.decode(np.concatenate(grids), batch_size=len(grids))
+        return [png(grey_unfinished(image, rows, self.gen.latent_shape[0])) for image, rows in zip(images, rows_done)]
 
 
 class EventStream(StreamingResponse):
@@ -131,6 +166,7 @@ def openai_routes(gen: Generator, metrics: Metrics, timeout: Optional[float],
                   body_timeout: Optional[float]) -> list:
     """The routes of OpenAI's API, with the hardening, metrics and limits of `dnd_sdk.serve.create_app`."""
     size = image_size(gen)
+    decoder = PartialDecoder(gen)
 
     @metrics.measure
     async def generations(request: Request) -> Response:
@@ -163,8 +199,8 @@ def openai_routes(gen: Generator, metrics: Metrics, timeout: Optional[float],
                                **extra, **meta[j]})
 
         async def partial(j: int, i: int, rows_done: int, codes: np.ndarray) -> str:
-            png = await run_in_threadpool(render_partial, gen, codes, rows_done)
-            return event("image_generation.partial_image", png, j, partial_image_index=i)
+            return event("image_generation.partial_image", await decoder.png(codes, rows_done), j,
+                         partial_image_index=i)
 
         metrics.in_progress.inc()
         try:
@@ -184,8 +220,8 @@ def openai_routes(gen: Generator, metrics: Metrics, timeout: Optional[float],
             while not queue.empty():  # the last partial images, handed over before the request finished
                 yield await partial(*queue.get_nowait())
             pngs = await encode_pngs(result.result())
-            for j, png in enumerate(pngs):
-                yield event("image_generation.completed", png, j)
+            for j, final in enumerate(pngs):
+                yield event("image_generation.completed", final, j)
             status = 200
             metrics.images.inc(len(pngs))
             request.state.images = len(pngs)
