@@ -5,6 +5,7 @@
                                     ...settings}], "size", "output_format": "png", "background", "quality"}
     GET  /v1/models              {"object": "list", "data": [{"id", "object": "model", "created", "owned_by",
                                     "labels", "image", "sampler_defaults", "backend", ...}]}
+    GET  /v1/models/{id}         that entry, or OpenAI's 404 for another id
 
 The body is read by `dnd_sdk.openai_request`; image j of a request is image index j of its label, the
 PNG `/v1/images` and `dnd generate` give for the same label, seed and settings. Errors are OpenAI's
@@ -240,4 +241,12 @@ def openai_routes(gen: Generator, metrics: Metrics, timeout: Optional[float],
     async def models(request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [model_card(gen)]})
 
-    return [Route("/v1/images/generations", generations, methods=["POST"]), Route("/v1/models", models)]
+    async def model(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name != gen.path.name:
+            return openai_error(Refusal(404, f"The model {name!r} does not exist", param="model",
+                                        code="model_not_found"))
+        return JSONResponse(model_card(gen))
+
+    return [Route("/v1/images/generations", generations, methods=["POST"]), Route("/v1/models", models),
+            Route("/v1/models/{name:path}", model)]

@@ -101,10 +101,15 @@ def test_bad_requests_raise_bad_request_error_naming_the_key(client, kwargs, par
 
 
 def test_an_unknown_model_is_not_found_and_user_and_moderation_are_ignored(client):
+    unknown = {"message": "The model 'gpt-image-1' does not exist", "type": "invalid_request_error",
+               "param": "model", "code": "model_not_found"}
     with pytest.raises(openai.NotFoundError) as raised:
         client.images.generate(model="gpt-image-1", prompt="cat")
-    assert raised.value.body == {"message": "The model 'gpt-image-1' does not exist", "type": "invalid_request_error",
-                                 "param": "model", "code": "model_not_found"}
+    assert raised.value.body == unknown
+    with pytest.raises(openai.NotFoundError) as raised:
+        client.models.retrieve("gpt-image-1")
+    assert raised.value.body == unknown
+    assert client.models.retrieve(client.models.list().data[0].id).labels[0] == "cat"
     assert len(client.images.generate(prompt="cat", user="someone", moderation="low", quality="auto").data) == 1
 
 
