@@ -7,6 +7,7 @@ tests/dnd_sdk/test_page.py drives the page with the same functions.
 """
 import argparse
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,8 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+# Debian's packages (make system-deps): selenium is given both, so it never looks for a browser to download
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 
 def chromium(width: int = 1100, height: int = 860) -> webdriver.Chrome:
