@@ -157,3 +157,13 @@ def test_a_streaming_client_that_disconnects_frees_its_rows(tiny_model_dir):
             assert 'dnd_request_seconds_count{status="499"} 1.0' in metrics
             r = httpx.post(f"{base}/v1/images/generations", json={"prompt": "cat", "cfg_scale": 1}, timeout=30)
             assert r.status_code == 200 and len(r.json()["data"]) == 1
+
+
+def test_the_limits_of_the_server_answer_in_openai_shape(served):
+    _, base = served
+    r = httpx.post(f"{base}/v1/images/generations", content=b" " * (16 * 2**20 + 1))
+    assert r.status_code == 413 and r.json()["error"]["type"] == "invalid_request_error"
+    r = httpx.post(f"{base}/v1/images/generations", content=b"{not json")
+    assert r.status_code == 400 and r.json()["error"]["message"].startswith("the body must be a JSON object, e.g. ")
+    r = httpx.post(f"{base}/v1/images/generations", content=b'{"prompt": "cat", "seed": 1' + b"0" * 50 + b"}")
+    assert r.status_code == 400 and "an integer of 51 digits" in r.json()["error"]["message"]
