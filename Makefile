@@ -17,12 +17,15 @@ $(VENV)/.installed: setup.py
 setup: $(VENV)/.installed
 
 # tesseract (OCR evaluation) and the DejaVu fonts (word rendering) are system packages, and so is
-# qemu-user, which runs the quantized folders' tests on an emulated AVX2 CPU whatever CPU this is.
+# qemu-user, which runs the quantized folders' tests on an emulated AVX2 CPU whatever CPU this is;
+# chromium and its driver run the page of `dnd serve` in its selenium test.
 system-deps:
-	@if ! command -v tesseract >/dev/null || [ ! -d /usr/share/fonts/truetype/dejavu ] || ! command -v qemu-x86_64 >/dev/null; then \
+	@if ! command -v tesseract >/dev/null || [ ! -d /usr/share/fonts/truetype/dejavu ] || ! command -v qemu-x86_64 >/dev/null \
+	    || ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tesseract-ocr tesseract-ocr-eng fonts-dejavu-core qemu-user >/dev/null; \
-	  else echo "install tesseract-ocr, fonts-dejavu-core and qemu-user with your package manager"; fi; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tesseract-ocr tesseract-ocr-eng fonts-dejavu-core qemu-user \
+	      chromium chromium-driver >/dev/null; \
+	  else echo "install tesseract-ocr, fonts-dejavu-core, qemu-user, chromium and chromium-driver with your package manager"; fi; \
 	fi
 
 # the demo writes only its own folders: out/model is where the README puts the user's exports

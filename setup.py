@@ -23,7 +23,8 @@ setup(
         "dnd_eval": "evaluation",
         "dnd_bench": "benchmarks",
     },
-    package_data={"dnd_training": ["words.txt"], "dnd_training.importers": ["imagenet_classes.txt"]},
+    package_data={"dnd_training": ["words.txt"], "dnd_training.importers": ["imagenet_classes.txt"],
+                  "dnd_sdk": ["page/*.html", "page/*.css", "page/*.js"]},  # the page of `dnd serve`
     # ONNX Runtime comes from an extra: onnxruntime and onnxruntime-gpu install the same module and
     # must never meet in one environment, so choose exactly one of cpu, gpu and gpu-cu12
     install_requires=["numpy", "pillow", "click>=8", "tqdm"],
@@ -42,7 +43,8 @@ setup(
         "ray": ["ray>=2.60,<3"],
         "serve": ["starlette>=0.37", "uvicorn>=0.30", "prometheus_client>=0.20"],
         # linters on one minor release each: a newer one may find new things, so raise these on purpose
-        "dev": ["pytest", "hypothesis", "httpx", "ruff>=0.17.6,<0.18", "mypy>=2.4.1,<2.5"],
+        # openai and selenium: the serving tests' real clients (the selenium tests drive Debian's chromium)
+        "dev": ["pytest", "hypothesis", "httpx", "ruff>=0.17.6,<0.18", "mypy>=2.4.1,<2.5", "openai", "selenium>=4"],
     },
     entry_points={
         "console_scripts": [

@@ -3,57 +3,58 @@
     POST /v1/images   {"labels": ["ocean"], "num": 2, "seed": 0, "cfg_scale": 2.0, ...}
                       -> {"images": [{"png": base64, "index": 0, "label": 3, ...}, ...]}, or with
                       `Accept: image/png` and one image, the PNG itself (metadata in X-Image-Metadata)
-    GET  /v1/models   labels, image size, sampler defaults, backend
+    POST /v1/images/generations, GET /v1/models   OpenAI's Images API (dnd_sdk.openai_api)
     GET  /health      {"status": "ok"}
     GET  /metrics     Prometheus text: queue depth, batch sizes, images, latency
+    GET  /            a page to generate images in the browser (dnd_sdk.web_page)
 
-Errors are JSON {"error": message}: bad input 400, a body slower than body_timeout 408, a body over
-16 MiB 413, a full queue 429 (Retry-After), a timeout 504.
+Errors of /v1/images are JSON {"error": message} (the OpenAI routes' are OpenAI's): bad input 400, a body
+slower than body_timeout 408, a body over 16 MiB 413, a full queue 429 (Retry-After), a timeout 504.
 A request whose client disconnects is dropped at once (logged as status 499 in /metrics).
 A PNG here has the very bytes `dnd generate` writes for the same (model, label, settings, seed, index).
 Each request is logged as one line on the `dnd_sdk.serve` logger (method, path, status, images,
 seconds), and the app's shutdown as one more. Slow clients are bounded by `dnd_sdk.connections`.
 """
-import asyncio
 import base64
 import collections
 import contextlib
 import errno
 import functools
-import io
 import json
 import logging
-import re
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Optional
 
 import uvicorn
-from PIL import Image
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .arguments import as_int, integer, seconds
+from .arguments import integer, seconds
 from .connections import BACKLOG, ConnectionGuard, GuardedH11Protocol, connection_cap
-from .errors import DndError, InvalidInputError, OverloadedError, arg
+from .errors import DndError, InvalidInputError, arg
 from .generator import Generator
 from .images_request import ImagesRequest
+from .openai_api import openai_routes
+from .serve_steps import (
+    Metrics,
+    Refusal,
+    await_images,
+    encode_pngs,
+    image_metadata,
+    in_words,
+    parse_json,
+    receive_body,
+    submit,
+)
+from .web_page import page_routes
 
-RETRY_AFTER_S = 1
-# Generator settings an error may name that a client cannot send: the server's own flags
-SERVER_FLAGS = {"max_batch": "the server's --max-batch"}
-# nginx's code for "client closed request": the reply goes nowhere, the latency metric keeps it apart
-CLIENT_GONE = 499
-# a body is a few request keys; even a list of a million image indices stays far below this
-MAX_BODY_BYTES = 1 << 24
-# no request value has more digits than an int64; int() of a longer one is slow, and past 4300 digits it raises
-MAX_JSON_DIGITS = 20
 # what a slow client may take, in seconds: the request head (a deadline, not renewed by each byte), the body
 HEADER_TIMEOUT, BODY_TIMEOUT = 10.0, 30.0
 # open connections; lowered at start to what the open-files limit allows (dnd_sdk.connections)
@@ -62,66 +63,8 @@ MAX_CONNECTIONS = 2048
 log = logging.getLogger(__name__)
 
 
-class Metrics:
-    """The Prometheus series of one server, in its own registry."""
-
-    def __init__(self, gen: Generator) -> None:
-        self.registry = r = CollectorRegistry()
-        Gauge("dnd_queue_depth", "Requests waiting for a row", registry=r).set_function(
-            lambda: gen.scheduler.queue_depth)
-        Gauge("dnd_images_in_flight", "Images being sampled now", registry=r).set_function(
-            lambda: gen.scheduler.images_in_flight)
-        self.in_progress = Gauge("dnd_requests_in_progress", "POST /v1/images requests received, not yet answered",
-                                 registry=r)
-        self.batch = Histogram("dnd_batch_images", "Images per backend step", registry=r,
-                               buckets=(1, 2, 4, 8, 16, 32, 64, 128))
-        self.images = Counter("dnd_images", "Images returned (images/s: rate(dnd_images_total[1m]))", registry=r)
-        self.latency = Histogram("dnd_request_seconds", "POST /v1/images latency, by status", ["status"], registry=r,
-                                 buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
-        gen.scheduler.listeners.append(lambda images, rows, seconds: self.batch.observe(images))
-
-
-def _png(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")  # Pillow's defaults, as dnd_sdk.images.save_png writes
-    return buf.getvalue()
-
-
 def _error(status: int, message: str, headers: Optional[dict] = None) -> JSONResponse:
     return JSONResponse({"error": message}, status, headers=headers)
-
-
-def _in_server_words(error: InvalidInputError) -> str:
-    text = str(error)
-    for name in set(error.names) & set(SERVER_FLAGS):
-        text = re.sub(rf"\b{name}\b", SERVER_FLAGS[name], text)
-    return text
-
-
-def _json_int(text: str) -> int:
-    if len(text.lstrip("-")) > MAX_JSON_DIGITS:
-        raise InvalidInputError(f"the body holds an integer of {len(text.lstrip('-'))} digits; every integer a "
-                                f"request takes has at most {MAX_JSON_DIGITS - 1}")
-    return int(text)
-
-
-async def _read_body(request: Request) -> Optional[bytes]:
-    """The request's body, or None once it passes MAX_BODY_BYTES (read no further: memory stays bounded)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and as_int(declared, 0, MAX_BODY_BYTES, digits=True) is None:
-        return None
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            return None
-    return bytes(body)
-
-
-async def _disconnect(request: Request) -> None:
-    """Return once the client has gone: with the body read, the ASGI server's next message is the disconnect."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 class RequestLog:
@@ -157,25 +100,13 @@ def create_app(gen: Generator, timeout: Optional[float] = 300.0, body_timeout: O
     timeout = seconds(timeout, "timeout", minimum_open=True)
     body_timeout = seconds(body_timeout, "body_timeout", minimum_open=True)
     metrics = Metrics(gen)
-    m = gen.manifest
-
-    async def images(request: Request) -> Response:
-        t0 = time.perf_counter()
-        with metrics.in_progress.track_inprogress():
-            response = await _images(request)
-        metrics.latency.labels(str(response.status_code)).observe(time.perf_counter() - t0)
-        return response
 
     def _parse(raw: bytes, want_png: bool) -> Any:
         """The request of a body, parsed and validated; or the error Response."""
         try:
-            body = json.loads(raw, parse_int=_json_int)
+            body = parse_json(raw, '{"labels": ["cat"], "seed": 0}')
         except InvalidInputError as e:
             return _error(400, str(e))
-        except (ValueError, UnicodeDecodeError):
-            return _error(400, "the body must be a JSON object, e.g. {\"labels\": [\"cat\"], \"seed\": 0}")
-        except RecursionError:
-            return _error(400, "the body is nested too deeply; it must be a JSON object of request keys")
         try:
             asked = ImagesRequest.from_json(body)  # batch_size is the server's business: no key sets it
             req = gen.request(asked.labels, asked.num, seed=asked.seed, sampling=asked.sampling, start=asked.start,
@@ -185,55 +116,26 @@ def create_app(gen: Generator, timeout: Optional[float] = 300.0, body_timeout: O
                                    "ask for num 1, or accept application/json")
             return req
         except InvalidInputError as e:
-            return _error(400, _in_server_words(e))
+            return _error(400, in_words(e))
 
-    async def _images(request: Request) -> Response:
+    @metrics.measure
+    async def images(request: Request) -> Response:
         try:
-            raw = await asyncio.wait_for(_read_body(request), body_timeout)
-        except asyncio.TimeoutError:
-            return _error(408, f"the body did not arrive within {body_timeout:g} s; send it at once",
-                          {"Connection": "close"})
-        except ClientDisconnect:
-            return _error(CLIENT_GONE, "the client disconnected before its body arrived")
-        if raw is None:
-            return _error(413, f"the body is over {MAX_BODY_BYTES >> 20} MiB; ask for many images with num and "
-                               "start rather than listing them")
-        want_png = "image/png" in request.headers.get("accept", "")
-        # parsing and validating a 16 MiB body takes seconds: off the event loop, so /health never waits for it
-        req = await run_in_threadpool(_parse, raw, want_png)
-        if isinstance(req, Response):
-            return req
-        try:  # here, not in the thread: a handler cancelled meanwhile must leave nothing queued
-            future = gen.submit(req)
-        except OverloadedError as e:
-            return _error(429, str(e), {"Retry-After": str(RETRY_AFTER_S)})
-        result, gone = asyncio.wrap_future(future), asyncio.ensure_future(_disconnect(request))
-        try:
-            done, _ = await asyncio.wait((result, gone), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-            future.cancel()  # nobody waits for it any more (a no-op once it finished): its rows go to others
-        if gone in done and result not in done:
-            return _error(CLIENT_GONE, "the client disconnected; the request was dropped")
-        if result not in done:
-            return _error(504, f"the request did not finish within {timeout:g} s and was dropped; ask for fewer "
-                               "images or retry when the server is less busy")
-        pngs = await run_in_threadpool(lambda: [_png(im) for im in result.result()])
+            raw = await receive_body(request, body_timeout)
+            want_png = "image/png" in request.headers.get("accept", "")
+            # parsing and validating a 16 MiB body takes seconds: off the event loop, so /health never waits for it
+            req = await run_in_threadpool(_parse, raw, want_png)
+            if isinstance(req, Response):
+                return req
+            pngs = await encode_pngs(await await_images(request, submit(gen, req), timeout))
+        except Refusal as r:
+            return _error(r.status, r.message, r.headers)
         metrics.images.inc(len(pngs))
         request.state.images = len(pngs)
-        settings = req.params.as_dict()
-        meta = [{"index": int(i), "label": int(c), "label_name": gen.labels[c], "seed": req.seed, **settings}
-                for i, c in zip(req.indices, req.labels)]
+        meta = image_metadata(gen, req)
         if want_png:
             return Response(pngs[0], media_type="image/png", headers={"X-Image-Metadata": json.dumps(meta[0])})
         return JSONResponse({"images": [{**d, "png": base64.b64encode(p).decode()} for d, p in zip(meta, pngs)]})
-
-    async def models(request: Request) -> Response:
-        return JSONResponse({"models": [{
-            "id": gen.path.name, "backend": gen.backend_name, "labels": gen.labels,
-            "image": {"height": int(m.image["height"]), "width": int(m.image["width"])},
-            "latent": dict(zip(("h", "w", "depth"), gen.latent_shape)), "sampler_defaults": m.sampler_defaults,
-            "guidance": m.null_class is not None, "max_batch_rows": gen.scheduler.max_rows}]})
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -248,8 +150,9 @@ def create_app(gen: Generator, timeout: Optional[float] = 300.0, body_timeout: O
         log.info("stopped serving %s after %d requests, %d images", gen.path, totals["requests"], totals["images"])
 
     totals: collections.Counter = collections.Counter()
-    return Starlette(routes=[Route("/v1/images", images, methods=["POST"]), Route("/v1/models", models),
-                             Route("/health", health), Route("/metrics", prometheus)],
+    return Starlette(routes=[Route("/v1/images", images, methods=["POST"]), Route("/health", health),
+                             Route("/metrics", prometheus), *openai_routes(gen, metrics, timeout, body_timeout),
+                             *page_routes()],
                      middleware=[Middleware(RequestLog, totals=totals)], lifespan=lifespan)
 
 

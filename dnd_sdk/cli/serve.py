@@ -49,7 +49,8 @@ def _log_requests() -> None:
 @backend_options
 def serve(model: Path, host: str, port: int, max_batch: Optional[int], max_queue: int, timeout: float,
           header_timeout: float, body_timeout: float, max_connections: int, backend: dict) -> None:
-    """Serve MODEL over HTTP: POST /v1/images, GET /v1/models, /health, /metrics.
+    """Serve MODEL over HTTP: POST /v1/images, OpenAI's POST /v1/images/generations and GET /v1/models,
+    /health, /metrics, and a page at / to generate in the browser.
 
     One process, one Generator, one queue: concurrent requests share backend batches. SIGTERM stops
     accepting, finishes the requests in flight, then exits. One line per request goes to stdout.

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
+from live_server import ThreadedServer
 
 from dnd_sdk import Generator
 from dnd_sdk.batch import BatchJob, run_batch
-from dnd_sdk.serve import MAX_BODY_BYTES, _png, create_app
+from dnd_sdk.serve_steps import MAX_BODY_BYTES, png as _png
 
 BODIES = [
     {"labels": ["cat"], "seed": 0, "cfg_scale": 1.0},
@@ -31,34 +31,6 @@ BODIES = [
     {"num": 1, "seed": 6, "temperature": 0.6, "top_k": 10, "top_p": 0.9},
     {"labels": ["cat"], "image_indices": [9], "seed": 7, "cfg_scale": 2.0},
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ThreadedServer:
-    """uvicorn serving create_app(gen) on a free loopback port, in a thread of this process."""
-
-    def __init__(self, gen, timeout=60.0):
-        self.port = _free_port()
-        self.server = uvicorn.Server(uvicorn.Config(create_app(gen, timeout), host="127.0.0.1", port=self.port,
-                                                    log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        for _ in range(200):
-            if self.server.started:
-                return f"http://127.0.0.1:{self.port}"
-            time.sleep(0.025)
-        raise RuntimeError("the server did not start")
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(30)
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +112,9 @@ def test_values_python_cannot_convert_get_400_and_queue_nothing(url, body, fragm
 
 
 def test_models_and_health(url):
-    model = httpx.get(f"{url}/v1/models").json()["models"][0]
+    models = httpx.get(f"{url}/v1/models").json()
+    assert models["object"] == "list" and models["data"][0]["object"] == "model"
+    model = models["data"][0]
     assert model["labels"] == ["cat", "dog", "bird", "fish"] and model["backend"] == "onnxruntime-cpu"
     assert model["sampler_defaults"]["cfg_scale"] == 2.0 and model["max_batch_rows"] == 16
     assert httpx.get(f"{url}/health").json() == {"status": "ok"}
