@@ -3,6 +3,7 @@ import socket
 import threading
 import time
 
+import httpx
 import uvicorn
 
 from dnd_sdk.serve import create_app
@@ -34,3 +35,14 @@ class ThreadedServer:
     def __exit__(self, *exc):
         self.server.should_exit = True
         self.thread.join(30)
+
+
+def metrics_once_dropped(base):
+    """/metrics once no image is in flight and no request in progress (a dropped request's rows are free);
+    the last reading if that takes over 4 s."""
+    for _ in range(400):
+        metrics = httpx.get(f"{base}/metrics").text
+        if "dnd_images_in_flight 0.0" in metrics and "dnd_requests_in_progress 0.0" in metrics:
+            break
+        time.sleep(0.01)
+    return metrics

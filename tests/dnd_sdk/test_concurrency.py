@@ -8,6 +8,7 @@ from concurrent.futures import CancelledError as FutureCancelled
 
 import numpy as np
 import pytest
+from forked import in_forked_child
 
 from dnd_sdk import Generator
 from dnd_sdk.errors import OverloadedError, RequestTimeoutError
@@ -167,29 +168,13 @@ def test_an_interrupted_wait_drops_the_request(gen):
     assert gen.scheduler.queue_depth == gen.scheduler.images_in_flight == 0
 
 
-def _sample_in_child(gen, queue):
-    try:
-        queue.put(gen.sample_codes(num=3, seed=4, cfg_scale=2.0, timeout=30))
-    except BaseException as e:  # the parent asserts on it
-        queue.put(f"{type(e).__name__}: {e}")
-
-
 def test_a_child_made_by_fork_samples_what_the_parent_samples(tiny_model_dir):
-    import multiprocessing
-    fork = multiprocessing.get_context("fork")
     with Generator(tiny_model_dir, backend="onnxruntime-cpu", threads=2) as gen:
         expected = gen.sample_codes(num=3, seed=4, cfg_scale=2.0)  # the scheduler thread runs in this process
         busy = threading.Thread(target=gen.sample_codes, kwargs=dict(num=200, seed=1))
         busy.start()  # and is mid-request when the second child is made
         for _ in range(2):
-            queue = fork.Queue()
-            child = fork.Process(target=_sample_in_child, args=(gen, queue))
-            child.start()
-            try:
-                got = queue.get(timeout=20)
-            finally:
-                child.kill()
-                child.join()
+            got = in_forked_child(lambda: gen.sample_codes(num=3, seed=4, cfg_scale=2.0, timeout=30), timeout=20)
             assert isinstance(got, np.ndarray), got
             np.testing.assert_array_equal(got, expected)
         busy.join(60)

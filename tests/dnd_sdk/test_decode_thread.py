@@ -8,6 +8,7 @@ from concurrent.futures import CancelledError as FutureCancelled, Future
 
 import numpy as np
 import pytest
+from forked import in_forked_child
 
 from dnd_sdk import Generator
 from dnd_sdk.backends.onnxrt import OnnxrtBackend
@@ -127,26 +128,10 @@ def test_a_generator_dropped_after_decoding_is_collected_and_both_threads_end(ti
         assert not thread.is_alive()
 
 
-def _images_in_child(gen, queue):
-    try:
-        queue.put([np.asarray(im) for im in gen.sample(num=2, seed=4, timeout=30)])
-    except BaseException as e:  # the parent asserts on it
-        queue.put(f"{type(e).__name__}: {e}")
-
-
 def test_a_child_made_by_fork_decodes_what_the_parent_decodes(tiny_model_dir):
-    import multiprocessing
-    fork = multiprocessing.get_context("fork")
     with Generator(tiny_model_dir, backend="onnxruntime-cpu", threads=1) as gen:
         expected = [np.asarray(im) for im in gen.sample(num=2, seed=4)]  # both threads run in this process
-        queue = fork.Queue()
-        child = fork.Process(target=_images_in_child, args=(gen, queue))
-        child.start()
-        try:
-            got = queue.get(timeout=30)
-        finally:
-            child.kill()
-            child.join()
+        got = in_forked_child(lambda: [np.asarray(im) for im in gen.sample(num=2, seed=4, timeout=30)])
         assert isinstance(got, list), got
         assert [g.tolist() for g in got] == [e.tolist() for e in expected]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from live_server import ThreadedServer
+from live_server import ThreadedServer, metrics_once_dropped
 from PIL import Image
 
 from dnd_sdk import Generator
@@ -148,11 +148,7 @@ def test_a_streaming_client_that_disconnects_frees_its_rows(tiny_model_dir):
                 lines = r.iter_lines()
                 assert next(lines) == "event: image_generation.partial_image"
                 assert gen.scheduler.queue_depth >= 1  # its images still wait for the row (and a partial image perhaps for the decoder)
-            for _ in range(400):  # the client is gone: its request is dropped at the scheduler's next step
-                metrics = httpx.get(f"{base}/metrics").text
-                if "dnd_images_in_flight 0.0" in metrics and "dnd_requests_in_progress 0.0" in metrics:
-                    break
-                time.sleep(0.01)
+            metrics = metrics_once_dropped(base)  # the client is gone: its request is dropped at the scheduler's next step
             assert gen.scheduler.images_in_flight == gen.scheduler.queue_depth == 0
             assert 'dnd_request_seconds_count{status="499"} 1.0' in metrics
             r = httpx.post(f"{base}/v1/images/generations", json={"prompt": "cat", "cfg_scale": 1}, timeout=30)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from live_server import ThreadedServer
+from live_server import ThreadedServer, metrics_once_dropped
 
 from dnd_sdk import Generator
 from dnd_sdk.batch import BatchJob, run_batch
@@ -324,11 +324,7 @@ def test_a_client_that_disconnects_has_its_request_dropped(one_row):
                 break
             time.sleep(0.01)
         assert gen.scheduler.images_in_flight == 1 and gen.scheduler.queue_depth == 1
-    for _ in range(400):  # the client is gone: the server drops the request at the scheduler's next step
-        metrics = httpx.get(f"{base}/metrics").text
-        if "dnd_images_in_flight 0.0" in metrics and "dnd_requests_in_progress 0.0" in metrics:
-            break
-        time.sleep(0.01)
+    metrics = metrics_once_dropped(base)  # the client is gone: the server drops the request at the scheduler's next step
     assert gen.scheduler.images_in_flight == gen.scheduler.queue_depth == 0
     assert 'dnd_request_seconds_count{status="499"} 1.0' in metrics
     r = httpx.post(f"{base}/v1/images", json={"labels": ["cat"], "cfg_scale": 1}, timeout=30)
