@@ -172,8 +172,6 @@ def _set(path, value):
     (_set(["files", "stage0", "inputs", 0, "dtype"], "float16"),
      r"stage0 inputs: hidden float16 \['batch_size', 1, 32\] \(expected float32"),
     (_set(["files", "decoder", "outputs", 0, "dtype"], "float32"), r"decoder outputs: image float32"),
-    (_set(["forms"], {"stages": [["x"]]}), "forms needs stages"),
-    (_set(["forms", "decoder"], [{"a": 1}]), "forms needs stages"),
     (_set(["sampler_defaults", "note"], "x"), r"sampler_defaults needs exactly .* has \['cfg_scale', 'note'"),
     (_set(["producer"], [1]), r"producer must be an object of strings .* got \[1\]"),
     (_set(["producer", "torch"], 2), r"producer must be an object of strings"),
