@@ -90,6 +90,7 @@ def test_not_a_model_folder_exits_1_without_traceback(tmp_path):
     assert "no manifest.json here" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_gives_the_uninterrupted_output(tiny_model_dir, tmp_path):
     args = ["generate", str(tiny_model_dir), "--num", "120", "--batch-size", "1", "--seed", "9",
             "--threads", "1", "--npz", "--grid", "--quiet"]

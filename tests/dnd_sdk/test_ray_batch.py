@@ -20,6 +20,7 @@ from dnd_sdk.ray_batch import PRIVATE_CLUSTER, RayOptions, run_batch_ray
 
 os.environ.update(PRIVATE_CLUSTER)  # before ray is imported: the test cluster listens on 127.0.0.1 only
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
+pytestmark = pytest.mark.slow  # a cluster, workers and subprocesses: seconds per test
 
 JOB = dict(num=40, seed=3, npz=True, grid=True)
 CLI_JOB = ["--num", "40", "--seed", "3", "--npz", "--grid", "--threads", "1", "--quiet"]
