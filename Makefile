@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 MODEL ?= models/words
 OUT ?= out
 
-.PHONY: setup system-deps demo smoke test lint clean
+.PHONY: setup system-deps demo smoke test test-no-torch lint clean
 
 # torch is pinned: this version installs a CPU build; an unpinned torch pulls a multi-GB CUDA build.
 $(VENV)/.installed: setup.py
@@ -46,6 +46,15 @@ smoke: setup
 
 test: setup system-deps
 	$(PY) -m pytest tests -q
+
+# the runtime's tests where torch is not installed: a second environment with the runtime's extras alone (the dev
+# extra pulls no torch); under build/, which git ignores. tests/dnd_sdk runs on the committed tests/data/tiny-model
+NO_TORCH_VENV ?= build/venv-no-torch
+test-no-torch:
+	python3 -m venv $(NO_TORCH_VENV)
+	$(NO_TORCH_VENV)/bin/python -m pip install -q -e ".[cpu,dev,serve]"
+	@if $(NO_TORCH_VENV)/bin/python -c "import torch" 2>/dev/null; then echo "torch is installed in $(NO_TORCH_VENV)"; exit 1; fi
+	$(NO_TORCH_VENV)/bin/python -m pytest tests/dnd_sdk -q
 
 # ruff, then mypy on every package (settings and their reasons: pyproject.toml)
 lint: setup

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from dnd_sdk.backends.tensorrt_spec import TensorrtSpec
 from dnd_sdk.errors import BackendUnavailableError, DndError, InvalidInputError
 from dnd_sdk.folders import atomic_write, check_target, staged_folder, write_failure
 from dnd_sdk.model_folder.engine_index import BUILT, EngineIndex, tensorrt_major, write_engine_index
@@ -71,9 +72,9 @@ def build_engines(model_dir, out_dir, config: BuildConfig = BuildConfig(), force
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     manifest = load_manifest(model_dir)  # every file verified before hours of GPU time go into it
     check_target(out_dir, force, source=model_dir, ours=BUILT)
-    if "tensorrt" not in manifest.backends:  # int8/int4 stages and int8 decoders use ONNX Runtime's own operators
-        raise InvalidInputError(f"{model_dir} holds graphs for {', '.join(manifest.backends)} only ({manifest.graph_kinds}); "
-                                "export with --dtype fp32, fp16 or bf16 and a float --decoder-dtype for TensorRT")
+    refusal = TensorrtSpec().supports(manifest.graphs)  # int8/int4 stages and int8 decoders: ONNX Runtime's operators
+    if refusal is not None:
+        raise InvalidInputError(f"{model_dir}: {refusal}")
     trt = _import_tensorrt()
     max_rows = config.max_batch * (2 if manifest.null_class is not None else 1)
     shapes = profile_shapes(manifest, max_rows)

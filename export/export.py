@@ -17,12 +17,12 @@ import onnx
 import torch
 
 import dnd_sdk
+from dnd_sdk.backends import refusals
 from dnd_sdk.errors import InvalidInputError, arg
 from dnd_sdk.folders import check_target, staged_folder, write_failure
+from dnd_sdk.model_folder.graphs import GraphFacts
 from dnd_sdk.model_folder.manifest import (
-    BACKEND_NAMES,
     EXPORTED,
-    ONNXRUNTIME_ONLY,
     FileEntry,
     FileRef,
     Manifest,
@@ -47,9 +47,6 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, 
 # float32; int8/int4 exports are for ONNX Runtime, whose int8 convolution runs it about twice as fast.
 # Its I/O is int64 -> uint8 either way.
 AUTO_DECODER_DTYPES = {"fp32": "fp32", "fp16": "fp16", "bf16": "fp32", "int8": "int8", "int4": "int8"}
-# bf16 stage graphs: ONNX Runtime's CPU kernels lack bfloat16, and its backend keeps the caches in numpy,
-# which has none
-TENSORRT_ONLY = ("tensorrt",)
 DECODER_TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "int8": torch.float32}
 DEFAULT_OPSET = 17
 # the opsets the suite exports and lints (14 to 20); 20 is the TorchScript exporter's ceiling
@@ -78,7 +75,7 @@ def export_model(checkpoint_path, out_dir, dtype: str = "fp32", opset: int = DEF
     if check and dtype in QUANTIZED:
         raise InvalidInputError(f"--check compares with PyTorch at float tolerances, which {dtype} weights do not "
                                 "meet by design; judge a quantized export with `dnd eval ocr MODEL_DIR`")
-    forms = _forms(dtype, decoder_dtype)
+    graphs = _runnable_graphs(dtype, decoder_dtype)
     out_dir = Path(out_dir)
     check_target(out_dir, force, source=checkpoint_path, ours=EXPORTED)
     # mmap: the weights stay in the file until used, so the export holds one copy of them in its dtype
@@ -100,8 +97,7 @@ def export_model(checkpoint_path, out_dir, dtype: str = "fp32", opset: int = DEF
                 image={"height": tokenizer.config.image_height, "width": tokenizer.config.image_width},
                 null_class=model.args.num_classes if model.args.has_null_class else None,
                 sampler_defaults=sampler_defaults, stages=stages, files=files, cache_length=model.args.cache_length,
-                forms=forms, decoder_dtype=decoder_dtype,
-                quantization=quantization_facts(dtype, decoder_dtype),
+                decoder_dtype=graphs.decoder_dtype, quantization=graphs.quantization,
                 producer={"dnd_sdk": dnd_sdk.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
                           "exporter": "torch.onnx TorchScript", **provenance(checkpoint_path)})
             write_manifest(tmp, manifest)
@@ -121,17 +117,19 @@ def provenance(checkpoint_path) -> dict:
     return {"checkpoint": str(path), "checkpoint_sha256": sha256_file(path)}
 
 
-def _forms(dtype: str, decoder_dtype: str) -> dict:
-    """The manifest's `forms`; refuses a combination whose graphs no one backend runs."""
-    stages = ONNXRUNTIME_ONLY if dtype in QUANTIZED else TENSORRT_ONLY if dtype == "bf16" else BACKEND_NAMES
-    decoder = ONNXRUNTIME_ONLY if decoder_dtype == "int8" else BACKEND_NAMES
-    if not set(stages) & set(decoder):
+def _runnable_graphs(dtype: str, decoder_dtype: str) -> GraphFacts:
+    """The facts the manifest will state about the graphs of this export, once some backend said it runs them:
+    a combination that every backend refuses (bf16 stage graphs with an int8 decoder) is refused before
+    anything is written."""
+    graphs = GraphFacts(dtype, decoder_dtype, quantization_facts(dtype, decoder_dtype))
+    answers = refusals(graphs)
+    if None not in answers.values():
         raise InvalidInputError(
             f"{arg('dtype')} {dtype} with {arg('decoder_dtype')} {decoder_dtype} makes a folder no backend runs: "
-            f"{dtype} stage graphs run on {', '.join(stages)} only, an {decoder_dtype} decoder on "
-            f"{', '.join(decoder)} only. Keep a float {arg('decoder_dtype')} (auto, fp32 or fp16) for bf16, or use "
-            f"{arg('dtype')} fp32, fp16, int8 or int4 with an int8 decoder")
-    return {"stages": list(stages), "decoder": list(decoder)}
+            + "; ".join(f"{name}: {refusal}" for name, refusal in answers.items())
+            + f". Keep a float {arg('decoder_dtype')} (auto, fp32 or fp16) for bf16, or use {arg('dtype')} fp32, "
+            "fp16, int8 or int4 with an int8 decoder")
+    return graphs
 
 
 def _write_graphs(tmp: Path, model, tokenizer, opset: int, threshold: int, dtype: str, decoder_dtype: str) -> tuple:

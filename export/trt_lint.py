@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper, shape_inference
 
+from dnd_sdk.backends.tensorrt_spec import TensorrtSpec
 from dnd_sdk.cli.flags import user_errors
 from dnd_sdk.model_folder.manifest import load_manifest
 
@@ -74,10 +75,10 @@ class Finding:
 
 def lint_folder(model_dir) -> list:
     """Lint every graph of an exported folder that is meant for TensorRT (dnd-build builds each); a folder
-    whose `forms.stages` leaves TensorRT out (int8/int4: ONNX Runtime's quantized operators in the stage
-    graphs and the decoder) is ONNX-Runtime-only, refused by dnd-build, and exempt."""
+    that TensorRT refuses (int8/int4: ONNX Runtime's quantized operators in the stage graphs or the decoder) is
+    ONNX-Runtime-only, refused by dnd-build, and exempt."""
     manifest = load_manifest(model_dir, verify=False)
-    graphs = [*manifest.stage_names, "decoder"] if "tensorrt" in manifest.backends else []
+    graphs = [*manifest.stage_names, "decoder"] if TensorrtSpec().supports(manifest.graphs) is None else []
     return [f for graph in graphs for f in lint_graph(manifest.graph_path(graph))]
 
 

@@ -13,9 +13,10 @@ from .tokenizer import RQTokenizer, TokenizerConfig
 
 
 def random_checkpoint(path, preset: str = "tiny", seed: int = 0, head_std=None, labels=(), meta=None,
-                      **overrides) -> tuple:
-    """Save a random `preset` Transformer (ModelArgs `overrides` applied) and a matching RQTokenizer;
-    returns (path, model, tokenizer). Class names: `labels` first, then class{i}."""
+                      tokenizer_config=None, **overrides) -> tuple:
+    """Save a random `preset` Transformer (ModelArgs `overrides` applied) and a matching RQTokenizer
+    (TokenizerConfig fields in the dict `tokenizer_config` applied); returns (path, model, tokenizer). Class names:
+    `labels` first, then class{i}."""
     torch.manual_seed(seed)
     args = ModelArgs(**{**MODEL_CONFIGS[preset], **overrides})
     model = Transformer(args).eval()
@@ -27,7 +28,7 @@ def random_checkpoint(path, preset: str = "tiny", seed: int = 0, head_std=None, 
     narrow = dict(ch=16, ch_mult=[1, 2, 2, 2], embed_dim=8) if preset == "tiny" else {}
     tokenizer = RQTokenizer(TokenizerConfig(image_height=8 * args.grid_h, image_width=8 * args.grid_w,
                                             codebook_size=args.vocab_size, depth=args.num_pred_heads,
-                                            **narrow)).eval()
+                                            **{**narrow, **(tokenizer_config or {})})).eval()
     names = (list(labels) + [f"class{i}" for i in range(len(labels), args.num_classes)])[: args.num_classes]
     save_checkpoint(path, model, tokenizer, names, meta=meta)
     return Path(path), model, tokenizer

@@ -23,12 +23,12 @@ except ImportError as e:  # the base install leaves the choice of onnxruntime or
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as OrtNotImplemented
 
-from ..cpu import cpu_features
 from ..errors import BackendUnavailableError, ManifestError
 from ..model_folder.checks import spec_text
 from ..model_folder.files import RERUN, graph_session
 from ..model_folder.manifest import Manifest
 from .base import Backend, RowPositions
+from .onnxrt_spec import OnnxruntimeSpec
 
 if TYPE_CHECKING:
     from .device_cache import DeviceCache
@@ -103,16 +103,9 @@ class OnnxrtBackend(Backend):
             raise BackendUnavailableError(
                 f"ONNX Runtime here has no {provider} (available: {available}). "
                 "Install onnxruntime-gpu for CUDA, or use backend='onnxruntime-cpu'.")
-        if device == "cpu" and manifest.unbounded_int8_forms and not cpu_features().has_int8_dot():
-            # without VNNI, u8 x s8 pairs add in 16-bit lanes and saturate on weights that were not bounded
-            raise BackendUnavailableError(
-                f"the int8 {' and '.join(manifest.unbounded_int8_forms)} of this folder were quantized before "
-                "dnd-sdk bounded int8 weights, and on this CPU (no AVX-512 VNNI or AVX-VNNI) ONNX Runtime's integer "
-                "kernels would saturate and spoil the images. Export it again with dnd-export (same --dtype and "
-                "--decoder-dtype); the new folder runs the same on every CPU")
-        if manifest.dtype == "bf16":  # ONNX Runtime's CPU kernels and numpy (the CPU cache) have no bfloat16
-            raise BackendUnavailableError("bf16 exports run on TensorRT (dnd-build); export with --dtype fp32 or "
-                                          "fp16 for ONNX Runtime")
+        refusal = OnnxruntimeSpec(device).supports(manifest.graphs)  # what `auto` asks, for a backend built directly
+        if refusal is not None:
+            raise BackendUnavailableError(refusal)
         self.name, self.device, self.manifest = f"onnxruntime-{device}", device, manifest
         self.sessions: dict[str, ort.InferenceSession] = {}
         self.cache: Optional[DeviceCache] = None

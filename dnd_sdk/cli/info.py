@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from ..backends import refusals, runnable
 from ..model_folder.engine_index import load_engine_index
 from ..model_folder.files import load_embeddings
 from ..model_folder.manifest import load_manifest
@@ -20,6 +21,8 @@ def summary(model_dir: Path) -> str:
     labels = ", ".join(map(str, m.labels[:6])) + (", ..." if len(m.labels) > 6 else "")
     size = sum(e.bytes + sum(r.bytes for r in e.external_data) for e in m.files.values())
     guidance = "available" if m.null_class is not None else "unavailable (no null class)"
+    answers = refusals(m.graphs)
+    runs_on = ", ".join(runnable(m.graphs)) or "no backend here"
     lines = [
         f"{model_dir}: {m.format} v{m.version}, dtype {m.dtype}"
         + (f" (decoder {m.decoder_dtype})" if m.decoder_dtype else "") + f", opset {m.opset}",
@@ -27,7 +30,8 @@ def summary(model_dir: Path) -> str:
         f"latent:   {m.latent['h']}x{m.latent['w']} cells x depth {m.depth}, vocab {m.model_config.get('vocab_size')}",
         f"image:    {m.image['height']}x{m.image['width']} RGB",
         "sampler:  " + ", ".join(f"{k}={v}" for k, v in m.sampler_defaults.items()),
-        f"runs on:  {', '.join(m.backends)} (stage graphs v2, cache of {m.cache_length} positions)",
+        f"runs on:  {runs_on} (stage graphs v2, cache of {m.cache_length} positions)",
+        *(f"not on:   {name}: {refusal}" for name, refusal in answers.items() if refusal is not None),
         f"files:    {len(m.files)} ({size / 2**20:.1f} MiB), sha256 verified, embedding tables checked",
         "producer: " + ", ".join(f"{k} {v}" for k, v in m.producer.items() if k not in SOURCE_KEYS),
     ]

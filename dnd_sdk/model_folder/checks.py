@@ -9,7 +9,7 @@ from ..errors import InvalidInputError
 from ..labels import label_problem
 from ..model_shape import cache_length, stage_cut
 from ..sampler import SamplingParams
-from .schema import BACKEND_NAMES, CACHE_DTYPES, DECODER_DTYPES, DIM_NAMES, DTYPES, KV_TEMPLATES
+from .schema import CACHE_DTYPES, DECODER_DTYPES, DIM_NAMES, DTYPES, KV_TEMPLATES
 
 # generous bounds: far beyond any trained model, far below what would exhaust memory
 LIMITS = {"latent side": 1024, "depth": 64, "image side": 16384, "vocab_size": 1 << 20, "dim": 1 << 16,
@@ -23,10 +23,6 @@ def _int_in(value: Any, lo: int, hi: int) -> bool:
 def _kv_template(value: Any) -> bool:
     """A template takes exactly one layer index: 'new_key_values.%d.key'."""
     return isinstance(value, str) and value.count("%") == 1 and "%d" in value
-
-
-def _strings(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(x, str) for x in value)
 
 
 def problems(m: Any) -> list:
@@ -60,10 +56,6 @@ def problems(m: Any) -> list:
         need(label_problem(m.labels) is None, str(label_problem(m.labels)))
         need(m.null_class is None or _int_in(m.null_class, len(m.labels), len(m.labels)),
              f"null_class must be null or {len(m.labels)} (the number of labels), got {m.null_class!r}")
-    need(isinstance(m.forms, dict) and set(m.forms) <= {"stages", "decoder"} and "stages" in m.forms
-         and all(_strings(v) and v and set(v) <= set(BACKEND_NAMES) for v in m.forms.values()),
-         f"forms needs stages (and may have decoder), each a non-empty list of backends among {BACKEND_NAMES}, "
-         f"got {m.forms!r}")
     need(m.decoder_dtype in ("", *DECODER_DTYPES), f"decoder_dtype must be one of {DECODER_DTYPES}, got "
                                                     f"{m.decoder_dtype!r}")
     need(isinstance(m.quantization, dict) and set(m.quantization) <= {"stages", "decoder"}

@@ -9,9 +9,14 @@ Public API:
     Stage(graph, layers, head)
     Manifest                        the whole file; helpers: depth, stage_names, graph_path(name),
                                     file_path(name), inputs(name), outputs(name), past_names(layer),
-                                    new_names(layer), backends, to_dict(), from_dict(d)
+                                    new_names(layer), graphs (GraphFacts: what backends judge), to_dict(),
+                                    from_dict(d)
     write_manifest(model_dir, manifest) -> Manifest   fills sha256/bytes of every file, writes json
     load_manifest(model_dir, verify=True) -> Manifest validates fields and every file's sha256
+
+The manifest states facts about its graphs, never which backends run them: each backend judges that itself
+(`dnd_sdk.backends`). Folders written before that carry `forms` (graph form -> backend names), which is read
+past: their dtypes say the same.
 """
 import dataclasses
 import json
@@ -26,7 +31,8 @@ from ..folders import OwnFiles, atomic_write
 from ..sampler import DEFAULTS
 from .checks import problems
 from .schema import (  # noqa: F401 (the schema's names are imported from here)
-    BACKEND_NAMES, DECODER_DTYPES, DIM_NAMES, DTYPES, KV_TEMPLATES, ONNXRUNTIME_ONLY, SAMPLER_KEYS, TENSOR_DTYPES)
+    DECODER_DTYPES, DIM_NAMES, DTYPES, KV_TEMPLATES, SAMPLER_KEYS, TENSOR_DTYPES)
+from .graphs import GraphFacts
 from .hashing import sha256_file
 from .files import RERUN as _RERUN, inside, verify as verify_file, verify_graph
 
@@ -139,7 +145,6 @@ class Manifest:
     stages: list   # list[Stage]
     files: dict    # name -> FileEntry; names stage0..stage{D-1}, decoder, embeddings
     cache_length: int  # L, the slots of every fixed KV cache tensor [rows, kv_heads, L, head_dim]
-    forms: dict = field(default_factory=lambda: {"stages": list(BACKEND_NAMES)})  # graph form -> backends
     decoder_dtype: str = ""  # fp32, fp16 or int8; "" in folders written before it was recorded (the export's)
     # graph form -> facts of its integer kernels (op, and for int8 weights `pair_limit`); {} for float graphs
     # and for folders written before it was recorded
@@ -183,23 +188,9 @@ class Manifest:
         return self.kv["new_key"] % layer, self.kv["new_value"] % layer
 
     @property
-    def backends(self) -> list:
-        """The backends that may run this folder: those of every graph form (int8/int4 stage graphs and
-        int8 decoders use ONNX Runtime's own operators). A folder without a decoder form predates it:
-        its decoder runs everywhere."""
-        return [b for b in self.forms["stages"] if b in self.forms.get("decoder", BACKEND_NAMES)]
-
-    @property
-    def unbounded_int8_forms(self) -> list:
-        """The int8 graph forms whose weights carry no `pair_limit` (exported before weights were bounded): on
-        CPUs without VNNI, ONNX Runtime's integer kernels saturate on them (docs/architecture.md)."""
-        int8 = [form for form, dtype in (("stages", self.dtype), ("decoder", self.decoder_dtype)) if dtype == "int8"]
-        return [form for form in int8 if "pair_limit" not in self.quantization.get(form, {})]
-
-    @property
-    def graph_kinds(self) -> str:
-        """The graphs' precisions in words, e.g. "int8 stages, int8 decoder"."""
-        return f"{self.dtype} stages, {self.decoder_dtype or 'float'} decoder"
+    def graphs(self) -> GraphFacts:
+        """What the graphs are made of: what each backend's `supports` judges."""
+        return GraphFacts(self.dtype, self.decoder_dtype, self.quantization)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -219,7 +210,7 @@ class Manifest:
             # version 1 stage graphs grew their cache by concatenation; no backend runs them any more
             raise ManifestError(f"manifest version {d.get('version')!r} is not supported (this build reads {VERSION}). {_RERUN}")
         names = [f.name for f in dataclasses.fields(cls) if f.name != "model_dir"]
-        required = [n for n in names if n not in ("producer", "kv", "forms", "decoder_dtype", "quantization")]
+        required = [n for n in names if n not in ("producer", "kv", "decoder_dtype", "quantization")]
         missing = [n for n in required if n not in d]
         if missing:
             raise ManifestError(f"manifest.json is missing required field(s) {missing}. {_RERUN}")

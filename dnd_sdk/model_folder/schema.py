@@ -6,6 +6,7 @@ from ..sampler import STORED_SETTINGS
 
 DTYPES = ("fp32", "fp16", "bf16", "int8", "int4")
 DECODER_DTYPES = ("fp32", "fp16", "int8")  # the decoder graph's own: int8 is ONNX Runtime's QLinearConv
+INTEGER_DTYPES = ("int8", "int4")  # graphs of ONNX Runtime's quantized integer operators
 TENSOR_DTYPES = ("float32", "float16", "bfloat16", "int64", "uint8", "uint16", "bool")
 DIM_NAMES = ("batch_size",)
 # the KV cache's element type for each stage dtype: int8/int4 graphs keep their caches in float32
@@ -14,6 +15,3 @@ CACHE_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "int8"
 SAMPLER_KEYS = STORED_SETTINGS
 KV_TEMPLATES = {"past_key": "past_key_values.%d.key", "past_value": "past_key_values.%d.value",
                 "new_key": "new_key_values.%d.key", "new_value": "new_key_values.%d.value"}
-# backend names as `Generator(backend=...)` takes them; `forms` maps each graph form to those that run it
-BACKEND_NAMES = ("tensorrt", "onnxruntime-cuda", "onnxruntime-cpu")
-ONNXRUNTIME_ONLY = ("onnxruntime-cuda", "onnxruntime-cpu")

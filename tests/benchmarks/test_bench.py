@@ -71,6 +71,7 @@ def test_bench_refuses_a_cuda_reference_without_cuda(tiny_checkpoint, tiny_model
     assert result.exit_code == 1 and "--reference-device cuda needs a GPU" in result.output
 
 
+@pytest.mark.slow
 def test_bench_preset_dtype_and_profile(tmp_path):
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(cli, ["bench", "--preset", "tiny", "--dtype", "int8", "--batch-size", "2",
@@ -127,6 +128,7 @@ def test_timed_runs_take_turns_and_each_side_keeps_its_best():
     assert ours > 10 / 0.02 and ref <= 10 / 0.03  # the runtime's fast first timed run is its best
 
 
+@pytest.mark.slow
 def test_a_model_folder_alone_is_compared_with_the_checkpoint_it_came_from(tiny_checkpoint, tmp_path):
     from dnd_export import export_model
     checkpoint = tmp_path / "checkpoint.pt"

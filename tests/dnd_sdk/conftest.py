@@ -1,7 +1,15 @@
-"""Fixtures of the runtime tests."""
+"""Fixtures of the runtime tests. They run without torch: `tiny_model_dir` is the committed folder here
+(tests/data/tiny-model, kept equal to what the exporter writes by tests/export/test_tiny_model_data.py).
+A test that compares with PyTorch asks for `tiny_checkpoint` and `exported_tiny_model_dir`, which skip without
+torch."""
 import pytest
 
 from dnd_sdk import Generator
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(committed_tiny_model_dir):
+    return committed_tiny_model_dir
 
 
 @pytest.fixture(scope="module")

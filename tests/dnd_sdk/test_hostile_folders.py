@@ -173,8 +173,6 @@ def _set(path, value):
     (_set(["files", "stage0", "inputs", 0, "dtype"], "float16"),
      r"stage0 inputs: hidden float16 \['batch_size', 1, 32\] \(expected float32"),
     (_set(["files", "decoder", "outputs", 0, "dtype"], "float32"), r"decoder outputs: image float32"),
-    (_set(["forms"], {"stages": [["x"]]}), "forms needs stages"),
-    (_set(["forms", "decoder"], [{"a": 1}]), "forms needs stages"),
     (_set(["sampler_defaults", "note"], "x"), r"sampler_defaults: unknown sampler setting\(s\) \['note'\]; a model "
                                                r"stores cfg_scale, "),
     (_set(["sampler_defaults"], ["cfg_scale"]), r"sampler_defaults must be an object of sampler settings"),

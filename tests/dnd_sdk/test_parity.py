@@ -1,18 +1,19 @@
 """The runtime reproduces the PyTorch reference sampler token for token on the tiny exported model."""
 import numpy as np
 import pytest
-import torch
 
-from dnd_sdk import Generator
-from dnd_training.checkpoint import load_checkpoint
-from dnd_training.sampling import generate
+torch = pytest.importorskip("torch")  # the reference is PyTorch's
+
+from dnd_sdk import Generator  # noqa: E402
+from dnd_training.checkpoint import load_checkpoint  # noqa: E402
+from dnd_training.sampling import generate  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def pair(tiny_checkpoint, tiny_model_dir):
+def pair(tiny_checkpoint, exported_tiny_model_dir):
     torch.set_num_threads(1)
     ckpt = load_checkpoint(tiny_checkpoint)
-    with Generator(tiny_model_dir, backend="onnxruntime-cpu", threads=1) as gen:
+    with Generator(exported_tiny_model_dir, backend="onnxruntime-cpu", threads=1) as gen:
         yield gen, ckpt.build_model(), ckpt.build_tokenizer()
 
 

@@ -10,18 +10,17 @@ import sys
 import time
 
 import pytest
-
-from dnd_sdk.ray_batch import PRIVATE_CLUSTER
-
-os.environ.update(PRIVATE_CLUSTER)  # before ray is imported: the test cluster listens on 127.0.0.1 only
-import ray  # noqa: E402
 from click.testing import CliRunner
 
 from dnd_sdk import Generator
 from dnd_sdk.batch import BatchJob, _shard_lock, run_batch
 from dnd_sdk.cli.main import cli
 from dnd_sdk.errors import ClusterError, InvalidInputError, ManifestError, OutputError
-from dnd_sdk.ray_batch import RayOptions, run_batch_ray
+from dnd_sdk.ray_batch import PRIVATE_CLUSTER, RayOptions, run_batch_ray
+
+os.environ.update(PRIVATE_CLUSTER)  # before ray is imported: the test cluster listens on 127.0.0.1 only
+ray = pytest.importorskip("ray", reason="the ray extra is not installed")
+pytestmark = pytest.mark.slow  # a cluster, workers and subprocesses: seconds per test
 
 JOB = dict(num=40, seed=3, npz=True, grid=True)
 CLI_JOB = ["--num", "40", "--seed", "3", "--npz", "--grid", "--threads", "1", "--quiet"]

@@ -8,6 +8,7 @@ from click.testing import CliRunner
 
 from dnd_engines.cli import main as dnd_build
 from dnd_export import export_model
+from dnd_sdk.backends import runnable
 from dnd_sdk.errors import InvalidInputError, ManifestError
 from dnd_sdk.model_folder.manifest import load_manifest
 from dnd_training.checkpoint import load_checkpoint
@@ -50,10 +51,8 @@ def test_bf16_export_passes_the_checker_and_is_for_tensorrt_only(tiny_checkpoint
 
     out = export_model(tiny_checkpoint, tmp_path / "bf16", dtype="bf16")
     m = load_manifest(out)
-    assert m.forms == {"stages": ["tensorrt"], "decoder": ["tensorrt", "onnxruntime-cuda", "onnxruntime-cpu"]}
-    assert m.backends == ["tensorrt"] and m.decoder_dtype == "fp32"
-    with pytest.raises(BackendUnavailableError, match="onnxruntime-cpu: this folder's graphs .bf16 stages, fp32 "
-                                                      "decoder. are for tensorrt only"):
+    assert runnable(m.graphs) == ["tensorrt"] and m.decoder_dtype == "fp32"
+    with pytest.raises(BackendUnavailableError, match=r"onnxruntime-cpu: bf16 stage graphs run on TensorRT \(dnd-build\)"):
         Generator(out)
     for name in m.stage_names + ["decoder"]:
         onnx.checker.check_model(str(m.graph_path(name)), full_check=True)
@@ -105,10 +104,11 @@ def test_quantized_export_is_onnxruntime_only_and_samples(tiny_checkpoint, tmp_p
 
     out = export_model(tiny_checkpoint, tmp_path / dtype, dtype=dtype)
     m = load_manifest(out)
-    assert m.dtype == dtype and m.backends == ["onnxruntime-cuda", "onnxruntime-cpu"]
+    assert m.dtype == dtype and runnable(m.graphs) == ["onnxruntime-cuda", "onnxruntime-cpu"]
     ops = {n.op_type for n in onnx.load(str(m.graph_path("stage0"))).graph.node}
     assert ({"MatMulInteger"} if dtype == "int8" else {"MatMulNBits"}) <= ops
-    with pytest.raises(BackendUnavailableError, match="for onnxruntime-cuda, onnxruntime-cpu only"):
+    with pytest.raises(BackendUnavailableError, match="tensorrt: TensorRT does not build ONNX Runtime's own "
+                                                      f"integer operators, which make up this folder's {dtype} stage"):
         Generator(out, backend="tensorrt")
     result = CliRunner().invoke(dnd_build, [str(out), "-o", str(tmp_path / "engines")])
     assert result.exit_code == 1 and "export with --dtype fp32, fp16 or bf16 and a float --decoder-dtype" in result.output
@@ -152,7 +152,7 @@ def test_no_int8_kernel_can_saturate(tiny_checkpoint, tmp_path):
     m = load_manifest(export_model(tiny_checkpoint, tmp_path / "m", dtype="int8", decoder_dtype="int8"))
     assert m.quantization == {"stages": {"op": "MatMulInteger", "pair_limit": 128},
                               "decoder": {"op": "QLinearConv", "pair_limit": 128}}
-    assert m.unbounded_int8_forms == []
+    assert m.graphs.unbounded_int8_forms == []
     columns = int8_weight_columns(m)
     assert {k.split("/")[0] for k in columns} == set(m.stage_names + ["decoder"])
     for name, q in columns.items():
@@ -191,7 +191,7 @@ def test_int8_decoder_keeps_the_tokens_and_approximates_the_pixels(tiny_checkpoi
 
     out = export_model(tiny_checkpoint, tmp_path / "m", decoder_dtype="int8")
     m = load_manifest(out)
-    assert (m.dtype, m.decoder_dtype) == ("fp32", "int8") and m.backends == ["onnxruntime-cuda", "onnxruntime-cpu"]
+    assert (m.dtype, m.decoder_dtype) == ("fp32", "int8") and runnable(m.graphs) == ["onnxruntime-cuda", "onnxruntime-cpu"]
     assert "QLinearConv" in {n.op_type for n in onnx.load(str(m.graph_path("decoder"))).graph.node}
     assert lint_folder(out) == []  # an ONNX-Runtime-only folder is not for dnd-build
     with Generator(tiny_model_dir, threads=1) as fp32, Generator(out, threads=1) as int8:
@@ -224,7 +224,7 @@ def test_an_int8_folder_from_before_the_pair_limit_runs_only_where_it_cannot_sat
     import json
 
     from dnd_sdk import Generator
-    from dnd_sdk.backends import onnxrt
+    from dnd_sdk.backends import onnxrt_spec
     from dnd_sdk.cpu import parse_cpuinfo
     from dnd_sdk.errors import BackendUnavailableError
 
@@ -232,9 +232,9 @@ def test_an_int8_folder_from_before_the_pair_limit_runs_only_where_it_cannot_sat
     manifest = json.loads((out / "manifest.json").read_text())
     del manifest["quantization"]  # as folders were written before it
     (out / "manifest.json").write_text(json.dumps(manifest))
-    assert load_manifest(out).unbounded_int8_forms == ["stages", "decoder"]
+    assert load_manifest(out).graphs.unbounded_int8_forms == ["stages", "decoder"]
     for flags, refused in (("avx2 avx512f avx512_vnni", False), ("avx2 avx_vnni", False), ("avx2 avx512f", True)):
-        monkeypatch.setattr(onnxrt, "cpu_features", functools.partial(parse_cpuinfo, f"model name\t: x\nflags\t\t: {flags}\n"))
+        monkeypatch.setattr(onnxrt_spec, "cpu_features", functools.partial(parse_cpuinfo, f"model name\t: x\nflags\t\t: {flags}\n"))
         if refused:
             with pytest.raises(BackendUnavailableError, match="int8 stages and decoder of this folder were quantized "
                                                               "before .* Export it again with dnd-export"):

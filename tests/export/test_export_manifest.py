@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
+from dnd_sdk.backends import runnable
 from dnd_sdk.errors import ManifestError
 from dnd_sdk.model_folder.manifest import DIM_NAMES, Manifest, load_manifest, sha256_file, write_manifest
 from dnd_training.checkpoint import load_checkpoint
@@ -33,7 +34,8 @@ def test_manifest_describes_the_folder(tiny_checkpoint, tiny_model_dir):
     ins = {s.name: (s.dtype, s.shape) for s in m.inputs("stage1")}
     outs = {s.name: (s.dtype, s.shape) for s in m.outputs("stage1")}
     # graph v2: the cache is fixed at L = 1 condition slot + 2*4 - 1 cells; only rows are dynamic
-    assert m.cache_length == 8 and m.backends == ["tensorrt", "onnxruntime-cuda", "onnxruntime-cpu"]
+    assert m.cache_length == 8 and runnable(m.graphs) == ["tensorrt", "onnxruntime-cuda", "onnxruntime-cpu"]
+    assert "forms" not in json.loads((tiny_model_dir / "manifest.json").read_text())  # backends judge the graphs
     assert ins == {"hidden": ("float32", ["batch_size", 1, 32]), "positions": ("int64", ["batch_size"]),
                    "kv_mask": ("bool", ["batch_size", 8]),
                    "past_key_values.2.key": ("float32", ["batch_size", kv, 8, 8]),
@@ -64,13 +66,23 @@ def test_round_trip_through_dict_and_file(model_copy):
     assert again == m and load_manifest(model_copy) == m
 
 
-def test_folder_from_before_the_decoder_form_runs_everywhere(model_copy):
+ALL_BACKENDS = ["tensorrt", "onnxruntime-cuda", "onnxruntime-cpu"]
+
+
+@pytest.mark.parametrize("older", [
+    # as dnd-export wrote folders before backends judged them: the backends of each graph form named
+    {"forms": {"stages": ALL_BACKENDS, "decoder": ALL_BACKENDS}},
+    # before the decoder's form and dtype were recorded: its decoder is float, and runs everywhere
+    {"forms": {"stages": ALL_BACKENDS}, "decoder_dtype": None},
+])
+def test_folders_written_before_load_and_run_where_they_ran(model_copy, older):
     raw = json.loads((model_copy / "manifest.json").read_text())
-    assert raw["decoder_dtype"] == "fp32" and raw["forms"]["decoder"] == raw["forms"]["stages"]
-    del raw["decoder_dtype"], raw["forms"]["decoder"]
+    for key, value in older.items():
+        raw.pop(key) if value is None else raw.__setitem__(key, value)
     (model_copy / "manifest.json").write_text(json.dumps(raw))
     m = load_manifest(model_copy)
-    assert m.decoder_dtype == "" and m.backends == ["tensorrt", "onnxruntime-cuda", "onnxruntime-cpu"]
+    assert m.decoder_dtype == raw.get("decoder_dtype", "") and runnable(m.graphs) == ALL_BACKENDS
+    assert "forms" not in m.to_dict()  # read past: the dtypes say the same
 
 
 @pytest.mark.parametrize("victim", ["stage1.onnx", "decoder.onnx", "embeddings.npz"])
@@ -95,9 +107,6 @@ def test_missing_file_and_missing_manifest(model_copy, tmp_path):
     (lambda d: d.update(format="other"), "format is 'other'"),
     (lambda d: d.update(version=1), r"version 1 is not supported \(this build reads 2\)\. Re-export the model with "
                                     r"`dnd-export CHECKPOINT"),
-    (lambda d: d.update(forms={"stages": ["openvino"]}), "forms needs stages .and may have decoder., each a non-empty"),
-    (lambda d: d.update(forms={"stages": ["onnxruntime-cpu"], "decoder": []}), "forms needs stages"),
-    (lambda d: d.update(forms={"stages": ["onnxruntime-cpu"], "postprocess": ["tensorrt"]}), "forms needs stages"),
     (lambda d: d.update(decoder_dtype="int4"), "decoder_dtype must be one of"),
     (lambda d: d.update(cache_length=0), "cache_length must be an int in"),
     (lambda d: d.pop("stages"), r"missing required field\(s\) \['stages'\]"),

@@ -16,7 +16,8 @@ from dnd_export import export_model
 from dnd_sdk import Generator
 
 QEMU = shutil.which("qemu-x86_64")
-pytestmark = pytest.mark.skipif(QEMU is None, reason="needs qemu-user (apt-get install qemu-user) to emulate AVX2")
+pytestmark = [pytest.mark.skipif(QEMU is None, reason="needs qemu-user (apt-get install qemu-user) to emulate AVX2"),
+              pytest.mark.slow]  # a minute under emulation
 
 
 @pytest.fixture(scope="module")

@@ -90,6 +90,7 @@ def test_init_from_must_match_the_architecture(decoder_tuned, tmp_path):
         train_tokenizer(load_config(TokenizerRunConfig, None, [TINY_TOKENIZER, *DATA, "freeze_codes=true"]))
 
 
+@pytest.mark.slow
 def test_transformer_starts_from_init_from(decoder_tuned, tmp_path):
     start, tuned, _ = decoder_tuned
     # the start checkpoint's classes (conftest's tiny labels), rendered at its tokenizer's size

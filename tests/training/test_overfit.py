@@ -1,10 +1,12 @@
 """A tiny transformer memorises a handful of code sequences, and greedy sampling gives them back."""
+import pytest
 import torch
 
 from dnd_training.model import MODEL_CONFIGS, ModelArgs, Transformer
 from dnd_training.sampling import generate
 
 
+@pytest.mark.slow
 def test_overfit_then_greedy_sampling_reproduces_the_sequences():
     torch.manual_seed(0)
     args = ModelArgs(**{**MODEL_CONFIGS["tiny"], "dim": 64, "n_head": 4, "n_kv_head": 2, "class_dropout_prob": 0.0})

@@ -51,6 +51,7 @@ def test_the_log_says_which_and_why(tmp_path, caplog):
     assert f"training in {expected} ({why}; --set train.precision=bf16|fp32 overrides)" in caplog.text
 
 
+@pytest.mark.slow
 def test_dnd_train_prints_the_choice(tmp_path):
     overrides = ["tokenizer={ch: 8, ch_mult: [1, 2, 2, 2], embed_dim: 8, codebook_size: 16, depth: 2}",
                  "data.height=16", "data.width=64", "data.num_classes=4", "train.batch_size=2", "train.sample_every=0",

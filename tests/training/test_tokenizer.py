@@ -117,6 +117,7 @@ def train_tiny(depth, steps=150, seed=0):
     return tok.eval()
 
 
+@pytest.mark.slow
 def test_reconstruction_error_falls_with_depth():
     """A tiny tokenizer's reconstruction error falls with depth on fixed images (depth 4 < depth 1 after the same short training).
 
@@ -193,6 +194,7 @@ def test_straight_through_gradients_reach_the_encoder():
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dynamo", [False, True])
 def test_decode_exports_to_onnx(tmp_path, dynamo):
     pytest.importorskip("onnx")

@@ -36,6 +36,7 @@ def codes_dir(tmp_path_factory):
     return tmp
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(codes_dir):
     tmp = codes_dir
     single = train_transformer(load_config(TransformerRunConfig, None, transformer_overrides(tmp, tmp / "one")))

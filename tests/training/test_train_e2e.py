@@ -42,6 +42,7 @@ def read_log(path):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+    """A tokenizer and a transformer trained for about a minute: its tests are marked slow."""
     tmp = tmp_path_factory.mktemp("e2e")
     tok_path = train_tokenizer(load_config(TokenizerRunConfig, None, tokenizer_overrides(tmp / "tok")))
     cfg = load_config(TransformerRunConfig, None, transformer_overrides(tmp, tmp / "tr"))
@@ -52,6 +53,7 @@ def trained(tmp_path_factory):
     return tmp, tok_path, cfg
 
 
+@pytest.mark.slow
 def test_tokenizer_learns_and_writes_its_files(trained):
     tmp, tok_path, _ = trained
     log = read_log(tmp / "tok" / "log.jsonl")
@@ -65,6 +67,7 @@ def test_tokenizer_learns_and_writes_its_files(trained):
     assert grid.size == (3 * (64 + 2) + 2, title + 8 * (16 + 2) + 2)  # original + 2 depths, 8 preview rows
 
 
+@pytest.mark.slow
 def test_codes_file(trained):
     tmp, _, cfg = trained
     data = load_codes(cfg.codes.path)
@@ -77,6 +80,7 @@ def test_codes_file(trained):
     assert np.array_equal(first[0].numpy(), data.codes[5])  # sample 5 of the dataset, deterministic
 
 
+@pytest.mark.slow
 def test_transformer_loss_falls_and_checkpoint_samples(trained):
     tmp, _, _ = trained
     log = read_log(tmp / "tr" / "log.jsonl")
@@ -98,6 +102,7 @@ def test_transformer_loss_falls_and_checkpoint_samples(trained):
     assert grid.size == (4 * (64 + 2) + 2, 9 + 4 + 2 + 2 * (16 + 2) + 2)  # a column per class, titled; 2 samples
 
 
+@pytest.mark.slow
 def test_checkpoint_holds_the_ema_weights(trained):
     tmp, _, _ = trained
     ckpt = load_checkpoint(tmp / "tr" / "checkpoint.pt")
@@ -108,6 +113,7 @@ def test_checkpoint_holds_the_ema_weights(trained):
     assert any(not torch.equal(ckpt.model[k], raw[k]) for k in ckpt.model)
 
 
+@pytest.mark.slow
 def test_model_settings_must_agree_with_the_codes(trained):
     tmp, _, _ = trained
     cfg = load_config(TransformerRunConfig, None, transformer_overrides(tmp, tmp / "bad") + ["model.vocab_size=99"])
