@@ -2,13 +2,13 @@
 import gc
 import signal
 import threading
-import time
 import weakref
 from concurrent.futures import CancelledError as FutureCancelled
 
 import numpy as np
 import pytest
 from forked import in_forked_child
+from idle import scheduler_idle
 
 from dnd_sdk import Generator
 from dnd_sdk.errors import OverloadedError, RequestTimeoutError
@@ -161,11 +161,7 @@ def test_an_interrupted_wait_drops_the_request(gen):
     finally:
         interrupt.join()
         signal.signal(signal.SIGINT, previous)
-    for _ in range(200):  # the scheduler drops the request at its next step
-        if gen.scheduler.queue_depth == gen.scheduler.images_in_flight == 0:
-            break
-        time.sleep(0.01)
-    assert gen.scheduler.queue_depth == gen.scheduler.images_in_flight == 0
+    assert scheduler_idle(gen)  # the scheduler drops the request at its next step
 
 
 def test_a_child_made_by_fork_samples_what_the_parent_samples(tiny_model_dir):

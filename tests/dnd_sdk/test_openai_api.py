@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from idle import scheduler_idle
 from live_server import ThreadedServer, metrics_once_dropped
 from PIL import Image
 
@@ -132,11 +133,7 @@ def test_a_full_queue_raises_rate_limit_error_and_a_stream_past_its_timeout_ends
             client = openai.OpenAI(base_url=f"{base}/v1", api_key="-", max_retries=0, timeout=60)
             with pytest.raises(openai.APIError, match="did not finish within 0.001 s"):
                 list(client.images.generate(prompt="cat", n=40, stream=True, extra_body={"cfg_scale": 1}))
-            for _ in range(200):  # the scheduler drops the request at its next step
-                if gen.scheduler.queue_depth == gen.scheduler.images_in_flight == 0:
-                    break
-                time.sleep(0.01)
-            assert gen.scheduler.queue_depth == gen.scheduler.images_in_flight == 0
+            assert scheduler_idle(gen)  # the scheduler drops the request at its next step
 
 
 def test_a_streaming_client_that_disconnects_frees_its_rows(tiny_model_dir):

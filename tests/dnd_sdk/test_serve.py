@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from idle import scheduler_idle
 from live_server import ThreadedServer, metrics_once_dropped
 
 from dnd_sdk import Generator
@@ -137,11 +138,7 @@ def test_overload_gets_429_and_a_timeout_504(tiny_model_dir):
         with ThreadedServer(gen, timeout=1e-3) as base:
             r = httpx.post(f"{base}/v1/images", json={"num": 40, "cfg_scale": 1}, timeout=60)
             assert r.status_code == 504 and "did not finish within 0.001 s" in r.json()["error"]
-            for _ in range(200):  # the scheduler drops the request at its next step
-                if gen.scheduler.queue_depth == gen.scheduler.images_in_flight == 0:
-                    break
-                time.sleep(0.01)
-            assert gen.scheduler.queue_depth == gen.scheduler.images_in_flight == 0
+            assert scheduler_idle(gen)  # the scheduler drops the request at its next step
 
 
 class DndServe:
