@@ -19,6 +19,7 @@ lone row beside a copy of itself (`dnd_sdk.backends.onnxrt`), and its one-row ti
 """
 import time
 from dataclasses import dataclass
+from typing import Any, cast
 
 import click
 import numpy as np
@@ -42,7 +43,8 @@ KERNELS = (Kernel("fp32"), Kernel("int8"), Kernel("nbits8", 8), Kernel("nbits4",
 
 def stage0_shapes(args: ModelArgs) -> list:
     """[(K, N)] of stage 0's weight products: every block up to the first head, then that head."""
-    block = [(args.dim, args.dim + 2 * args.n_kv_head * args.head_dim), (args.dim, args.dim),
+    kv_heads = args.n_kv_head or args.n_head
+    block = [(args.dim, args.dim + 2 * kv_heads * args.head_dim), (args.dim, args.dim),
              (args.dim, args.ffn_hidden), (args.dim, args.ffn_hidden), (args.ffn_hidden, args.dim)]
     return block * (args.pred_head_positions[0] + 1) + [(args.dim, args.vocab_size)]
 
@@ -146,7 +148,7 @@ def kernel_table(args: ModelArgs, rows: list, threads: int = 1, repeats: int = 3
 @click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True)
 def main(preset, rows, threads, repeats):
     """Time the weight products of PRESET's stage 0 in every kernel form, beside this run's streaming rate."""
-    args = ModelArgs(**MODEL_CONFIGS[preset])
+    args = ModelArgs(**cast(dict[str, Any], MODEL_CONFIGS[preset]))
     table = kernel_table(args, list(rows), threads, repeats)
     stream = streaming_bytes_per_s(threads)
     click.echo(f"stage 0 of {preset}: {len(stage0_shapes(args))} weight products; float32 one-row streaming "

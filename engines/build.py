@@ -71,7 +71,7 @@ def build_engines(model_dir, out_dir, config: BuildConfig = BuildConfig(), force
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     manifest = load_manifest(model_dir)  # every file verified before hours of GPU time go into it
     check_target(out_dir, force, source=model_dir, ours=BUILT)
-    if "tensorrt" not in manifest.backends:  # int8/int4 stages and int8 decoders use ONNX Runtime's own operators
+    if "tensorrt" not in manifest.backends:  # quantized stages and int8 decoders use ONNX Runtime's own operators
         raise InvalidInputError(f"{model_dir} holds graphs for {', '.join(manifest.backends)} only ({manifest.graph_kinds}); "
                                 "export with --dtype fp32, fp16 or bf16 and a float --decoder-dtype for TensorRT")
     trt = _import_tensorrt()
