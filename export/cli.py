@@ -16,8 +16,9 @@ from dnd_sdk.manifest_schema import DECODER_DTYPES, DTYPES
 @click.option("--dtype", type=click.Choice(DTYPES), default="fp32", show_default=True,
               help="Precision of the stage graphs: fp32/fp16/bf16 weights and KV cache (bf16 for TensorRT only), "
                    "or int8/int4 weights with each row's activations quantized on its own (ONNX Runtime only); "
-                   "int4-int8 mixes them: int4 feed-forward weights, int8 attention and heads, which keeps the "
-                   "images int4 loses. Hidden state and logits stay float32.")
+                   "int4-int8 mixes them: int4 feed-forward weights, int8 attention and heads, which keeps some of the "
+                   "images int4 loses (not all: docs/architecture.md, Mixed precision). Hidden state and logits stay "
+                   "float32.")
 @click.option("--decoder-dtype", type=click.Choice(["auto", *DECODER_DTYPES]), default="auto", show_default=True,
               help="The image decoder's precision. auto: as --dtype (fp32 for bf16, int8 for int8/int4/int4-int8). int8 "
                    "(ONNX Runtime only, so not with --dtype bf16) decodes about twice as fast on a CPU; the tokens "
