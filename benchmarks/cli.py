@@ -9,7 +9,7 @@ from dnd_sdk.backends import BACKEND_CHOICES
 from dnd_sdk.cli.flags import user_errors
 from dnd_sdk.cli.options import sampler_options
 from dnd_sdk.errors import InvalidInputError
-from dnd_sdk.model_folder.schema import DECODER_DTYPES
+from dnd_sdk.model_folder.schema import DECODER_DTYPES, DTYPES
 from dnd_training.model import MODEL_CONFIGS
 
 
@@ -22,8 +22,10 @@ from dnd_training.model import MODEL_CONFIGS
                    "unchanged; else the runtime alone. Without MODEL: a random --preset model]")
 @click.option("--preset", type=click.Choice(sorted(MODEL_CONFIGS)), default="tiny", show_default=True,
               help="Without MODEL and --checkpoint: this MODEL_CONFIGS preset with random weights.")
-@click.option("--dtype", type=click.Choice(["fp32", "fp16", "int8", "int4"]), default="fp32", show_default=True,
-              help="Without MODEL: the export dtype of the temporary folder.")
+# bf16 folders run on TensorRT only, which needs dnd-build first
+@click.option("--dtype", type=click.Choice([d for d in DTYPES if d != "bf16"]), default="fp32", show_default=True,
+              help="Without MODEL: the export dtype of the temporary folder (dnd-export --dtype; int4-int8: int4 "
+                   "feed-forward, int8 attention and heads).")
 @click.option("--decoder-dtype", type=click.Choice(["auto", *DECODER_DTYPES]), default="auto", show_default=True,
               help="Without MODEL: the temporary folder's decoder precision (dnd-export --decoder-dtype).")
 @click.option("--batch-size", "--batch", "batches", type=click.IntRange(min=1), multiple=True, default=(1, 16),

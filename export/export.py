@@ -40,13 +40,13 @@ from .stages import DecoderWrapper, StageWrapper
 log = logging.getLogger(__name__)
 
 # int8/int4: float32 graphs whose MatMul weights ONNX Runtime's quantization tools then rewrite
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.float32,
-          "int4": torch.float32}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
+          **{dtype: torch.float32 for dtype in QUANTIZED}}
 # decoder_dtype="auto": the decoder's dtype for each export dtype. ONNX Conv takes bfloat16 only from
 # opset 22 (past the TorchScript exporter), so a bf16 export keeps the small tokenizer decoder in
 # float32; int8/int4 exports are for ONNX Runtime, whose int8 convolution runs it about twice as fast.
 # Its I/O is int64 -> uint8 either way.
-AUTO_DECODER_DTYPES = {"fp32": "fp32", "fp16": "fp16", "bf16": "fp32", "int8": "int8", "int4": "int8"}
+AUTO_DECODER_DTYPES = {"fp32": "fp32", "fp16": "fp16", "bf16": "fp32", **{dtype: "int8" for dtype in QUANTIZED}}
 DECODER_TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "int8": torch.float32}
 DEFAULT_OPSET = 17
 # the opsets the suite exports and lints (14 to 20); 20 is the TorchScript exporter's ceiling

@@ -2,6 +2,7 @@
 
     extra = quantize_weights(Path("stage0.onnx"), "int8", threshold)  # int8 weights, int8 rows (MatMulInteger)
     extra = quantize_weights(Path("stage0.onnx"), "int4", threshold)  # int4 weight blocks (MatMulNBits)
+    extra = quantize_weights(Path("stage0.onnx"), "int4-int8", threshold)  # int4 feed-forward, int8 attention, heads
     extra = quantize_decoder(Path("decoder.onnx"), codes, threshold)  # every Conv int8 (QLinearConv)
 
 Each returns the graph's external data files, as `export_graph` does.
@@ -26,7 +27,9 @@ below 32767 whichever kernel runs the graph. 4-bit MatMulNBits multiplies int8 a
 (|a| <= 127) by weights of magnitude <= 8, far from the limit.
 """
 import logging
+import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +38,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .onnx_export import save_graph
 
-QUANTIZED = ("int8", "int4")
 # the most that two int8 weights of one output column may weigh together: 128 * 255 (the largest uint8
 # activation) = 32640 <= 32767, the 16-bit lane that kernels without VNNI add a pair of products in
 PAIR_LIMIT = 128
@@ -51,31 +53,96 @@ ROW_CONSTANTS = {"rq_zero_point": np.array(128, np.uint8), "rq_step": np.array(1
 
 
 def quantization_facts(dtype: str, decoder_dtype: str) -> dict:
-    """The manifest's `quantization`: the integer kernels of each quantized graph form. `pair_limit` tells a
-    reader that no two int8 weights of a column weigh more together, so no kernel saturates."""
-    facts = {}
-    if dtype == "int8":
-        facts["stages"] = {"op": "MatMulInteger", "pair_limit": PAIR_LIMIT}
-    elif dtype == "int4":
-        facts["stages"] = {"op": "MatMulNBits", "bits": 4, "block_size": INT4_BLOCK, "accuracy_level": INT4_ACCURACY}
+    """The manifest's `quantization`: the integer kernels of each quantized graph form, and which stage MatMuls
+    take which precision. `pair_limit` tells a reader that no two int8 weights of a column weigh more together,
+    so no kernel saturates."""
+    facts: dict = {}
+    if dtype in SCHEMES:
+        facts["stages"] = SCHEMES[dtype].facts()
     if decoder_dtype == "int8":
         facts["decoder"] = {"op": "QLinearConv", "pair_limit": PAIR_LIMIT}
     return facts
 
 
 def quantize_weights(path: Path, dtype: str, threshold: int) -> list:
+    """Rewrite the stage graph at `path` by the scheme of `dtype`: each weight MatMul int8 (MatMulInteger)
+    or int4 (MatMulNBits) as SCHEMES[dtype] gives its role."""
+    scheme = SCHEMES[dtype]
     model = onnx.load(str(path))
-    if dtype == "int8":
-        quantize_rows_int8(model)
-    else:
+    int8 = [node.name for node, name, _ in weight_matmuls(model) if scheme.precision(name) == "int8"]
+    if scheme.uses_int4:
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
         with _quiet_quantizer():
-            quantizer = MatMulNBitsQuantizer(model, block_size=INT4_BLOCK, is_symmetric=True,
-                                             accuracy_level=INT4_ACCURACY)
+            quantizer = MatMulNBitsQuantizer(model, block_size=scheme.int4_block, is_symmetric=True,
+                                             accuracy_level=INT4_ACCURACY, nodes_to_exclude=int8)
             quantizer.process()
         model = quantizer.model.model
+    quantize_rows_int8(model)  # every weight MatMul still in float32
     return save_graph(model, path, threshold)
+
+
+# what each weight MatMul of a stage graph (named after its module) is part of
+ROLES = {"wqkv": "attention", "wo": "attention", "w1": "feed_forward", "w3": "feed_forward",
+         "w2": "feed_forward", "output": "head"}
+# torch.onnx names a weight MatMul after its module: "/feed_forward/w1_2/MatMul", "/wqkv/MatMul", "/output.3/MatMul"
+_MODULE = re.compile(r"/(wqkv|wo|w1|w2|w3|output)(?:[._]\d+)?/MatMul$")
+
+
+def weight_matmuls(model: onnx.ModelProto) -> list:
+    """[(node, matmul name, block ordinal or None for the head)] of every MatMul by a float32 weight of a stage
+    graph, in graph order: the block ordinal counts the stage's blocks from 0."""
+    weights = {t.name for t in model.graph.initializer if t.data_type == TensorProto.FLOAT and len(t.dims) == 2}
+    found, block = [], -1
+    for node in model.graph.node:
+        if node.op_type != "MatMul" or node.input[1] not in weights:
+            continue
+        match = _MODULE.search(node.name)
+        if match is None:
+            raise ValueError(f"stage graph MatMul {node.name!r} is of no known module")
+        name = match.group(1)
+        if name == "wqkv":  # each block begins with its attention
+            block += 1
+        found.append((node, name, None if name == "output" else block))
+    return found
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """The precision of each role of stage MatMul ("int8": MatMulInteger, "int4": MatMulNBits)."""
+    attention: str  # wqkv and wo
+    feed_forward: str  # w1, w3, w2
+    head: str  # the stage's prediction head
+    int4_block: int = INT4_BLOCK
+
+    def precision(self, name: str) -> str:
+        return getattr(self, ROLES[name])
+
+    def facts(self) -> dict:
+        """The stage form's `quantization` entry: the kernel of each precision it uses (the int4 one first, as
+        an int4 folder has always named it) and `precision`, the precision of every block's attention and
+        feed-forward MatMuls and of each stage's head."""
+        used = [p for p in ("int4", "int8") if p in (self.attention, self.feed_forward, self.head)]
+        kernels = {"int4": {"op": "MatMulNBits", "bits": 4, "block_size": self.int4_block,
+                            "accuracy_level": INT4_ACCURACY},
+                   "int8": {"op": "MatMulInteger", "pair_limit": PAIR_LIMIT}}
+        facts = dict(kernels[used[0]])
+        if len(used) == 2:
+            facts["int8_op"] = "MatMulInteger"
+            facts["pair_limit"] = PAIR_LIMIT
+        facts["precision"] = {"attention": self.attention, "feed_forward": self.feed_forward, "head": self.head}
+        return facts
+
+    @property
+    def uses_int4(self) -> bool:
+        return "int4" in (self.attention, self.feed_forward, self.head)
+
+
+SCHEMES = {"int8": Scheme("int8", "int8", "int8"), "int4": Scheme("int4", "int4", "int4"),
+           # int4 where it costs the shipped word model's OCR least (docs/architecture.md, "Mixed precision"): the
+           # feed-forward weights, three quarters of a block's, in blocks of 16; attention and heads int8
+           "int4-int8": Scheme(attention="int8", feed_forward="int4", head="int8", int4_block=16)}
+QUANTIZED = tuple(SCHEMES)
 
 
 def quantize_decoder(path: Path, codes: np.ndarray, threshold: int, batch: int = 1) -> list:
@@ -108,7 +175,6 @@ def quantize_rows_int8(model: onnx.ModelProto) -> None:
     share its quantization."""
     graph = model.graph
     weights = {t.name: t for t in graph.initializer}
-    graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in ROW_CONSTANTS.items())
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     rows, columns, nodes = {}, {}, []
     for node in graph.node:
@@ -124,8 +190,11 @@ def quantize_rows_int8(model: onnx.ModelProto) -> None:
     del graph.node[:]
     graph.node.extend(nodes)
     kept = [t for t in graph.initializer if t.name not in columns]
+    # the row constants, where an int8 product uses them (from opset 18 on, ReduceMax reads its axes)
+    constants = [numpy_helper.from_array(v, k) for k, v in ROW_CONSTANTS.items()
+                 if columns and (k != "rq_axes" or opset >= 18)]
     del graph.initializer[:]
-    graph.initializer.extend(kept + [t for pair in columns.values() for t in pair])
+    graph.initializer.extend(kept + constants + [t for pair in columns.values() for t in pair])
 
 
 def _quantize_rows(x: str, nodes: list, opset: int, i: int) -> tuple:

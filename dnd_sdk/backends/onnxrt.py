@@ -27,6 +27,7 @@ from ..errors import BackendUnavailableError, ManifestError
 from ..model_folder.checks import spec_text
 from ..model_folder.files import RERUN, graph_session
 from ..model_folder.manifest import Manifest
+from ..model_folder.schema import NBITS_DTYPES
 from .base import Backend, RowPositions
 from .onnxrt_spec import OnnxruntimeSpec
 
@@ -122,7 +123,7 @@ class OnnxrtBackend(Backend):
         # ONNX Runtime's CPU 4-bit MatMulNBits takes a one-row path on CPUs without AVX-512 VNNI whose float
         # sums differ from its many-row path: a lone row runs beside a copy of itself, so its bits are the
         # same in a call of any size (the runtime promises an image that never depends on its batch)
-        self._min_rows = 2 if manifest.dtype == "int4" else 1
+        self._min_rows = 2 if manifest.dtype in NBITS_DTYPES else 1
 
     def _open_sessions(self, provider: str, threads: Optional[int]) -> None:
         manifest = self.manifest

@@ -25,6 +25,14 @@ def _kv_template(value: Any) -> bool:
     return isinstance(value, str) and value.count("%") == 1 and "%d" in value
 
 
+def _quantization_fact(key: str, value: Any) -> bool:
+    """A value of a `quantization` form: a name or an int, or under `precision` the precision ("int8", "int4")
+    of each kind of stage MatMul (folders written before it carry none: every MatMul is of the dtype)."""
+    if key == "precision":
+        return isinstance(value, dict) and all(isinstance(k, str) and v in ("int8", "int4") for k, v in value.items())
+    return isinstance(value, (str, int)) and not isinstance(value, bool)
+
+
 def problems(m: Any) -> list:
     found = []
 
@@ -59,9 +67,10 @@ def problems(m: Any) -> list:
     need(m.decoder_dtype in ("", *DECODER_DTYPES), f"decoder_dtype must be one of {DECODER_DTYPES}, got "
                                                     f"{m.decoder_dtype!r}")
     need(isinstance(m.quantization, dict) and set(m.quantization) <= {"stages", "decoder"}
-         and all(isinstance(v, dict) and all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in v.values())
+         and all(isinstance(v, dict) and all(_quantization_fact(k, x) for k, x in v.items())
                  for v in m.quantization.values()),
-         f"quantization must map stages or decoder to an object of names and ints, got {m.quantization!r}")
+         f"quantization must map stages or decoder to an object of names and ints (and `precision`, an object of "
+         f"names), got {m.quantization!r}")
     need(isinstance(m.producer, dict) and all(isinstance(v, str) for v in m.producer.values()),
          f"producer must be an object of strings (tool -> version), got {m.producer!r}")
     need(_int_in(m.cache_length, 1, LIMITS["tensor dim"]),

@@ -1,11 +1,11 @@
 """Run by test_other_cpus.py under `qemu-x86_64 -cpu EPYC-Rome`: an AVX2 CPU without AVX-512 or VNNI.
 
-    python avx2_check.py FP32_DIR INT8_DIR INT4_DIR OUT.npz
+    python avx2_check.py FP32_DIR INT8_DIR INT4_DIR INT4_INT8_DIR OUT.npz
 
 Proves first that ONNX Runtime took its AVX2 integer kernels (they saturate a pair of large u8 x s8
 products), then writes what the quantized folders give here: the rows whose logits depend on
-their batch, each folder's codes sampled one image at a time and six at once, and the int8
-decoder's images beside the float decoder's.
+their batch, each folder's codes sampled one image at a time and six at once, whether 4-bit MatMulNBits
+adds its extreme products exactly, and the int8 decoder's images beside the float decoder's.
 """
 import sys
 
@@ -14,7 +14,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from dnd_sdk import Generator
-from export_helpers import rows_that_depend_on_their_batch
+from export_helpers import nbits_extremes_exact, rows_that_depend_on_their_batch
 
 
 def pair_saturates() -> bool:
@@ -30,10 +30,10 @@ def pair_saturates() -> bool:
     return int(session.run(None, {"a": np.full((1, k), 255, np.uint8)})[0][0, 0]) != 255 * 127 * k
 
 
-def main(fp32_dir, int8_dir, int4_dir, out):
+def main(fp32_dir, int8_dir, int4_dir, mixed_dir, out):
     assert pair_saturates(), "this CPU adds u8 x s8 products without saturating: not the AVX2 kernels"
-    results = {}
-    for name, folder in (("int8", int8_dir), ("int4", int4_dir)):
+    results = {"nbits_extremes_exact": np.array(nbits_extremes_exact())}
+    for name, folder in (("int8", int8_dir), ("int4", int4_dir), ("int4-int8", mixed_dir)):
         results[f"{name}_rows_that_depend_on_their_batch"] = np.array(rows_that_depend_on_their_batch(folder))
         with Generator(folder, threads=1) as gen:  # without guidance, an image alone is one row
             results[f"{name}_together"] = gen.sample_codes(num=6, seed=0, cfg_scale=1.0)

@@ -1,6 +1,7 @@
 """Drive an exported folder with ONNX Runtime the way the runtime does (shared by the export tests)."""
 import numpy as np
 import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
 
 from dnd_sdk.model_folder.manifest import load_manifest
 
@@ -73,3 +74,26 @@ def rows_that_depend_on_their_batch(model_dir) -> list:
         differ += [(r, k) for k, (a, t) in enumerate(zip(alone, together))
                    if not all(np.array_equal(x[0], y[r]) for x, y in zip(a, t))]
     return differ
+
+
+def nbits_extremes_exact(k: int = 64) -> bool:
+    """True where ONNX Runtime's 4-bit MatMulNBits (blocks of 32, accuracy level 4: int8 activations) gives
+    the exact sum when every weight is -8 or 7 and every activation +-127, at 1, 2 and 16 rows: products of
+    the largest magnitudes, added in whatever pairs the kernel adds, do not saturate."""
+    node = helper.make_node("MatMulNBits", ["a", "b", "scales"], ["y"], domain="com.microsoft", K=k, N=2, bits=4,
+                            block_size=32, accuracy_level=4)
+    # column 0 holds stored nibbles 0 (weight -8), column 1 nibbles 15 (weight 7); zero point 8
+    packed = np.stack([np.full((k // 32, 16), 0x00, np.uint8), np.full((k // 32, 16), 0xFF, np.uint8)])
+    graph = helper.make_graph(
+        [node], "nbits", [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["rows", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", 2])],
+        [numpy_helper.from_array(packed, "b"), numpy_helper.from_array(np.ones((2, k // 32), np.float32), "scales")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
+                              ir_version=8)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for rows in (1, 2, 16):
+        for sign in (1, -1):
+            y = session.run(None, {"a": np.full((rows, k), sign * 127, np.float32)})[0]
+            if not np.array_equal(y, np.tile(np.array([-8, 7], np.float32) * sign * 127 * k, (rows, 1))):
+                return False
+    return True

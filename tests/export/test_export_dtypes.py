@@ -12,7 +12,7 @@ from dnd_sdk.backends import runnable
 from dnd_sdk.errors import InvalidInputError, ManifestError
 from dnd_sdk.model_folder.manifest import load_manifest
 from dnd_training.checkpoint import load_checkpoint
-from export_helpers import rows_that_depend_on_their_batch, teacher_forced_logits
+from export_helpers import nbits_extremes_exact, rows_that_depend_on_their_batch, teacher_forced_logits
 
 # fp16 weights and caches, float32 hidden state and logits: measured max abs error on the tiny
 # model's logits (|logits| up to ~10) is about 5e-3
@@ -97,7 +97,7 @@ def test_external_data_beside_the_graph(tiny_checkpoint, tmp_path):
         load_manifest(out)
 
 
-@pytest.mark.parametrize("dtype", ["int8", "int4"])
+@pytest.mark.parametrize("dtype", ["int8", "int4", "int4-int8"])
 def test_quantized_export_is_onnxruntime_only_and_samples(tiny_checkpoint, tmp_path, dtype):
     from dnd_sdk import Generator
     from dnd_sdk.errors import BackendUnavailableError
@@ -106,7 +106,7 @@ def test_quantized_export_is_onnxruntime_only_and_samples(tiny_checkpoint, tmp_p
     m = load_manifest(out)
     assert m.dtype == dtype and runnable(m.graphs) == ["onnxruntime-cuda", "onnxruntime-cpu"]
     ops = {n.op_type for n in onnx.load(str(m.graph_path("stage0"))).graph.node}
-    assert ({"MatMulInteger"} if dtype == "int8" else {"MatMulNBits"}) <= ops
+    assert {"int8": {"MatMulInteger"}, "int4": {"MatMulNBits"}, "int4-int8": {"MatMulInteger", "MatMulNBits"}}[dtype] <= ops
     with pytest.raises(BackendUnavailableError, match="tensorrt: TensorRT does not build ONNX Runtime's own "
                                                       f"integer operators, which make up this folder's {dtype} stage"):
         Generator(out, backend="tensorrt")
@@ -121,7 +121,7 @@ def test_quantized_export_is_onnxruntime_only_and_samples(tiny_checkpoint, tmp_p
         assert np.array_equal(gen.sample_codes(num=6, seed=0, batch_size=1), codes)  # whatever the batch
 
 
-@pytest.mark.parametrize("dtype, opset", [("int8", 17), ("int8", 20), ("int4", 17)])  # ReduceMax changed at 18
+@pytest.mark.parametrize("dtype, opset", [("int8", 17), ("int8", 20), ("int4", 17), ("int4-int8", 17)])  # ReduceMax changed at 18
 def test_a_quantized_row_does_not_depend_on_the_rows_beside_it(tiny_checkpoint, tmp_path, dtype, opset):
     # activations are quantized per row, and a lone row never takes a kernel's one-row path
     # (test_other_cpus.py repeats this on an emulated AVX2 CPU)
@@ -150,20 +150,28 @@ def test_no_int8_kernel_can_saturate(tiny_checkpoint, tmp_path):
     # the kernel's layout, so any two weights of a column times the largest uint8 activation (255) must
     # stay within 32767: checked on the folder's own initializers, on whatever CPU runs this
     m = load_manifest(export_model(tiny_checkpoint, tmp_path / "m", dtype="int8", decoder_dtype="int8"))
-    assert m.quantization == {"stages": {"op": "MatMulInteger", "pair_limit": 128},
+    assert m.quantization == {"stages": {"op": "MatMulInteger", "pair_limit": 128, "precision": {
+                                  "attention": "int8", "feed_forward": "int8", "head": "int8"}},
                               "decoder": {"op": "QLinearConv", "pair_limit": 128}}
-    assert m.graphs.unbounded_int8_forms == []
-    columns = int8_weight_columns(m)
-    assert {k.split("/")[0] for k in columns} == set(m.stage_names + ["decoder"])
+    mixed = load_manifest(export_model(tiny_checkpoint, tmp_path / "mixed", dtype="int4-int8", decoder_dtype="fp32"))
+    assert mixed.quantization == {"stages": {"op": "MatMulNBits", "bits": 4, "block_size": 16, "accuracy_level": 4,
+                                             "int8_op": "MatMulInteger", "pair_limit": 128, "precision": {
+                                                 "attention": "int8", "feed_forward": "int4", "head": "int8"}}}
+    assert m.graphs.unbounded_int8_forms == mixed.graphs.unbounded_int8_forms == []
+    columns = {**int8_weight_columns(m), **{f"mixed/{k}": q for k, q in int8_weight_columns(mixed).items()}}
+    assert {k.split("/")[0] for k in columns} == set(m.stage_names + ["decoder", "mixed"])
     for name, q in columns.items():
         top_two = -np.sort(-np.abs(q), axis=1)[:, :2].sum(axis=1)
         assert top_two.max() * 255 <= 32767, (name, top_two.max())
         assert top_two.max() >= 100, (name, top_two.max())  # and the weights still use the range
     # 4-bit weights (|w| <= 8) times int8 activations (|a| <= 127): 2 * 8 * 127 is far from the limit
     int4 = load_manifest(export_model(tiny_checkpoint, tmp_path / "int4", dtype="int4", decoder_dtype="fp32"))
-    nodes = [n for k in int4.stage_names for n in onnx.load(str(int4.graph_path(k))).graph.node
-             if n.op_type == "MatMulNBits"]
-    assert nodes and {a.i for n in nodes for a in n.attribute if a.name == "bits"} == {4}
+    for folder in (int4, mixed):
+        nodes = [n for k in folder.stage_names for n in onnx.load(str(folder.graph_path(k))).graph.node
+                 if n.op_type == "MatMulNBits"]
+        assert nodes and {a.i for n in nodes for a in n.attribute if a.name == "bits"} == {4}
+    # and the kernel this CPU dispatches adds the extremes exactly, one row or many (avx2_check.py: on AVX2 too)
+    assert nbits_extremes_exact()
 
 
 @pytest.mark.parametrize("dtype, decoder_dtype", [("int8", "int8"), ("int4", "fp32")])

@@ -116,6 +116,9 @@ def test_missing_file_and_missing_manifest(model_copy, tmp_path):
     (lambda d: d["files"]["stage0"]["inputs"][0].update(shape=["batch", 1, 32]), "unknown dims"),
     (lambda d: d["sampler_defaults"].update(later=0.05), r"sampler_defaults: unknown sampler setting\(s\) \['later'\]"),
     (lambda d: d["stages"][0].pop("head"), "malformed"),
+    (lambda d: d.update(quantization={"stages": {"op": "MatMulNBits", "precision": {"attention": "int2"}}}),
+     "quantization must map stages or decoder"),
+    (lambda d: d.update(quantization={"stages": {"op": {"nested": 1}}}), "quantization must map stages or decoder"),
 ])
 def test_invalid_manifest_fields(model_copy, edit, message):
     raw = json.loads((model_copy / "manifest.json").read_text())
