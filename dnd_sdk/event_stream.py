@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from .errors import OverloadedError
 from .generator import Generator
 from .partial_images import filled_grid, grey_unfinished, partial_row_counts
 from .serve_steps import png
@@ -44,16 +45,17 @@ class PartialImages:
 class PartialDecoder:
     """Decodes the partial images of every stream of a server, batched: those due while a decoder call runs
     wait for the next, which takes them all at once. A decoder call costs about as much for one image as
-    for several (the scheduler runs it on its thread, between steps), so that many streams cost far less
-    than one call each."""
+    for several (on the Generator's decode thread), so that many streams cost far less than one call each.
+    While the Generator's queue is full, the partial images due are skipped (None): their streams go on."""
 
     def __init__(self, gen: Generator) -> None:
         self.gen = gen
         self.pending: list[tuple[np.ndarray, int, asyncio.Future]] = []
         self.decoding: Optional[asyncio.Task] = None
 
-    async def png(self, codes: np.ndarray, rows_done: int) -> bytes:
-        """The PNG of the partial image of `codes` [positions done, D] after `rows_done` finished rows."""
+    async def png(self, codes: np.ndarray, rows_done: int) -> Optional[bytes]:
+        """The PNG of the partial image of `codes` [positions done, D] after `rows_done` finished rows; None
+        when the Generator's queue had no room for its decode."""
         done = asyncio.get_running_loop().create_future()
         self.pending.append((filled_grid(codes, rows_done, self.gen.latent_shape), rows_done, done))
         if self.decoding is None:
@@ -64,8 +66,11 @@ class PartialDecoder:
         try:
             while self.pending:
                 batch, self.pending = self.pending, []
+                pngs: list[Optional[bytes]]
                 try:
                     pngs = await run_in_threadpool(self._render, [b[0] for b in batch], [b[1] for b in batch])
+                except OverloadedError:  # a partial image is a preview: under a full queue it is left out
+                    pngs = [None] * len(batch)
                 except Exception as e:  # each stream waiting for one of these ends in an error event
                     for *_, done in batch:
                         if not done.done():

@@ -28,7 +28,6 @@ from collections.abc import AsyncIterator
 from concurrent.futures import Future
 from typing import Any, Optional
 
-import numpy as np
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -37,7 +36,7 @@ from starlette.routing import Route
 from .event_stream import EventStream, PartialDecoder, PartialImages, sse
 from .generator import Generator
 from .model_folder.manifest import MANIFEST_NAME
-from .openai_request import Generation, image_size, read_generation
+from .openai_request import Generation, image_size, read_generation, unknown_model
 from .serve_steps import (
     CLIENT_GONE,
     Metrics,
@@ -45,6 +44,7 @@ from .serve_steps import (
     await_images,
     disconnect,
     encode_pngs,
+    failure,
     image_metadata,
     receive_body,
     submit,
@@ -117,9 +117,11 @@ def openai_routes(gen: Generator, metrics: Metrics, timeout: Optional[float],
             return sse(name, {"b64_json": _b64(png), "created_at": int(time.time()), "size": size, **IMAGE_FORMAT,
                                **extra, **meta[j]})
 
-        async def partial(j: int, i: int, rows_done: int, codes: np.ndarray) -> str:
-            return event("image_generation.partial_image", await decoder.png(codes, rows_done), j,
-                         partial_image_index=i)
+        async def partials_due(*due: tuple) -> AsyncIterator[str]:
+            for j, i, rows_done, codes in due:
+                image = await decoder.png(codes, rows_done)
+                if image is not None:  # None: skipped under a full queue
+                    yield event("image_generation.partial_image", image, j, partial_image_index=i)
 
         metrics.in_progress.inc()
         try:
@@ -129,15 +131,17 @@ def openai_routes(gen: Generator, metrics: Metrics, timeout: Optional[float],
                 done, _ = await asyncio.wait((getter, result, gone), timeout=left,
                                              return_when=asyncio.FIRST_COMPLETED)
                 if getter in done:
-                    yield await partial(*getter.result())
+                    async for text in partials_due(getter.result()):
+                        yield text
                     getter = None
                 elif gone in done:
                     return
                 elif not done:
                     raise Refusal(504, f"the request did not finish within {timeout:g} s and was dropped; ask "
                                        "for fewer images or retry when the server is less busy")
-            while not queue.empty():  # the last partial images, handed over before the request finished
-                yield await partial(*queue.get_nowait())
+            # the last partial images, handed over before the request finished
+            async for text in partials_due(*(queue.get_nowait() for _ in range(queue.qsize()))):
+                yield text
             pngs = await encode_pngs(result.result())
             for j, final in enumerate(pngs):
                 yield event("image_generation.completed", final, j)
@@ -145,7 +149,7 @@ def openai_routes(gen: Generator, metrics: Metrics, timeout: Optional[float],
             metrics.images.inc(len(pngs))
             request.state.images = len(pngs)
         except Exception as e:  # headers are sent: the stream's last event says what went wrong
-            refusal = e if isinstance(e, Refusal) else Refusal(500, f"the request failed: {e}")
+            refusal = failure(e)
             status = refusal.status
             yield sse("error", {"error": error_body(refusal)})
         finally:
@@ -162,8 +166,7 @@ def openai_routes(gen: Generator, metrics: Metrics, timeout: Optional[float],
     async def model(request: Request) -> Response:
         name = request.path_params["name"]
         if name != gen.path.name:
-            return openai_error(Refusal(404, f"The model {name!r} does not exist", param="model",
-                                        code="model_not_found"))
+            return openai_error(unknown_model(name))
         return JSONResponse(model_card(gen))
 
     return [Route("/v1/images/generations", generations, methods=["POST"]), Route("/v1/models", models),

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from .arguments import integer, shown
 from .errors import InvalidInputError
 from .generator import Generator, Request
+from .sampler import SETTINGS, SamplingParams
 from .serve_steps import SERVER_FLAGS, Refusal, in_words, parse_json
 
-SETTINGS = ("cfg_scale", "temperature", "top_k", "top_p", "head_temperatures")
-IGNORED = ("user", "moderation")  # accepted and ignored, as the issue's notes settle
+IGNORED = ("user", "moderation")  # OpenAI fields with no meaning here: accepted and ignored
 # keys that take one value only here (their default); any other is a 400 naming the key
 ONLY = {"quality": "auto", "background": "auto", "output_format": "png", "response_format": "b64_json"}
 REFUSED = ("style", "output_compression")  # no value of these can be honoured
@@ -58,10 +58,8 @@ def read_generation(gen: Generator, raw: bytes, model_id: str) -> Generation:
         raise Refusal(400, f"prompt must be a label name or class id of this model, e.g. {gen.labels[0]!r}; got "
                            f"{shown(prompt)}", param="prompt")
     try:
-        request = gen.request(labels=[prompt], num=given.get("n", 1), seed=given.get("seed", 0),
-                              cfg_scale=given.get("cfg_scale"), temperature=given.get("temperature"),
-                              top_k=given.get("top_k"), top_p=given.get("top_p"),
-                              head_temperatures=given.get("head_temperatures"))
+        sampling = SamplingParams(**{k: v for k, v in given.items() if k in SETTINGS})
+        request = gen.request(labels=[prompt], num=given.get("n", 1), seed=given.get("seed", 0), sampling=sampling)
         stream = given.get("stream", False)
         if not isinstance(stream, bool):
             raise InvalidInputError(f"stream must be true or false, got {shown(stream)}", ["stream"])
@@ -75,12 +73,17 @@ def read_generation(gen: Generator, raw: bytes, model_id: str) -> Generation:
     return Generation(request, stream, partial_images)
 
 
+def unknown_model(model: object) -> Refusal:
+    """OpenAI's answer for a model this server does not serve: 404, `model_not_found`."""
+    name = model if isinstance(model, str) else shown(model)
+    return Refusal(404, f"The model '{name}' does not exist", param="model", code="model_not_found")
+
+
 def _check_openai_keys(gen: Generator, given: dict, model_id: str) -> None:
     """OpenAI's keys beyond the request itself: the model, the size and what this model cannot honour."""
     model = given.get("model", model_id)
     if model != model_id:
-        raise Refusal(404, f"The model {shown(model)} does not exist", param="model",
-                      code="model_not_found")
+        raise unknown_model(model)
     size = given.get("size", "auto")
     if size not in ("auto", image_size(gen)):
         raise Refusal(400, f"size must be 'auto' or this model's size {image_size(gen)!r}, got {shown(size)}",

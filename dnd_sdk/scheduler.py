@@ -190,8 +190,11 @@ class Scheduler:
                 if self._images:
                     self._step()
             except Exception as e:  # a backend failure fails the requests it touched, not the thread
-                for work in {im.work for im in self._images}:
+                touched = {im.work for im in self._images}
+                for work in touched:
                     fail(work.future, e)
+                with self._lock:  # their images not yet admitted wait no more (fail() sets the outcome later)
+                    self._waiting = deque(w for w in self._waiting if w not in touched)
                 self._images, self._layout = [], None
         for work in [*self._waiting, *(im.work for im in self._images)]:
             fail(work.future, CancelledError("the Generator closed before this request finished"))

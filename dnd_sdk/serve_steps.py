@@ -19,7 +19,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
 from .arguments import as_int
-from .errors import InvalidInputError, OverloadedError
+from .errors import CancelledError, InvalidInputError, OverloadedError
 from .generator import Generator, Request as Request_
 
 RETRY_AFTER_S = 1
@@ -177,4 +177,18 @@ async def await_images(request: Request, future: Future, timeout: Optional[float
     if result not in done:
         raise Refusal(504, f"the request did not finish within {timeout:g} s and was dropped; ask for fewer "
                            "images or retry when the server is less busy")
-    return result.result()
+    try:
+        return result.result()
+    except Exception as e:
+        raise failure(e) from None
+
+
+def failure(error: Exception) -> Refusal:
+    """What to answer for a request that failed once queued: 503 when the Generator closed under it (the
+    server is stopping), 500 naming the error for anything else (a backend failure, say)."""
+    if isinstance(error, Refusal):
+        return error
+    if isinstance(error, CancelledError):
+        return Refusal(503, f"the server is stopping and dropped the request ({error}); retry shortly",
+                       {"Retry-After": str(RETRY_AFTER_S)})
+    return Refusal(500, f"the request failed: {type(error).__name__}: {error}")

@@ -127,8 +127,8 @@ def _runnable_graphs(dtype: str, decoder_dtype: str) -> GraphFacts:
         raise InvalidInputError(
             f"{arg('dtype')} {dtype} with {arg('decoder_dtype')} {decoder_dtype} makes a folder no backend runs: "
             + "; ".join(f"{name}: {refusal}" for name, refusal in answers.items())
-            + f". Keep a float {arg('decoder_dtype')} (auto, fp32 or fp16) for bf16, or use {arg('dtype')} fp32, "
-            "fp16, int8 or int4 with an int8 decoder")
+            + f". Keep a float {arg('decoder_dtype')} (auto, fp32 or fp16) for bf16, or use {arg('dtype')} "
+            f"{', '.join(('fp32', 'fp16', *QUANTIZED))} with an int8 decoder")
     return graphs
 
 

@@ -136,6 +136,24 @@ def test_a_full_queue_raises_rate_limit_error_and_a_stream_past_its_timeout_ends
             assert scheduler_idle(gen)  # the scheduler drops the request at its next step
 
 
+def test_a_backend_failure_is_a_server_error_in_openai_shape_and_the_server_goes_on(tiny_model_dir):
+    with Generator(tiny_model_dir, backend="onnxruntime-cpu", threads=1) as gen, ThreadedServer(gen) as base:
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="-", max_retries=0, timeout=60)
+        stage1 = gen.backend.sessions["stage1"]
+        gen.backend.sessions["stage1"] = gen.backend.sessions["decoder"]  # ONNX Runtime refuses the next stage-1 call
+        try:
+            with pytest.raises(openai.InternalServerError) as raised:
+                client.images.generate(prompt="cat")
+            assert raised.value.body["type"] == "server_error" and "IOBinding" in raised.value.body["message"]
+            with pytest.raises(openai.APIError, match="the request failed: .*IOBinding"):
+                list(client.images.generate(prompt="cat", stream=True))
+            r = httpx.post(f"{base}/v1/images", json={"labels": ["cat"]}, timeout=60)
+            assert r.status_code == 500 and "IOBinding" in r.json()["error"]
+        finally:
+            gen.backend.sessions["stage1"] = stage1
+        assert len(client.images.generate(prompt="cat").data) == 1
+
+
 def test_a_streaming_client_that_disconnects_frees_its_rows(tiny_model_dir):
     with Generator(tiny_model_dir, backend="onnxruntime-cpu", threads=1, max_batch=1) as gen:
         with ThreadedServer(gen) as base:

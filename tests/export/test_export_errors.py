@@ -198,7 +198,7 @@ def test_cli_exit_codes_and_messages(tiny_checkpoint, tmp_path):
     both = runner.invoke(main, [str(tiny_checkpoint), "-o", str(tmp_path / "x"), "--dtype", "bf16",
                                 "--decoder-dtype", "int8"])
     assert both.exit_code == 1 and both.output.endswith(
-        "Keep a float --decoder-dtype (auto, fp32 or fp16) for bf16, or use --dtype fp32, fp16, int8 or int4 with an "
+        "Keep a float --decoder-dtype (auto, fp32 or fp16) for bf16, or use --dtype fp32, fp16, int8, int4, int4-int8 with an "
         "int8 decoder\n")
 
 
