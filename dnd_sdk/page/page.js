@@ -3,8 +3,8 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const SETTINGS = ["cfg_scale", "temperature", "top_k", "top_p"];
 let model = null;
+let settings = [];  // the model's stored sampler settings, one number field each
 
 function status(text, isError = false) {
   $("status").textContent = text;
@@ -29,9 +29,14 @@ async function loadModel() {
   model = (await r.json()).data[0];
   $("model").textContent = `${model.id}: ${model.labels.length} labels, ` +
     `${model.image.width}x${model.image.height}, ${model.backend}`;
-  const d = model.sampler_defaults;
-  for (const key of SETTINGS) $(key).value = d[key];
-  $("head_temperatures").value = d.head_temperatures ? d.head_temperatures.join(", ") : "";
+  settings = Object.keys(model.sampler_defaults);
+  $("sampler").replaceChildren(...settings.map((key) => {
+    const input = Object.assign(document.createElement("input"),
+      { id: key, type: "number", step: "any", value: model.sampler_defaults[key] });
+    const label = document.createElement("label");
+    label.append(`${key} `, input);
+    return label;
+  }));
   showLabels();
   $("labels").selectedIndex = 0;  // a label is chosen from the start: Generate works at once
 }
@@ -41,7 +46,7 @@ function body() {
     model: model.id, prompt: $("labels").value, n: Number($("n").value), seed: Number($("seed").value),
     stream: true, partial_images: Number($("partial_images").value),
   };
-  for (const key of SETTINGS) b[key] = Number($(key).value);
+  for (const key of settings) b[key] = Number($(key).value);
   const heads = $("head_temperatures").value.trim();
   if (heads) b.head_temperatures = heads.split(",").map(Number);
   return b;
