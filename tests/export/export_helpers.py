@@ -1,7 +1,6 @@
 """Drive an exported folder with ONNX Runtime the way the runtime does (shared by the export tests)."""
 import numpy as np
 import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
 
 from dnd_sdk.model_folder.manifest import load_manifest
 
@@ -80,6 +79,7 @@ def nbits_extremes_exact(k: int = 64) -> bool:
     """True where ONNX Runtime's 4-bit MatMulNBits (blocks of 32, accuracy level 4: int8 activations) gives
     the exact sum when every weight is -8 or 7 and every activation +-127, at 1, 2 and 16 rows: products of
     the largest magnitudes, added in whatever pairs the kernel adds, do not saturate."""
+    from onnx import TensorProto, helper, numpy_helper  # here: the runtime's tests import this module without onnx
     node = helper.make_node("MatMulNBits", ["a", "b", "scales"], ["y"], domain="com.microsoft", K=k, N=2, bits=4,
                             block_size=32, accuracy_level=4)
     # column 0 holds stored nibbles 0 (weight -8), column 1 nibbles 15 (weight 7); zero point 8
